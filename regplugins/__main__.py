@@ -1,0 +1,3 @@
+from regplugins.cli import main
+
+main()

@@ -1,0 +1,348 @@
+"""Synthetic multi-modal registration pairs with known deformations, in the spirit of SynthMorph.
+
+A random head-like label map (scalp, skull, CSF rim and random interior structures, or the
+user's own label map) gets a tissue class per label; each modality draws one mean intensity per
+label from its tissue's range (CT in Hounsfield units, MR in arbitrary units) and adds texture,
+partial-volume blur, bias field, gamma and noise. The moving anatomy is the fixed one seen
+through a random rigid motion composed with a diffeomorphism (a stationary velocity field
+integrated by scaling and squaring), so the true field, both label maps and the same anatomy in
+every modality on both grids come with each pair.
+
+All geometry is physical: each grid has its own ``(N + 1, N + 1)`` voxel-to-world (RAS) affine,
+and the true field is the contract's ``ddf``: world point ``x`` of the fixed grid corresponds
+to ``x + ddf(x)`` in the moving image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.networks.blocks import DVF2DDF
+
+from regplugins.layers import apply_affine, sample, voxel_grid
+
+__all__ = ["TISSUES", "INTENSITY_RANGES", "SyntheticPairGenerator", "SynthesizePaird", "synthesize_image", "grid_affine"]
+
+TISSUES = ("background", "csf", "grey_matter", "white_matter", "fat", "soft_tissue", "bone")
+_T = {name: i for i, name in enumerate(TISSUES)}
+
+# range of the per-label mean intensity, by modality and tissue (CT in HU, MR in [0, 1] before scaling)
+INTENSITY_RANGES = {
+    "ct": {"background": (-1000, -1000), "csf": (0, 15), "grey_matter": (35, 45), "white_matter": (20, 30),
+           "fat": (-120, -80), "soft_tissue": (20, 60), "bone": (400, 1500)},
+    "t1": {"background": (0.0, 0.02), "csf": (0.05, 0.25), "grey_matter": (0.35, 0.55), "white_matter": (0.6, 0.85),
+           "fat": (0.75, 1.0), "soft_tissue": (0.3, 0.5), "bone": (0.0, 0.1)},
+    "t2": {"background": (0.0, 0.02), "csf": (0.8, 1.0), "grey_matter": (0.45, 0.6), "white_matter": (0.3, 0.45),
+           "fat": (0.2, 0.9), "soft_tissue": (0.25, 0.45), "bone": (0.0, 0.1)},
+    "pd": {"background": (0.0, 0.02), "csf": (0.75, 0.95), "grey_matter": (0.6, 0.8), "white_matter": (0.5, 0.65),
+           "fat": (0.6, 0.9), "soft_tissue": (0.45, 0.65), "bone": (0.0, 0.12)},
+}
+
+# label ids of the generated head; interior structures follow from FIRST_STRUCTURE_LABEL on
+SCALP, SKULL, CSF_RIM, FIRST_STRUCTURE_LABEL = 1, 2, 3, 4
+_INTERIOR_TISSUES = ("white_matter", "grey_matter", "csf", "grey_matter", "white_matter", "soft_tissue")
+
+
+def grid_affine(spacing: Sequence[float], shape: Sequence[int], rotation: torch.Tensor | None = None) -> torch.Tensor:
+    """Voxel-to-world affine of a grid centred on the world origin, optionally rotated."""
+    n = len(shape)
+    linear = torch.diag(torch.tensor([float(s) for s in spacing], dtype=torch.float64))
+    if rotation is not None:
+        linear = rotation.double() @ linear
+    centre = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=torch.float64)
+    affine = torch.eye(n + 1, dtype=torch.float64)
+    affine[:n, :n] = linear
+    affine[:n, n] = -linear @ centre
+    return affine
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+
+
+def _smooth_noise(shape: Sequence[int], scale: float, generator: torch.Generator, channels: int = 1) -> torch.Tensor:
+    """Standard-normal noise on a coarse grid (``scale`` voxels apart), interpolated to ``shape``."""
+    coarse = [max(2, math.ceil(s / max(scale, 1.0)) + 1) for s in shape]
+    noise = torch.randn(1, channels, *coarse, generator=generator)
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(noise, size=tuple(shape), mode=mode, align_corners=True)[0]
+
+
+def _rotation_matrix(angles_deg: Sequence[float]) -> torch.Tensor:
+    """Rotation from one angle (2D) or three Euler angles about x, y, z (3D), in degrees."""
+    radians = [math.radians(a) for a in angles_deg]
+    if len(radians) == 1:
+        c, s = math.cos(radians[0]), math.sin(radians[0])
+        return torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+    rotation = torch.eye(3, dtype=torch.float64)
+    for axis, angle in enumerate(radians):
+        c, s = math.cos(angle), math.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        elementary = torch.eye(3, dtype=torch.float64)
+        elementary[i, i], elementary[i, j], elementary[j, i], elementary[j, j] = c, -s, s, c
+        rotation = elementary @ rotation
+    return rotation
+
+
+def synthesize_image(
+    labels: torch.Tensor,
+    label_means: dict[int, float],
+    modality: str,
+    generator: torch.Generator,
+    spacing: Sequence[float],
+) -> torch.Tensor:
+    """An image of ``modality`` from a label map ``(1, *spatial)`` and one mean intensity per label.
+
+    Adds smooth texture, partial-volume blur and noise; MR images also get a multiplicative bias
+    field, a random gamma and a random scale, as scanners give them.
+    """
+    shape = labels.shape[1:]
+    image = torch.zeros(shape, dtype=torch.float32)
+    for label, mean in label_means.items():
+        image[labels[0] == label] = mean
+    is_ct = modality == "ct"
+    contrast = 10.0 if is_ct else 0.05
+    inside = labels[0] > 0
+    image = image + inside * contrast * _uniform(0.1, 0.5, generator) * _smooth_noise(shape, 4.0, generator)[0]
+    sigma = _uniform(0.3, 1.0, generator)
+    image = _gaussian_blur(image, sigma)
+    if not is_ct:
+        bias = torch.exp(_uniform(0.05, 0.3, generator) * _smooth_noise(shape, 64.0 / min(spacing), generator)[0])
+        image = (image * bias).clamp(min=0)
+        image = (image / image.max().clamp(min=1e-6)) ** math.exp(_uniform(-0.25, 0.25, generator))
+    noise_std = _uniform(2.0, 8.0, generator) if is_ct else _uniform(0.005, 0.03, generator)
+    image = image + noise_std * torch.randn(shape, generator=generator)
+    if not is_ct:
+        image = image.clamp(min=0) * _uniform(500.0, 2000.0, generator)
+    return image.unsqueeze(0)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    n = image.dim()
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    out = image[None, None]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    for axis in range(n):
+        shape = [1] * n
+        shape[axis] = kernel.numel()
+        padding = [0] * n
+        padding[axis] = radius
+        padded = F.pad(out, [p for r in reversed(padding) for p in (r, r)], mode="replicate")
+        out = conv(padded, kernel.view(1, 1, *shape))
+    return out[0, 0]
+
+
+class SyntheticPairGenerator:
+    """Makes one multi-modal pair per seed; see the module docstring for what a pair holds.
+
+    Args:
+        shape: spatial shape of the fixed grid (2 or 3 axes).
+        spacing: voxel size in mm of the fixed grid.
+        modalities: (moving, fixed) modalities, each of ``ct``, ``t1``, ``t2``, ``pd``.
+        random_direction: swap the two modalities for a random half of the seeds, so that a
+            network trained on the pairs works in either direction.
+        num_structures: random interior structures of the generated head.
+        skull_probability: share of heads with scalp and skull (the rest are skull-stripped brains).
+        rotation_deg, translation_mm: bounds of the uniform random rigid motion per axis.
+        deformation_mm: standard deviation of the velocity field; 0 makes rigid-only pairs.
+        deformation_scale_mm: spacing of the velocity field's random control values.
+        moving_grid: ``"same"`` as the fixed grid, or ``"random"``: another orientation, spacing
+            and size, as two scans of one patient have.
+        labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
+            affine and the tissue name of each label, instead of the generated head; ``shape``
+            and ``spacing`` are then taken from it.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (96, 96, 96),
+        spacing: float | Sequence[float] = 2.0,
+        modalities: Sequence[str] = ("ct", "t1"),
+        random_direction: bool = False,
+        num_structures: int = 8,
+        skull_probability: float = 0.7,
+        rotation_deg: float = 5.0,
+        translation_mm: float = 5.0,
+        deformation_mm: float = 3.0,
+        deformation_scale_mm: float = 32.0,
+        moving_grid: str = "same",
+        labels: torch.Tensor | None = None,
+        labels_affine: torch.Tensor | None = None,
+        tissue_of_label: dict[int, str] | None = None,
+    ):
+        if isinstance(modalities, str):
+            modalities = modalities.split(",")
+        modalities = tuple(m.strip().lower() for m in modalities)
+        unknown = [m for m in modalities if m not in INTENSITY_RANGES]
+        if len(modalities) != 2 or unknown:
+            raise ValueError(f"modalities must be two of {sorted(INTENSITY_RANGES)}, got {modalities}.")
+        if moving_grid not in ("same", "random"):
+            raise ValueError(f'moving_grid must be "same" or "random", got "{moving_grid}".')
+        if labels is not None:
+            if labels_affine is None or tissue_of_label is None:
+                raise ValueError("a user label map needs labels_affine and tissue_of_label as well.")
+            shape = labels.shape[1:]
+            spacing = [float(v) for v in labels_affine[:-1, :-1].norm(dim=0)]
+        self.shape = tuple(int(s) for s in shape)
+        self.spatial_dims = len(self.shape)
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"shape must have 2 or 3 axes, got {self.shape}.")
+        spacing = [float(spacing)] * self.spatial_dims if isinstance(spacing, (int, float)) else list(spacing)
+        self.spacing = spacing
+        self.modalities, self.random_direction = modalities, random_direction
+        self.num_structures, self.skull_probability = num_structures, skull_probability
+        self.rotation_deg, self.translation_mm = rotation_deg, translation_mm
+        self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
+        self.moving_grid = moving_grid
+        self.user_labels, self.tissue_of_label = labels, tissue_of_label
+        self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
+        self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
+
+    # -- anatomy --------------------------------------------------------------------------
+    def _head_labels(self, generator: torch.Generator) -> tuple[torch.Tensor, dict[int, str]]:
+        n, shape = self.spatial_dims, self.shape
+        extent = torch.tensor([s * p for s, p in zip(shape, self.spacing)])
+        world = apply_affine(self.fixed_affine.float(), voxel_grid(shape))
+        centre = torch.tensor([_uniform(-0.03, 0.03, generator) * e for e in extent.tolist()])
+        semi_axes = torch.tensor([_uniform(0.36, 0.44, generator) * e for e in extent.tolist()])
+        offset = (world - centre.view(n, *([1] * n))) / semi_axes.view(n, *([1] * n))
+        radius = offset.norm(dim=0) + 0.04 * _smooth_noise(shape, 12.0, generator)[0]
+        mean_axis = semi_axes.mean().item()
+        with_skull = _uniform(0, 1, generator) < self.skull_probability
+        scalp = _uniform(4.0, 8.0, generator) / mean_axis if with_skull else 0.0
+        skull = _uniform(4.0, 9.0, generator) / mean_axis if with_skull else 0.0
+        rim = _uniform(2.0, 5.0, generator) / mean_axis
+        labels = torch.zeros(shape, dtype=torch.int64)
+        structures = _smooth_noise(shape, _uniform(6.0, 14.0, generator), generator, channels=self.num_structures)
+        labels[:] = FIRST_STRUCTURE_LABEL + structures.argmax(dim=0)
+        labels[radius >= 1 - scalp - skull - rim] = CSF_RIM
+        labels[radius >= 1 - scalp - skull] = SKULL
+        labels[radius >= 1 - scalp] = SCALP
+        labels[radius >= 1] = 0
+        tissues = {0: "background", CSF_RIM: "csf"}
+        if with_skull:
+            tissues.update({SCALP: "soft_tissue", SKULL: "bone"})
+        for k in range(self.num_structures):
+            pick = k if k < 3 else int(torch.randint(len(_INTERIOR_TISSUES), (), generator=generator))
+            tissues[FIRST_STRUCTURE_LABEL + k] = _INTERIOR_TISSUES[pick]
+        return labels.unsqueeze(0), tissues
+
+    # -- geometry --------------------------------------------------------------------------
+    def _displacements(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voxel DDFs ``(1, N, *shape)`` of a random diffeomorphism on the fixed grid and of its inverse.
+
+        The velocity field is integrated at half resolution (it is smooth at the scale of its
+        control values) and the two displacements are interpolated back, which is 6x faster.
+        """
+        n = self.spatial_dims
+        half = [max(4, s // 2) for s in self.shape]
+        voxel_size = torch.tensor([p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32)
+        scale = self.deformation_scale_mm / voxel_size.min().item()
+        velocity = self.deformation_mm * _smooth_noise(half, scale, generator, channels=n)
+        velocity = (velocity / voxel_size.view(n, *([1] * n))).unsqueeze(0)
+        mode = "bilinear" if n == 2 else "trilinear"
+        factor = torch.tensor([s / h for s, h in zip(self.shape, half)]).view(1, n, *([1] * n))
+        return tuple(
+            F.interpolate(self.integrate(v), size=self.shape, mode=mode, align_corners=True) * factor
+            for v in (velocity, -velocity)
+        )
+
+    def _rigid(self, generator: torch.Generator) -> torch.Tensor:
+        """World-frame rigid motion about the fixed grid's centre, ``(N + 1, N + 1)``."""
+        n = self.spatial_dims
+        num_angles = 1 if n == 2 else 3
+        angles = [_uniform(-self.rotation_deg, self.rotation_deg, generator) for _ in range(num_angles)]
+        translation = torch.tensor([_uniform(-self.translation_mm, self.translation_mm, generator) for _ in range(n)])
+        centre = self.fixed_affine[:n, :n] @ torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=torch.float64)
+        centre = centre + self.fixed_affine[:n, n]
+        rotation = _rotation_matrix(angles)
+        rigid = torch.eye(n + 1, dtype=torch.float64)
+        rigid[:n, :n] = rotation
+        rigid[:n, n] = centre - rotation @ centre + translation.double()
+        return rigid
+
+    def _moving_geometry(self, generator: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:
+        if self.moving_grid == "same":
+            return self.fixed_affine.clone(), self.shape
+        n = self.spatial_dims
+        spacing = [p * _uniform(0.8, 1.3, generator) for p in self.spacing]
+        shape = tuple(max(8, int(round(s * p / q))) for s, p, q in zip(self.shape, self.spacing, spacing))
+        # a different orientation: flip some axes and permute them, as scanners store volumes
+        permutation = torch.randperm(n, generator=generator)
+        signs = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
+        rotation = torch.eye(n, dtype=torch.float64)[:, permutation] * signs
+        shape = tuple(shape[int(p)] for p in permutation)
+        spacing = [spacing[int(p)] for p in permutation]
+        return grid_affine(spacing, shape, rotation), shape
+
+    # -- one pair --------------------------------------------------------------------------
+    def __call__(self, seed: int) -> dict:
+        generator = torch.Generator().manual_seed(int(seed))
+        if self.user_labels is not None:
+            fixed_labels, tissues = self.user_labels.long(), dict(self.tissue_of_label)
+        else:
+            fixed_labels, tissues = self._head_labels(generator)
+        moving_modality, fixed_modality = self.modalities
+        if self.random_direction and _uniform(0, 1, generator) < 0.5:
+            moving_modality, fixed_modality = fixed_modality, moving_modality
+
+        n = self.spatial_dims
+        forward, backward = self._displacements(generator)
+        rigid = self._rigid(generator)
+        moving_affine, moving_shape = self._moving_geometry(generator)
+
+        # moving voxel -> world -> rigid -> fixed voxel -> diffeomorphism -> anatomy
+        to_fixed_voxel = torch.linalg.inv(self.fixed_affine) @ rigid @ moving_affine
+        points = apply_affine(to_fixed_voxel, voxel_grid(moving_shape, dtype=torch.float64)).float().unsqueeze(0)
+        points = points + sample(forward, points, padding_mode="border")
+        moving_labels = sample(fixed_labels[None].float(), points, mode="nearest")[0].long()
+
+        # true field: fixed voxel -> inverse diffeomorphism -> world -> inverse rigid, minus the start
+        fixed_voxels = voxel_grid(self.shape).unsqueeze(0)
+        anatomy = (fixed_voxels + backward)[0].double()
+        corresponding = apply_affine(torch.linalg.inv(rigid) @ self.fixed_affine, anatomy)
+        true_ddf = (corresponding - apply_affine(self.fixed_affine, fixed_voxels[0].double())).float()
+
+        means = {
+            modality: {label: _uniform(*INTENSITY_RANGES[modality][tissue], generator) for label, tissue in tissues.items()}
+            for modality in (moving_modality, fixed_modality)
+        }
+        moving_spacing = [float(v) for v in moving_affine[:n, :n].norm(dim=0)]
+
+        def image(labels, modality, affine, spacing):
+            return MetaTensor(synthesize_image(labels, means[modality], modality, generator, spacing), affine=affine)
+
+        return {
+            "fixed": image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing),
+            "moving": image(moving_labels, moving_modality, moving_affine, moving_spacing),
+            "fixed_label": MetaTensor(fixed_labels.float(), affine=self.fixed_affine),
+            "moving_label": MetaTensor(moving_labels.float(), affine=moving_affine),
+            "fixed_paired": image(fixed_labels, moving_modality, self.fixed_affine, self.spacing),
+            "moving_paired": image(moving_labels, fixed_modality, moving_affine, moving_spacing),
+            "true_ddf": MetaTensor(true_ddf, affine=self.fixed_affine),
+            "fixed_modality": fixed_modality,
+            "moving_modality": moving_modality,
+        }
+
+
+class SynthesizePaird:
+    """Dictionary transform that replaces ``data["seed"]`` by the pair of that seed.
+
+    Lets a plain ``monai.data.Dataset`` of ``[{"seed": s}, ...]`` serve synthetic pairs, so the
+    training and validation data of a bundle need no files.
+    """
+
+    def __init__(self, **generator_args):
+        self.generator = SyntheticPairGenerator(**generator_args)
+
+    def __call__(self, data: dict) -> dict:
+        out = {k: v for k, v in data.items() if k != "seed"}
+        out.update(self.generator(int(data["seed"])))
+        return out

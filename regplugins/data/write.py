@@ -1,0 +1,58 @@
+"""Synthetic pairs as NIfTI files with a ``datalist.json``: the held-out sets of tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from regplugins.io import save_itk_displacement_field, save_nifti
+
+from .synth import SyntheticPairGenerator
+
+
+def write_synthetic_set(
+    out: str | Path,
+    n: int = 4,
+    shape: Sequence[int] = (96, 96, 96),
+    modalities: Sequence[str] | str = ("ct", "t1"),
+    seed: int = 0,
+    spacing: float = 2.0,
+    moving_grid: str = "random",
+    **generator_args,
+) -> Path:
+    """Write ``n`` pairs (seeds ``seed`` ... ``seed + n - 1``) and return the path of ``datalist.json``.
+
+    Each entry holds the contract's ``fixed``, ``moving`` and ``moving_label``, plus
+    ``fixed_label``, ``true_ddf`` (an ITK displacement field like a bundle's ``ddf.nii.gz``),
+    the paired images (``fixed_paired``: the fixed anatomy in the moving modality,
+    ``moving_paired``: the moving anatomy in the fixed modality) and both modality names.
+    Paths are relative to the datalist's folder.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = SyntheticPairGenerator(shape=shape, spacing=spacing, modalities=modalities, moving_grid=moving_grid, **generator_args)
+    entries = []
+    for index in range(int(n)):
+        pair = generator(int(seed) + index)
+        moving_mod, fixed_mod = pair["moving_modality"], pair["fixed_modality"]
+        names = {
+            "fixed": f"{index:03d}_fixed_{fixed_mod}.nii.gz",
+            "moving": f"{index:03d}_moving_{moving_mod}.nii.gz",
+            "fixed_label": f"{index:03d}_fixed_label.nii.gz",
+            "moving_label": f"{index:03d}_moving_label.nii.gz",
+            "fixed_paired": f"{index:03d}_fixed_{moving_mod}.nii.gz",
+            "moving_paired": f"{index:03d}_moving_{fixed_mod}.nii.gz",
+        }
+        for key, name in names.items():
+            volume = pair[key]
+            dtype = np.int16 if key.endswith("label") else np.float32
+            save_nifti(out / name, volume[0].numpy(), volume.affine.numpy(), dtype=dtype)
+        names["true_ddf"] = f"{index:03d}_true_ddf.nii.gz"
+        save_itk_displacement_field(out / names["true_ddf"], pair["true_ddf"].numpy(), pair["true_ddf"].affine.numpy())
+        entries.append({**names, "fixed_modality": fixed_mod, "moving_modality": moving_mod})
+    datalist = out / "datalist.json"
+    datalist.write_text(json.dumps(entries, indent=2))
+    return datalist

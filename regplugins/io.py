@@ -1,0 +1,200 @@
+"""Files in and out: the contract's pairs, input checks with one clear message, NIfTI and ITK fields.
+
+``itk`` is imported inside the functions that need it: its first import costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "PATH_KEYS",
+    "RegistrationInputError",
+    "registration_pairs",
+    "check_registration_inputs",
+    "checked_pairs",
+    "pair_output_name",
+    "load_nifti",
+    "save_nifti",
+    "save_itk_displacement_field",
+    "load_itk_displacement_field",
+    "RAS_TO_LPS",
+]
+
+# a world point or vector in NIfTI's RAS frame becomes ITK's LPS one by negating the first two axes
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+# the file entries of a datalist: the contract's three, and what evaluation and benchmarks score against
+PATH_KEYS = ("fixed", "moving", "moving_label", "fixed_label", "true_ddf")
+
+
+class RegistrationInputError(ValueError):
+    """A registration input that cannot be used; the message names the file and the problem."""
+
+
+def registration_pairs(
+    fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = ""
+) -> list[dict]:
+    """The contract's pairs: one from ``--fixed_image/--moving_image[/--moving_label]`` or many from ``--datalist``."""
+    if datalist:
+        path = Path(datalist)
+        if not path.is_file():
+            raise RegistrationInputError(f"{datalist}: datalist file not found.")
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RegistrationInputError(f"{datalist}: not a readable JSON datalist ({error}).") from None
+        if isinstance(entries, dict):  # MONAI-style {"testing": [...]} datalists
+            entries = next((entries[k] for k in ("testing", "test", "validation", "training") if k in entries), [])
+        if not isinstance(entries, list) or not entries:
+            raise RegistrationInputError(f"{datalist}: expected a non-empty JSON list of pairs.")
+        pairs = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
+                raise RegistrationInputError(f"{datalist}: entry {i} needs 'fixed' and 'moving'.")
+            pairs.append({k: str(path.parent / entry[k]) for k in PATH_KEYS if entry.get(k)})
+        return pairs
+    if not fixed_image or not moving_image:
+        raise RegistrationInputError("give --fixed_image and --moving_image, or --datalist.")
+    pair = {"fixed": str(fixed_image), "moving": str(moving_image)}
+    if moving_label:
+        pair["moving_label"] = str(moving_label)
+    return [pair]
+
+
+def _load_header(path: str):
+    if not os.path.isfile(path):
+        raise RegistrationInputError(f"{path}: file not found.")
+    try:
+        return nib.load(path)
+    except Exception as error:  # nibabel raises several types for unreadable files
+        raise RegistrationInputError(f"{path}: not a readable NIfTI image ({error}).") from None
+
+
+def _spatial_shape(image, path: str, spatial_dims: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in image.shape)
+    while len(shape) > spatial_dims and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != spatial_dims or min(shape) < 2:
+        raise RegistrationInputError(f"{path}: a {spatial_dims}D image is needed, got shape {tuple(image.shape)}.")
+    return shape
+
+
+def check_registration_inputs(pairs: Sequence[dict], spatial_dims: int = 3) -> None:
+    """Raise :class:`RegistrationInputError` for the first unusable file of any pair, before any work starts."""
+    for pair in pairs:
+        for key in ("fixed", "moving"):
+            path = pair[key]
+            image = _load_header(path)
+            _spatial_shape(image, path, spatial_dims)
+            try:
+                data = np.asanyarray(image.dataobj, dtype=np.float32)
+            except Exception as error:
+                raise RegistrationInputError(f"{path}: the voxel data cannot be read ({error}).") from None
+            if not np.isfinite(data).all():
+                raise RegistrationInputError(f"{path}: the image holds NaN or infinite values.")
+            if float(data.max()) == float(data.min()):
+                raise RegistrationInputError(f"{path}: the image is constant ({float(data.min())}), nothing to register.")
+        if pair.get("moving_label"):
+            label_path, image_path = pair["moving_label"], pair["moving"]
+            label, image = _load_header(label_path), _load_header(image_path)
+            label_shape = _spatial_shape(label, label_path, spatial_dims)
+            image_shape = _spatial_shape(image, image_path, spatial_dims)
+            if label_shape != image_shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+                raise RegistrationInputError(
+                    f"{label_path}: the label grid (shape {label_shape}) differs from its image {image_path} "
+                    f"(shape {image_shape}) in shape or affine."
+                )
+
+
+def checked_pairs(
+    fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = "", spatial_dims: int = 3
+) -> list[dict]:
+    """:func:`registration_pairs` checked by :func:`check_registration_inputs`; a bad input stops the process.
+
+    Bundle configs build their pairs with this and evaluate them in ``initialize``, so a bad file
+    ends the run with one line naming it and the problem (exit status 1) before anything is written.
+    """
+    try:
+        pairs = registration_pairs(fixed_image, moving_image, moving_label, datalist)
+        check_registration_inputs(pairs, spatial_dims)
+    except RegistrationInputError as error:
+        raise SystemExit(f"error: {error}") from None
+    return pairs
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def pair_output_name(moving: str, fixed: str) -> str:
+    """The contract's output folder name ``<moving stem>_to_<fixed stem>``."""
+    return f"{_stem(moving)}_to_{_stem(fixed)}"
+
+
+def load_nifti(path: str, spatial_dims: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel data (float32, trailing singleton axes dropped) and the RAS affine of a NIfTI file."""
+    image = _load_header(path)
+    shape = _spatial_shape(image, path, spatial_dims)
+    return np.asanyarray(image.dataobj, dtype=np.float32).reshape(shape), image.affine.astype(np.float64)
+
+
+def save_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray, dtype=np.float32) -> None:
+    image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+
+
+def _itk_geometry(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ITK origin, spacing and direction (LPS) of a RAS voxel-to-world affine."""
+    n = affine.shape[0] - 1
+    flip = RAS_TO_LPS[:n, :n] if n == 3 else np.diag([-1.0, -1.0])
+    linear = flip @ affine[:n, :n]
+    spacing = np.linalg.norm(linear, axis=0)
+    return flip @ affine[:n, n], spacing, linear / spacing
+
+
+def save_itk_displacement_field(path: str | Path, field_ras: np.ndarray, affine: np.ndarray) -> None:
+    """Write a physical field ``(N, *spatial)`` in RAS mm as an ITK displacement field (LPS mm).
+
+    Goes through ITK's own NIfTI writer, so that ITK, SimpleITK, ANTs and 3D Slicer read it back
+    as the same transform: each fixed point x maps to x + d(x).
+    """
+    import itk
+
+    n = field_ras.shape[0]
+    flip = RAS_TO_LPS[:n, :n] if n == 3 else np.diag([-1.0, -1.0])
+    field_lps = np.einsum("ij,j...->i...", flip, field_ras).astype(np.float32)
+    # ITK arrays index the last axis first and hold the vector last
+    array = np.ascontiguousarray(np.moveaxis(field_lps, 0, -1).transpose(*reversed(range(n)), n))
+    image = itk.image_from_array(array, is_vector=True)
+    origin, spacing, direction = _itk_geometry(affine)
+    image.SetOrigin(origin.tolist())
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(direction)))
+    itk.imwrite(image, str(path))
+
+
+def load_itk_displacement_field(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ITK displacement field NIfTI as ``(N, *spatial)`` RAS mm plus its RAS affine (nibabel, no ITK)."""
+    image = nib.load(str(path))
+    data = np.asanyarray(image.dataobj, dtype=np.float32)
+    n = data.shape[-1]
+    field_lps = np.moveaxis(data.reshape(*data.shape[:n], n), -1, 0)
+    flip = RAS_TO_LPS[:n, :n] if n == 3 else np.diag([-1.0, -1.0])
+    affine = image.affine
+    if n == 2:  # a 2D field is stored in a 3D header
+        affine = np.delete(np.delete(affine, 2, axis=0), 2, axis=1)
+    return np.einsum("ij,j...->i...", flip, field_lps), affine

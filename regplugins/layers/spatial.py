@@ -1,0 +1,138 @@
+"""Dense displacement fields: sampling, composition, affines, and voxel <-> physical units.
+
+Conventions used across the package (the same as MONAI's ``Warp``):
+
+- a *voxel DDF* is a tensor ``(B, N, *spatial)`` whose channel ``i`` is the displacement along
+  spatial axis ``i`` in voxels of its own grid, and it *pulls*: ``warped(p) = moving(p + u(p))``;
+- a *physical field* is the same in millimetres in the world frame of the NIfTI affine (RAS);
+  only the ITK writer in :mod:`regplugins.io` flips it to LPS;
+- an *affine* is a ``(N + 1, N + 1)`` matrix that maps voxel indices to world coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Warp
+
+__all__ = [
+    "cached_warp",
+    "voxel_grid",
+    "apply_affine",
+    "sample",
+    "compose_ddf",
+    "affine_to_ddf",
+    "ddf_to_physical",
+    "resample_ddf",
+    "warp_physical",
+]
+
+_WARP: dict = {}
+
+
+def cached_warp(mode: str = "bilinear", padding_mode: str = "border") -> Warp:
+    """One cached MONAI Warp per mode: building it warns every time."""
+    key = (mode, padding_mode)
+    if key not in _WARP:
+        _WARP[key] = Warp(mode=mode, padding_mode=padding_mode)
+    return _WARP[key]
+
+
+def voxel_grid(spatial_shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel index coordinates ``(N, *spatial_shape)``, channel ``i`` along axis ``i``."""
+    axes = [torch.arange(int(s), device=device, dtype=dtype) for s in spatial_shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def apply_affine(affine: torch.Tensor, points: torch.Tensor, channel_dim: int = 0) -> torch.Tensor:
+    """Apply a homogeneous ``(N + 1, N + 1)`` matrix to points whose coordinates lie along ``channel_dim``."""
+    n = affine.shape[0] - 1
+    affine = affine.to(points)
+    moved = torch.movedim(points, channel_dim, -1) @ affine[:n, :n].T + affine[:n, n]
+    return torch.movedim(moved, -1, channel_dim)
+
+
+def sample(
+    volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Sample ``volume`` ``(B, C, *S)`` at voxel coordinates ``(B, N, *P)`` of its own grid.
+
+    ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; points are voxel indices, so
+    this is ``grid_sample`` with ``align_corners=True`` and the axis order reversed.
+    """
+    n = voxel_points.shape[1]
+    sizes = torch.tensor(volume.shape[2:], device=voxel_points.device, dtype=voxel_points.dtype)
+    scale = (2.0 / (sizes - 1).clamp(min=1)).view(1, n, *([1] * n))
+    normalised = voxel_points * scale - 1.0
+    grid = torch.movedim(normalised, 1, -1).flip(-1)
+    return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Voxel DDF of ``x -> x + inner(x) -> (x + inner(x)) + outer(x + inner(x))``.
+
+    ``inner`` is applied to the points first; both fields live on the same grid. Composing a
+    field with its inverse gives a field near zero, which is what inverse consistency checks.
+    """
+    return inner + cached_warp()(outer, inner)
+
+
+def affine_to_ddf(matrix: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """Voxel DDF ``(B, N, *spatial_shape)`` of voxel-coordinate affines ``(B, N, N + 1)`` or ``(B, N + 1, N + 1)``.
+
+    The displacement at voxel ``p`` is ``A p - p``; rotations about the volume centre are expressed
+    by composing the matrix with translations to and from the centre before calling this.
+    """
+    n = len(spatial_shape)
+    grid = voxel_grid(spatial_shape, device=matrix.device, dtype=matrix.dtype)
+    linear, offset = matrix[:, :n, :n], matrix[:, :n, n]
+    moved = torch.einsum("bij,j...->bi...", linear, grid) + offset.view(-1, n, *([1] * n))
+    return moved - grid.unsqueeze(0)
+
+
+def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """Millimetre field of a voxel DDF on the grid of ``affine`` (the linear part maps the vectors)."""
+    n = ddf.shape[1]
+    linear = affine[:n, :n].to(ddf)
+    return torch.einsum("ij,bj...->bi...", linear, ddf)
+
+
+def resample_ddf(
+    ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: torch.Tensor, target_shape: Sequence[int]
+) -> torch.Tensor:
+    """Physical field ``(B, N, *target_shape)`` in mm on a target grid, from a voxel DDF on a source grid.
+
+    Used to map a field predicted on the working grid back onto the fixed image's native grid:
+    each target voxel's world point is located in the source grid and the displacement there is
+    interpolated (border values outside) and converted to millimetres.
+    """
+    n = ddf.shape[1]
+    target_points = apply_affine(target_affine.double(), voxel_grid(target_shape, device=ddf.device, dtype=torch.float64))
+    to_source = torch.linalg.inv(source_affine.double())
+    source_points = apply_affine(to_source, target_points).to(ddf.dtype)
+    source_points = source_points.unsqueeze(0).expand(ddf.shape[0], *source_points.shape)
+    voxel_displacement = sample(ddf, source_points, mode="bilinear", padding_mode="border")
+    return ddf_to_physical(voxel_displacement, source_affine)
+
+
+def warp_physical(
+    volume: torch.Tensor,
+    volume_affine: torch.Tensor,
+    field: torch.Tensor,
+    field_affine: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Resample ``volume`` ``(B, C, *S)`` onto the grid of a physical field ``(B, N, *T)``.
+
+    Each target voxel's world point ``x`` takes the volume's value at ``x + field(x)``, zero
+    outside by default, as ITK's resampler with a displacement field transform does; the two
+    grids may differ in shape, spacing and orientation.
+    """
+    n = field.shape[1]
+    world = apply_affine(field_affine.double(), voxel_grid(field.shape[2:], device=field.device, dtype=torch.float64))
+    points = world.unsqueeze(0) + field.double()
+    voxels = apply_affine(torch.linalg.inv(volume_affine.double()), points, channel_dim=1)
+    return sample(volume, voxels.to(volume.dtype), mode=mode, padding_mode=padding_mode)

@@ -1,0 +1,8 @@
+"""Registration losses that MONAI lacks. MONAI's own (LNCC, mutual information, bending energy,
+diffusion) are used from ``monai.losses`` directly."""
+
+from .inverse_consistency import InverseConsistencyLoss
+from .mind import MINDSSC, MINDLoss
+from .multiresolution import MultiResolutionRegistrationLoss
+from .ncc import GlobalNCCLoss
+from .regularization import LaplacianRegularizationLoss, TotalVariationLoss, laplacian

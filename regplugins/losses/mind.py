@@ -1,0 +1,87 @@
+"""MIND-SSC: the modality independent neighbourhood descriptor in its self-similarity-context form.
+
+Heinrich et al., "MIND: Modality independent neighbourhood descriptor for multi-modal deformable
+registration", MedIA 2012, and "Towards realtime multimodal fusion for image-guided interventions
+using self-similarities", MICCAI 2013 (the SSC variant). MONAI has no MIND, so it lives here.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.loss import _Loss
+
+from .utils import reduce_per_sample
+
+
+class MINDSSC(nn.Module):
+    """MIND-SSC descriptor of ``(B, C, *spatial)``: ``(B, C * P, *spatial)``, P = 12 in 3D and 4 in 2D.
+
+    The six (3D) neighbours at ``dilation`` voxels along each axis are compared in pairs that lie
+    on different axes; each channel is the patch distance of one pair (box patch of half-width
+    ``radius``), turned into a similarity by ``exp(-D / V)`` with ``V`` the mean distance over
+    the channels, then scaled so the largest channel is 1. Contrast differences between
+    modalities change ``D`` and ``V`` together, which is why the descriptor is comparable across them.
+    """
+
+    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"MIND-SSC is defined for 2D and 3D images, got spatial_dims={spatial_dims}.")
+        self.spatial_dims, self.radius, self.dilation = spatial_dims, radius, dilation
+        neighbours = []
+        for axis in range(spatial_dims):
+            for sign in (-1, 1):
+                offset = [0] * spatial_dims
+                offset[axis] = sign * dilation
+                neighbours.append((axis, tuple(offset)))
+        # pairs of neighbours on different axes are the self-similarity context (12 in 3D, 4 in 2D)
+        self.pairs = [(p, q) for (ap, p), (aq, q) in itertools.combinations(neighbours, 2) if ap != aq]
+        self.avg_pool = (F.avg_pool2d, F.avg_pool3d)[spatial_dims - 2]
+
+    def _shifted(self, padded: torch.Tensor, offset: tuple[int, ...], shape) -> torch.Tensor:
+        index = [slice(None), slice(None)]
+        index += [slice(self.dilation + o, self.dilation + o + s) for o, s in zip(offset, shape)]
+        return padded[tuple(index)]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        batch, channels, *shape = image.shape
+        image = image.reshape(batch * channels, 1, *shape)
+        pad = [self.dilation] * (2 * self.spatial_dims)
+        padded = F.pad(image, pad, mode="replicate")
+        squared = torch.cat(
+            [(self._shifted(padded, p, shape) - self._shifted(padded, q, shape)) ** 2 for p, q in self.pairs], dim=1
+        )
+        if self.radius > 0:
+            squared = F.pad(squared, [self.radius] * (2 * self.spatial_dims), mode="replicate")
+            squared = self.avg_pool(squared, kernel_size=2 * self.radius + 1, stride=1)
+        distance = squared - squared.min(dim=1, keepdim=True).values
+        variance = distance.mean(dim=1, keepdim=True)
+        mean_variance = variance.mean(dim=list(range(1, variance.dim())), keepdim=True)
+        variance = torch.maximum(torch.minimum(variance, mean_variance * 1000.0), mean_variance * 0.001 + 1e-8)
+        descriptor = torch.exp(-distance / variance)
+        descriptor = descriptor / descriptor.max(dim=1, keepdim=True).values
+        return descriptor.reshape(batch, channels * len(self.pairs), *shape)
+
+
+class MINDLoss(_Loss):
+    """Mean squared difference of the MIND-SSC descriptors of the warped and the fixed image.
+
+    ``forward(pred, target)``: ``pred`` is the warped moving image, ``target`` the fixed image,
+    both ``(B, 1, *spatial)``. Lower is better; zero for identical structure whatever the contrast.
+    """
+
+    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, reduction: str = "mean"):
+        super().__init__(reduction=reduction)
+        self.descriptor = MINDSSC(spatial_dims=spatial_dims, radius=radius, dilation=dilation)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}.")
+        squared = (self.descriptor(pred) - self.descriptor(target)) ** 2
+        per_sample = squared.flatten(1).mean(dim=1)
+        return reduce_per_sample(per_sample, self.reduction)
+

@@ -1,0 +1,173 @@
+"""Registration metrics, computed from the files a bundle writes so that every method is scored alike.
+
+Overlap and surface distances come from MONAI (``compute_dice``, ``compute_hausdorff_distance``,
+``compute_average_surface_distance``, with the voxel spacing so they are in mm); the field
+metrics (Jacobian folding, inverse consistency, error against a true field, rigid errors) are
+MONAI-less and live here. Fields are physical ``(N, *spatial)`` arrays in RAS mm with the
+affine of their grid, as :func:`regplugins.io.load_itk_displacement_field` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+
+from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name
+from regplugins.layers import warp_physical
+
+__all__ = [
+    "label_overlap",
+    "jacobian_determinant",
+    "folding_percent",
+    "std_log_jacobian",
+    "inverse_consistency_error",
+    "field_error",
+    "rigid_errors",
+    "score_registration",
+    "score_datalist",
+]
+
+
+def label_overlap(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], labels: Sequence[int] | None = None
+) -> dict[int, dict[str, float]]:
+    """Dice, HD95 and ASD (mm) per label, for two label maps on one grid.
+
+    A label missing from either map gets Dice 0 and NaN distances.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"label maps differ in shape: {pred.shape} and {truth.shape}.")
+    if labels is None:
+        labels = sorted(int(v) for v in np.unique(truth) if v != 0)
+    pred_t, truth_t = torch.as_tensor(np.rint(pred)), torch.as_tensor(np.rint(truth))
+    results = {}
+    for label in labels:
+        p = (pred_t == label)[None, None].float()
+        t = (truth_t == label)[None, None].float()
+        dice = float(compute_dice(p, t, include_background=True)[0, 0])
+        if p.sum() == 0 or t.sum() == 0:
+            results[int(label)] = {"dice": 0.0 if t.sum() > 0 else math.nan, "hd95": math.nan, "asd": math.nan}
+            continue
+        hd95 = float(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=list(spacing))[0, 0])
+        asd = float(compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=list(spacing))[0, 0])
+        results[int(label)] = {"dice": dice, "hd95": hd95, "asd": asd}
+    return results
+
+
+def jacobian_determinant(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Determinant of the Jacobian of ``x -> x + d(x)`` at every voxel (central differences).
+
+    Derivatives along the voxel axes are mapped to world axes by the inverse of the grid's
+    linear part, so any spacing and orientation gives the same answer for the same transform.
+    """
+    n = field.shape[0]
+    voxel_gradients = np.stack(np.gradient(field.astype(np.float64), axis=tuple(range(1, n + 1))), axis=1)
+    # d d_i / d x_j = sum_k (d d_i / d v_k) (d v_k / d x_j)
+    world_gradients = np.einsum("ik...,kj->ij...", voxel_gradients, np.linalg.inv(affine[:n, :n]))
+    jacobian = world_gradients + np.eye(n).reshape(n, n, *([1] * n))
+    return np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
+
+
+def folding_percent(jacobian: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Percentage of voxels whose Jacobian determinant is not positive (the transform folds there)."""
+    values = jacobian if mask is None else jacobian[mask > 0]
+    return float(100.0 * np.mean(values <= 0))
+
+
+def std_log_jacobian(jacobian: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Standard deviation of log J, with J clipped at 1e-9 (smoothness of the volume change)."""
+    values = jacobian if mask is None else jacobian[mask > 0]
+    return float(np.std(np.log(np.clip(values, 1e-9, None))))
+
+
+def _sample_field(field: np.ndarray, affine: np.ndarray, at_field: np.ndarray, at_affine: np.ndarray) -> np.ndarray:
+    """``field`` (on its grid) read at ``x + at_field(x)`` for the points x of another grid."""
+    sampled = warp_physical(
+        torch.from_numpy(field.astype(np.float32))[None],
+        torch.as_tensor(affine),
+        torch.from_numpy(at_field.astype(np.float32))[None],
+        torch.as_tensor(at_affine),
+        padding_mode="border",
+    )
+    return sampled[0].numpy()
+
+
+def inverse_consistency_error(
+    forward: np.ndarray, forward_affine: np.ndarray, inverse: np.ndarray, inverse_affine: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> float:
+    """Mean distance in mm between ``x`` and ``x`` sent by the forward field and back by the inverse.
+
+    ``forward`` lives on the fixed grid and maps fixed points to moving ones; ``inverse`` lives on
+    the moving grid and maps back; outside its grid the inverse field is extended by its border values.
+    """
+    back = _sample_field(inverse, inverse_affine, forward, forward_affine)
+    error = np.linalg.norm(forward + back, axis=0)
+    return float(error.mean() if mask is None else error[mask > 0].mean())
+
+
+def field_error(field: np.ndarray, true_field: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean Euclidean distance in mm between an estimated and the true field on one grid."""
+    error = np.linalg.norm(field - true_field, axis=0)
+    return float(error.mean() if mask is None else error[mask > 0].mean())
+
+
+def rigid_errors(matrix: np.ndarray, true_matrix: np.ndarray, centre: Sequence[float] | None = None) -> dict[str, float]:
+    """Rotation error (degrees, angle of R_true^T R) and translation error (mm) of two 4x4 rigid transforms.
+
+    The translation error is measured at ``centre`` (default the origin): the distance between
+    the points the two transforms send it to.
+    """
+    n = matrix.shape[0] - 1
+    relative = true_matrix[:n, :n].T @ matrix[:n, :n]
+    cosine = np.clip((np.trace(relative) - (n - 2)) / 2.0, -1.0, 1.0) if n == 3 else np.clip(relative[0, 0], -1.0, 1.0)
+    point = np.append(np.zeros(n) if centre is None else np.asarray(centre, dtype=np.float64), 1.0)
+    translation = np.linalg.norm((matrix @ point)[:n] - (true_matrix @ point)[:n])
+    return {"rotation_error_deg": float(np.degrees(np.arccos(cosine))), "translation_error_mm": float(translation)}
+
+
+def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int = 3) -> dict:
+    """Score the contract outputs in ``output_folder`` for one datalist entry.
+
+    Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error)
+    when the entry has them; ``ddf.nii.gz`` always gives folding and std(log J), and
+    ``inverse_ddf.nii.gz`` the inverse-consistency error when a bundle writes it.
+    """
+    folder = Path(output_folder)
+    field, affine = load_itk_displacement_field(folder / "ddf.nii.gz")
+    jacobian = jacobian_determinant(field, affine)
+    scores: dict = {"pair": folder.name, "folding_percent": folding_percent(jacobian), "std_log_jacobian": std_log_jacobian(jacobian)}
+    if pair.get("fixed_label") and (folder / "warped_label.nii.gz").exists():
+        truth, truth_affine = load_nifti(pair["fixed_label"], spatial_dims)
+        pred, _ = load_nifti(str(folder / "warped_label.nii.gz"), spatial_dims)
+        spacing = np.linalg.norm(truth_affine[:spatial_dims, :spatial_dims], axis=0)
+        per_label = label_overlap(pred, truth, spacing)
+        scores["per_label"] = per_label
+        for metric in ("dice", "hd95", "asd"):
+            scores[metric] = float(np.nanmean([v[metric] for v in per_label.values()]))
+    if pair.get("true_ddf"):
+        true_field, _ = load_itk_displacement_field(pair["true_ddf"])
+        scores["field_error_mm"] = field_error(field, true_field)
+    if (folder / "inverse_ddf.nii.gz").exists():
+        inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
+        scores["inverse_consistency_mm"] = inverse_consistency_error(field, affine, inverse, inverse_affine)
+    return scores
+
+
+def score_datalist(pairs: Sequence[dict], output_dir: str | Path, spatial_dims: int = 3) -> dict:
+    """Score every pair's outputs under ``output_dir``; writes and returns ``metrics.json`` (per pair and mean)."""
+    output_dir = Path(output_dir)
+    per_pair = [
+        score_registration(pair, output_dir / pair_output_name(pair["moving"], pair["fixed"]), spatial_dims) for pair in pairs
+    ]
+    keys = [k for k in per_pair[0] if isinstance(per_pair[0][k], float)]
+    summary = {k: float(np.nanmean([p[k] for p in per_pair])) for k in keys}
+    result = {"mean": summary, "pairs": per_pair}
+    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,3 @@
+"""The registration networks of the papers; MONAI's own (VoxelMorph, LocalNet, ...) are used from ``monai.networks``."""
+
+from .fcn_multires import MultiResolutionFCN

@@ -1,0 +1,87 @@
+"""The saving transform that writes a bundle's contract outputs on the fixed image's native grid."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+
+from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
+from regplugins.layers import resample_ddf, warp_physical
+
+
+def register_on_native_grids(
+    ddf: torch.Tensor, working_affine: torch.Tensor, fixed_path: str, moving_path: str, moving_label_path: str | None = None
+) -> dict[str, np.ndarray]:
+    """Map a voxel DDF ``(N, *working)`` predicted on the working grid back to the native images.
+
+    Returns the physical field on the fixed grid (RAS mm), the native moving image and, when
+    given, its labels resampled through it (linear and nearest), and the fixed affine. Sampling
+    the native moving image, not the working copy, keeps its full resolution in ``warped``.
+    """
+    spatial_dims = ddf.shape[0]
+    fixed = nib.load(fixed_path)
+    fixed_affine = torch.as_tensor(fixed.affine, dtype=torch.float64)
+    fixed_shape = fixed.shape[:spatial_dims]
+    field = resample_ddf(ddf[None].float().cpu(), torch.as_tensor(working_affine).double().cpu(), fixed_affine, fixed_shape)
+    outputs = {"ddf": field[0].numpy(), "fixed_affine": fixed.affine}
+    sources = {"warped": (moving_path, "bilinear")}
+    if moving_label_path:
+        sources["warped_label"] = (moving_label_path, "nearest")
+    for name, (path, mode) in sources.items():
+        data, affine = load_nifti(path, spatial_dims)
+        volume = torch.from_numpy(data)[None, None]
+        outputs[name] = warp_physical(volume, torch.as_tensor(affine), field, fixed_affine, mode=mode)[0, 0].numpy()
+    return outputs
+
+
+class SaveRegistrationd(MapTransform):
+    """Write ``warped.nii.gz``, ``warped_label.nii.gz`` and ``ddf.nii.gz`` into ``<output_dir>/<moving>_to_<fixed>/``.
+
+    ``ddf_key`` holds the voxel DDF on the working grid, ``working_grid_key`` an image on that
+    grid (its MetaTensor affine), ``fixed_key``/``moving_key`` the loaded images (their
+    ``filename_or_obj`` points to the native files) and ``label_key`` the path of the moving
+    labels, if any. The folder appears complete or not at all: files are written to a hidden
+    folder that is renamed at the end.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        ddf_key: str = "pred",
+        working_grid_key: str = "fixed",
+        fixed_key: str = "fixed",
+        moving_key: str = "moving",
+        label_key: str = "moving_label",
+    ):
+        super().__init__(keys=[ddf_key])
+        self.output_dir = Path(output_dir)
+        self.ddf_key, self.working_grid_key = ddf_key, working_grid_key
+        self.fixed_key, self.moving_key, self.label_key = fixed_key, moving_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        fixed_path = d[self.fixed_key].meta["filename_or_obj"]
+        moving_path = d[self.moving_key].meta["filename_or_obj"]
+        label_path = d.get(self.label_key) or None
+        outputs = register_on_native_grids(
+            torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path
+        )
+        folder = self.output_dir / pair_output_name(moving_path, fixed_path)
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        affine = outputs["fixed_affine"]
+        save_nifti(partial / "warped.nii.gz", outputs["warped"], affine)
+        if "warped_label" in outputs:
+            save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
+        save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        d["output_folder"] = str(folder)
+        return d

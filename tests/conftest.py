@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny synthetic pairs written once per session, and the contract command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
+
+
+@pytest.fixture(scope="session")
+def synthetic_pairs(tmp_path_factory) -> Path:
+    """Two CT-like/T1-like pairs at 2 mm, 64^3 fixed grid, the moving image on another grid."""
+    from regplugins.data import write_synthetic_set
+
+    return write_synthetic_set(tmp_path_factory.mktemp("pairs"), n=2, shape=(64, 64, 64), modalities=("ct", "t1"), seed=11)
+
+
+@pytest.fixture(scope="session")
+def pairs(synthetic_pairs) -> list[dict]:
+    from regplugins.io import registration_pairs
+
+    return registration_pairs(datalist=str(synthetic_pairs))
+
+
+def reoriented_copy(path: str, out: Path) -> str:
+    """The same image stored with its first two axes flipped and swapped (an LPS-like, transposed layout)."""
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    flipped = data[::-1, ::-1].swapaxes(0, 1)
+    shape = data.shape
+    # voxel (i, j, k) of the copy is voxel (shape0 - 1 - j, shape1 - 1 - i, k) of the original
+    index_map = np.array([[0, -1, 0, shape[0] - 1], [-1, 0, 0, shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    copy = nib.Nifti1Image(np.ascontiguousarray(flipped), image.affine @ index_map)
+    nib.save(copy, str(out))
+    return str(out)
+
+
+def run_bundle(*args: str, config: str = "inference.json", timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` with a bundle config, as a user runs it."""
+    config_files = config if config.startswith("[") else str(BUNDLE / "configs" / config)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", config_files,
+        "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
+        "--bundle_root", str(BUNDLE),
+        *args,
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def read_datalist(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())

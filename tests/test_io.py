@@ -1,0 +1,100 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from regplugins.io import (
+    RAS_TO_LPS,
+    RegistrationInputError,
+    check_registration_inputs,
+    load_itk_displacement_field,
+    pair_output_name,
+    registration_pairs,
+    save_itk_displacement_field,
+    save_nifti,
+)
+
+OBLIQUE = np.array([[0.0, -1.5, 0.0, 10.0], [0.0, 0.0, 2.0, -20.0], [-1.2, 0.0, 0.0, 30.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def test_itk_field_of_a_known_translation_moves_points_by_it(tmp_path):
+    import itk
+
+    shape = (10, 12, 14)
+    translation_ras = np.array([3.0, -2.0, 5.0])
+    field = np.broadcast_to(translation_ras.reshape(3, 1, 1, 1), (3, *shape)).copy()
+    path = tmp_path / "ddf.nii.gz"
+    save_itk_displacement_field(path, field, OBLIQUE)
+
+    image = itk.imread(str(path), pixel_type=itk.Vector[itk.F, 3])
+    transform = itk.DisplacementFieldTransform[itk.F, 3].New()
+    transform.SetDisplacementField(image)
+    for voxel in ([4, 5, 6], [1, 1, 1], [8, 10, 12]):
+        point_lps = RAS_TO_LPS @ (OBLIQUE @ np.array([*voxel, 1.0]))[:3]
+        moved = np.array(transform.TransformPoint(point_lps.tolist()))
+        assert np.allclose(moved - point_lps, RAS_TO_LPS @ translation_ras, atol=1e-4)
+    # the grid is the one we gave, and reading it back without ITK gives the same field
+    assert np.allclose(np.array(image.GetOrigin()), RAS_TO_LPS @ OBLIQUE[:3, 3])
+    back, affine = load_itk_displacement_field(path)
+    assert np.allclose(back, field, atol=1e-5)
+    assert np.allclose(affine, OBLIQUE, atol=1e-4)
+    header = nib.load(str(path)).header
+    assert int(header["intent_code"]) == 1007 and header.get_data_shape() == (*shape, 1, 3)
+
+
+def write_image(path, data, affine=np.eye(4)):
+    save_nifti(path, np.asarray(data, dtype=np.float32), affine)
+    return str(path)
+
+
+@pytest.fixture
+def good(tmp_path):
+    rng = np.random.default_rng(0)
+    fixed = write_image(tmp_path / "fixed.nii.gz", rng.random((8, 8, 8)))
+    moving = write_image(tmp_path / "moving.nii.gz", rng.random((8, 8, 8)))
+    label = write_image(tmp_path / "label.nii.gz", (rng.random((8, 8, 8)) > 0.5))
+    return {"fixed": fixed, "moving": moving, "moving_label": label}
+
+
+def test_good_inputs_pass_and_datalists_resolve_relative_paths(tmp_path, good):
+    check_registration_inputs([good])
+    datalist = tmp_path / "pairs.json"
+    datalist.write_text(json.dumps([{"fixed": "fixed.nii.gz", "moving": "moving.nii.gz", "fixed_label": "label.nii.gz"}]))
+    pairs = registration_pairs(datalist=str(datalist))
+    assert pairs == [{"fixed": good["fixed"], "moving": good["moving"], "fixed_label": good["moving_label"]}]
+    assert pair_output_name("/a/b/ct_01.nii.gz", "/c/mr_01.nii") == "ct_01_to_mr_01"
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing", "file not found"),
+        ("unreadable", "not a readable NIfTI"),
+        ("two_d", "a 3D image is needed"),
+        ("nan", "NaN"),
+        ("constant", "constant"),
+        ("label_grid", "label grid"),
+    ],
+)
+def test_bad_inputs_are_named_with_their_problem(tmp_path, good, problem, expected):
+    pair = dict(good)
+    bad = tmp_path / "bad.nii.gz"
+    if problem == "missing":
+        pair["moving"] = str(tmp_path / "nowhere.nii.gz")
+    elif problem == "unreadable":
+        bad.write_bytes(b"not an image")
+        pair["moving"] = str(bad)
+    elif problem == "two_d":
+        pair["moving"] = write_image(bad, np.random.rand(8, 8))
+    elif problem == "nan":
+        data = np.random.rand(8, 8, 8)
+        data[2, 2, 2] = np.nan
+        pair["fixed"] = write_image(bad, data)
+    elif problem == "constant":
+        pair["fixed"] = write_image(bad, np.full((8, 8, 8), 5.0))
+    elif problem == "label_grid":
+        pair["moving_label"] = write_image(bad, np.ones((8, 8, 7)))
+    with pytest.raises(RegistrationInputError, match=expected) as error:
+        check_registration_inputs([pair])
+    assert str(error.value).startswith(pair["moving"] if problem in ("missing", "unreadable", "two_d") else str(bad))

@@ -1,0 +1,96 @@
+import math
+
+import torch
+
+from regplugins.layers import (
+    GradientMagnitude,
+    affine_to_ddf,
+    cached_warp,
+    compose_ddf,
+    ddf_to_physical,
+    resample_ddf,
+    sample,
+    voxel_grid,
+    warp_physical,
+)
+
+
+def smooth_field(shape, amplitude, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, len(shape), *[4] * len(shape), generator=generator)
+    mode = "trilinear" if len(shape) == 3 else "bilinear"
+    return amplitude * torch.nn.functional.interpolate(coarse, size=shape, mode=mode, align_corners=True)
+
+
+def test_warp_by_zero_field_is_identity():
+    image = torch.rand(1, 1, 12, 10, 8)
+    warped = cached_warp()(image, torch.zeros(1, 3, 12, 10, 8))
+    assert torch.allclose(warped, image, atol=1e-5)
+
+
+def test_sample_at_voxel_grid_is_identity_and_shift_moves_by_one_voxel():
+    image = torch.rand(1, 2, 9, 7)
+    grid = voxel_grid((9, 7))[None]
+    assert torch.allclose(sample(image, grid), image, atol=1e-5)
+    shifted = sample(image, grid + torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+    assert torch.allclose(shifted[:, :, :-1], image[:, :, 1:], atol=1e-5)
+
+
+def test_field_composed_with_its_inverse_is_near_zero():
+    # the inverse of exp(v) is exp(-v): integrate both with MONAI and compose
+    from monai.networks.blocks import DVF2DDF
+
+    velocity = smooth_field((24, 24, 24), amplitude=1.5)
+    integrate = DVF2DDF(num_steps=7)
+    forward, backward = integrate(velocity), integrate(-velocity)
+    composed = compose_ddf(forward, backward)
+    interior = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    assert forward.abs().max() > 1.0
+    assert composed[interior].abs().mean() < 0.02
+    assert composed[interior].abs().max() < 0.1 * forward.abs().max()
+    # adding the two is not the same thing: it leaves a far larger residual
+    assert (forward + backward)[interior].abs().mean() > 5 * composed[interior].abs().mean()
+
+
+def test_affine_to_ddf_translation_and_rotation():
+    translation = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, -3.0]]])
+    ddf = affine_to_ddf(translation, (5, 6))
+    assert torch.allclose(ddf[0, 0], torch.full((5, 6), 2.0))
+    assert torch.allclose(ddf[0, 1], torch.full((5, 6), -3.0))
+    angle = math.radians(90)
+    rotation = torch.tensor([[[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]]])
+    ddf = affine_to_ddf(rotation, (4, 4))
+    # voxel (1, 0) goes to (0, 1)
+    assert torch.allclose(ddf[0, :, 1, 0], torch.tensor([-1.0, 1.0]), atol=1e-6)
+
+
+def test_resample_ddf_converts_units_and_grids():
+    # a constant 1-voxel shift on a 2 mm grid is 2 mm everywhere on any other grid
+    ddf = torch.zeros(1, 3, 8, 8, 8)
+    ddf[:, 0] = 1.0
+    source = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    target = torch.tensor([[0, -1.0, 0, 10], [1.0, 0, 0, 2], [0, 0, 1.0, 3], [0, 0, 0, 1]], dtype=torch.float64)
+    field = resample_ddf(ddf, source, target, (5, 6, 7))
+    assert field.shape == (1, 3, 5, 6, 7)
+    assert torch.allclose(field[:, 0], torch.full((1, 5, 6, 7), 2.0))
+    assert torch.allclose(field[:, 1:], torch.zeros(1, 2, 5, 6, 7))
+    assert torch.allclose(ddf_to_physical(ddf, source)[:, 0], torch.full((1, 8, 8, 8), 2.0))
+
+
+def test_warp_physical_translation_between_grids():
+    # a ramp along world x, resampled through a +3 mm x field, reads 3 mm further along the ramp
+    affine = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    ramp = torch.arange(20, dtype=torch.float32).view(20, 1, 1).expand(20, 6, 6).clone()[None, None]
+    field = torch.zeros(1, 3, 10, 6, 6)
+    field[:, 0] = 3.0
+    warped = warp_physical(ramp, affine, field, affine)
+    assert torch.allclose(warped[0, 0, :, 2, 2], torch.arange(3, 13, dtype=torch.float32))
+
+
+def test_gradient_magnitude_of_a_ramp_is_its_slope():
+    ramp = (2.0 * torch.arange(10.0)).view(1, 1, 10, 1, 1).expand(1, 1, 10, 5, 5)
+    magnitude = GradientMagnitude(spatial_dims=3)(ramp)
+    assert magnitude.shape == ramp.shape
+    assert torch.allclose(magnitude[0, 0, :-1], torch.full((9, 5, 5), 2.0), atol=1e-4)
+    flat = GradientMagnitude(spatial_dims=2)(torch.ones(1, 1, 6, 6))
+    assert flat.abs().max() < 1e-4

@@ -1,0 +1,94 @@
+import torch
+from monai.networks.blocks import DVF2DDF
+
+from regplugins.data import SyntheticPairGenerator
+from regplugins.losses import (
+    MINDSSC,
+    GlobalNCCLoss,
+    InverseConsistencyLoss,
+    LaplacianRegularizationLoss,
+    MINDLoss,
+    MultiResolutionRegistrationLoss,
+    TotalVariationLoss,
+)
+from regplugins.transforms import NormalizeModalityd
+
+
+def ct_t1_same_anatomy():
+    """A CT-like and a T1-like image of one synthetic head on one grid, normalised to [0, 1]."""
+    pair = SyntheticPairGenerator(shape=(48, 48, 48), spacing=4.0, modalities=("ct", "t1"))(3)
+    pair = NormalizeModalityd(["fixed", "fixed_paired"])(pair)
+    return pair["fixed_paired"][None].as_tensor(), pair["fixed"][None].as_tensor()
+
+
+def test_mind_is_lower_for_aligned_ct_t1_than_shifted():
+    ct, t1 = ct_t1_same_anatomy()
+    loss = MINDLoss(radius=1, dilation=2)
+    values = [loss(torch.roll(ct, shifts=shift, dims=2), t1) for shift in (0, 1, 2, 4, 8)]
+    # the further the CT is moved off the T1, the larger the loss
+    assert all(a < b for a, b in zip(values, values[1:]))
+    assert values[-1] > 1.1 * values[0]
+
+
+def test_mind_descriptor_shapes_and_invariance_to_contrast():
+    image = torch.rand(2, 1, 16, 16, 16)
+    assert MINDSSC(spatial_dims=3)(image).shape == (2, 12, 16, 16, 16)
+    assert MINDSSC(spatial_dims=2, radius=2, dilation=1)(image[:, :, 0]).shape == (2, 4, 16, 16)
+    # a linear intensity change leaves the descriptor unchanged
+    descriptor = MINDSSC()(image)
+    assert torch.allclose(MINDSSC()(3.0 * image + 7.0), descriptor, atol=1e-4)
+
+
+def test_losses_are_differentiable_in_2d_and_3d():
+    for shape in ((1, 1, 20, 20), (1, 1, 12, 12, 12)):
+        moving = torch.rand(shape, requires_grad=True)
+        fixed = torch.rand(shape)
+        for loss in (MINDLoss(spatial_dims=len(shape) - 2), GlobalNCCLoss()):
+            loss(moving, fixed).backward()
+            assert moving.grad is not None and moving.grad.abs().sum() > 0
+            moving.grad = None
+
+
+def test_global_ncc_values():
+    image = torch.rand(2, 1, 10, 10, 10)
+    assert torch.allclose(GlobalNCCLoss()(2.0 * image + 1.0, image), torch.tensor(0.0), atol=1e-4)
+    assert torch.allclose(GlobalNCCLoss()(-image, image), torch.tensor(2.0), atol=1e-4)
+    assert GlobalNCCLoss(reduction="none")(image, image).shape == (2,)
+
+
+def test_laplacian_regulariser_zero_for_affine_field_and_exact_for_quadratic():
+    x = torch.arange(8.0).view(8, 1, 1).expand(8, 8, 8)
+    affine_field = torch.stack([0.5 * x, torch.zeros_like(x), torch.ones_like(x)])[None]
+    assert LaplacianRegularizationLoss(l1=1.0, l2=0.0)(affine_field) < 1e-8
+    quadratic = torch.stack([x**2, torch.zeros_like(x), torch.zeros_like(x)])[None]
+    # lap(x^2) = 2 everywhere, so mean ||lap||^2 = 4
+    assert torch.allclose(LaplacianRegularizationLoss(l1=1.0, l2=0.0)(quadratic), torch.tensor(4.0))
+    constant = torch.ones(1, 3, 5, 5, 5)
+    assert torch.allclose(LaplacianRegularizationLoss(l1=0.5, l2=0.01)(constant), torch.tensor(0.03))
+
+
+def test_total_variation_of_a_ramp():
+    x = torch.arange(6.0).view(6, 1).expand(6, 6)
+    ramp = torch.stack([3.0 * x, torch.zeros_like(x)])[None]  # d/dx = 3 along axis 0 only
+    assert torch.allclose(TotalVariationLoss()(ramp), torch.tensor(3.0))
+    assert TotalVariationLoss()(torch.ones(1, 3, 4, 4, 4)) == 0
+
+
+def test_inverse_consistency_small_for_true_inverse_large_for_mismatch():
+    generator = torch.Generator().manual_seed(1)
+    velocity = 2.0 * torch.nn.functional.interpolate(torch.randn(1, 3, 4, 4, 4, generator=generator), size=(24, 24, 24), mode="trilinear", align_corners=True)
+    integrate = DVF2DDF(num_steps=7)
+    forward, backward = integrate(velocity), integrate(-velocity)
+    consistent = InverseConsistencyLoss()(forward, backward)
+    inconsistent = InverseConsistencyLoss()(forward, forward)
+    assert consistent < 0.05 * inconsistent
+
+
+def test_multiresolution_loss_trains_every_level():
+    pair = torch.rand(1, 2, 16, 16, 16)
+    fields = [torch.zeros(1, 3, 16 // f, 16 // f, 16 // f, requires_grad=True) for f in (1, 2, 4)]
+    loss = MultiResolutionRegistrationLoss(MINDLoss(), TotalVariationLoss(), regularizer_weight=0.1)
+    loss([f + 0.1 for f in fields], pair).backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in fields)
+    # one field alone is the finest level
+    assert torch.allclose(loss(torch.zeros(1, 3, 16, 16, 16), pair), MINDLoss()(pair[:, :1], pair[:, 1:]))

@@ -1,0 +1,68 @@
+import numpy as np
+
+from regplugins.metrics import (
+    field_error,
+    folding_percent,
+    inverse_consistency_error,
+    jacobian_determinant,
+    label_overlap,
+    rigid_errors,
+    std_log_jacobian,
+)
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def world_points(shape, affine):
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")).astype(np.float64)
+    return np.einsum("ij,j...->i...", affine[:3, :3], grid) + affine[:3, 3].reshape(3, 1, 1, 1)
+
+
+def test_jacobian_of_a_linear_map_is_its_determinant_on_any_grid():
+    shape = (10, 9, 8)
+    linear = np.array([[1.2, 0.1, 0.0], [0.0, 0.9, 0.0], [0.0, 0.0, 1.1]])
+    for affine in (AFFINE, np.array([[0, -1.5, 0, 4], [0, 0, 2.0, 1], [-1.0, 0, 0, 2], [0, 0, 0, 1]])):
+        x = world_points(shape, affine)
+        field = np.einsum("ij,j...->i...", linear - np.eye(3), x)
+        jacobian = jacobian_determinant(field, affine)
+        assert np.allclose(jacobian, np.linalg.det(linear), atol=1e-6)
+        assert folding_percent(jacobian) == 0.0
+        assert std_log_jacobian(jacobian) < 1e-6
+
+
+def test_folding_is_detected():
+    x = world_points((12, 8, 8), AFFINE)
+    field = np.zeros_like(x)
+    field[0] = -2.5 * x[0]  # x -> -1.5 x flips the first axis: every voxel folds
+    assert folding_percent(jacobian_determinant(field, AFFINE)) == 100.0
+
+
+def test_inverse_consistency_and_field_error():
+    shape = (8, 8, 8)
+    forward = np.zeros((3, *shape))
+    forward[1] = 4.0
+    assert inverse_consistency_error(forward, AFFINE, -forward, AFFINE) < 1e-5
+    assert np.isclose(inverse_consistency_error(forward, AFFINE, np.zeros_like(forward), AFFINE), 4.0)
+    assert np.isclose(field_error(forward, np.zeros_like(forward)), 4.0)
+
+
+def test_rigid_errors():
+    angle = np.radians(10.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    shifted = np.eye(4)
+    shifted[:3, 3] = [3.0, 4.0, 0.0]
+    errors = rigid_errors(rotation @ shifted, shifted)
+    assert np.isclose(errors["rotation_error_deg"], 10.0)
+    assert rigid_errors(shifted, np.eye(4))["translation_error_mm"] == 5.0
+
+
+def test_label_overlap_in_mm():
+    truth = np.zeros((20, 20, 20))
+    truth[5:15, 5:15, 5:15] = 1
+    pred = np.roll(truth, 2, axis=0)
+    scores = label_overlap(pred, truth, spacing=(1.5, 1.0, 1.0))
+    assert np.isclose(scores[1]["dice"], 0.8)
+    assert np.isclose(scores[1]["hd95"], 3.0)  # 2 voxels of 1.5 mm
+    assert label_overlap(truth, truth, spacing=(1, 1, 1))[1]["dice"] == 1.0
+    assert label_overlap(np.zeros_like(truth), truth, spacing=(1, 1, 1))[1]["dice"] == 0.0

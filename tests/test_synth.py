@@ -1,0 +1,66 @@
+import numpy as np
+import torch
+
+from regplugins.data import INTENSITY_RANGES, SyntheticPairGenerator
+from regplugins.layers import warp_physical
+from regplugins.metrics import folding_percent, jacobian_determinant, label_overlap
+
+
+def warp_labels_with_true_field(pair):
+    fixed_affine = pair["fixed_label"].affine
+    warped = warp_physical(pair["moving_label"][None].as_tensor(), pair["moving_label"].affine, pair["true_ddf"][None].as_tensor(), fixed_affine, "nearest")
+    return warped[0, 0].numpy()
+
+
+def test_true_field_has_no_folding_and_maps_moving_labels_onto_fixed():
+    generator = SyntheticPairGenerator(shape=(48, 48, 48), spacing=3.0, moving_grid="random", rotation_deg=10, deformation_mm=4)
+    for seed in (0, 1):
+        pair = generator(seed)
+        field, affine = pair["true_ddf"].numpy(), pair["true_ddf"].affine.numpy()
+        assert np.abs(field).max() > 3.0  # it does move things
+        assert folding_percent(jacobian_determinant(field, affine)) == 0.0
+        truth = pair["fixed_label"][0].numpy()
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        with_truth = np.mean([v["dice"] for v in label_overlap(warp_labels_with_true_field(pair), truth, spacing).values()])
+        zero = torch.zeros_like(pair["true_ddf"])[None]
+        unregistered = warp_physical(pair["moving_label"][None].as_tensor(), pair["moving_label"].affine, zero, pair["fixed_label"].affine, "nearest")
+        without = np.mean([v["dice"] for v in label_overlap(unregistered[0, 0].numpy(), truth, spacing).values()])
+        assert with_truth > 0.85
+        assert with_truth > without + 0.1
+
+
+def test_modalities_intensities_and_paired_images():
+    pair = SyntheticPairGenerator(shape=(40, 40, 40), spacing=4.0, modalities=("ct", "t2"), skull_probability=1.0)(5)
+    assert (pair["moving_modality"], pair["fixed_modality"]) == ("ct", "t2")
+    ct, labels = pair["moving"][0], pair["moving_label"][0]
+    assert ct[labels == 0].mean() < -900  # air
+    assert ct.max() > 300  # skull
+    assert pair["fixed"].min() >= 0  # MR magnitude
+    # paired images: the same anatomy in the other modality on each grid
+    assert pair["fixed_paired"].shape == pair["fixed"].shape and pair["fixed_paired"].min() < -900
+    assert pair["moving_paired"].shape == pair["moving"].shape and pair["moving_paired"].min() >= 0
+    # fluid is bright in T2: CSF labels outshine white matter on average
+    assert set(INTENSITY_RANGES) == {"ct", "t1", "t2", "pd"}
+
+
+def test_seeds_reproduce_and_differ_and_rigid_only_pairs():
+    generator = SyntheticPairGenerator(shape=(32, 32, 32), spacing=4.0)
+    assert torch.equal(generator(7)["moving"], generator(7)["moving"])
+    assert not torch.equal(generator(7)["moving"], generator(8)["moving"])
+    rigid = SyntheticPairGenerator(shape=(32, 32, 32), spacing=4.0, deformation_mm=0.0, rotation_deg=10.0)(3)
+    field, affine = rigid["true_ddf"].numpy(), rigid["true_ddf"].affine.numpy()
+    assert np.allclose(jacobian_determinant(field, affine), 1.0, atol=1e-3)
+
+
+def test_two_dimensional_pairs_and_user_label_maps():
+    pair = SyntheticPairGenerator(shape=(64, 48), spacing=2.0, modalities=("t1", "t2"))(0)
+    assert pair["moving"].shape == (1, 64, 48) and pair["true_ddf"].shape == (2, 64, 48)
+    labels = torch.zeros(1, 24, 24, 24, dtype=torch.long)
+    labels[:, 6:18, 6:18, 6:18] = 1
+    labels[:, 9:15, 9:15, 9:15] = 2
+    user = SyntheticPairGenerator(
+        labels=labels, labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
+        tissue_of_label={0: "background", 1: "grey_matter", 2: "white_matter"}, modalities=("ct", "t1"),
+    )(0)
+    assert torch.equal(user["fixed_label"].long(), labels)
+    assert set(user["moving_label"].unique().tolist()) <= {0, 1, 2}
