@@ -1,0 +1,26 @@
+# `make demo` and `make test` set everything up on a fresh machine: a .venv, torch, and the project.
+# Users with a GPU create .venv and install their own CUDA torch into it first; it is kept.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(PY) -m regplugins demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf demo_out .pytest_cache

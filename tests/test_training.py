@@ -1,0 +1,41 @@
+"""Training configs: one tiny epoch single-process, and one under torchrun with two CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import BUNDLE, ROOT, run_bundle
+from regplugins.networks import MultiResolutionFCN
+
+TINY = [
+    "--working_shape", "[32,32,32]", "--working_spacing", "6.0", "--num_train_pairs", "4", "--num_val_pairs", "2",
+    "--train#trainer#max_epochs", "1", "--batch_size", "2", "--num_workers", "0", "--val_interval", "1", "--device", "cpu",
+]
+
+
+def test_train_config_runs_and_saves_a_loadable_checkpoint(tmp_path):
+    result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), config="train.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_mean_dice" in result.stdout + result.stderr
+    state = torch.load(tmp_path / "model.pt", map_location="cpu")
+    MultiResolutionFCN().load_state_dict(state)
+
+
+def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
+    configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json")])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
+        "--logging_file", str(BUNDLE / "configs/logging.conf"), *TINY, "--ckpt_dir", str(tmp_path),
+    ]
+    command.remove("--device")
+    command.remove("cpu")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "model.pt").exists()
