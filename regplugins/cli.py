@@ -1,4 +1,4 @@
-"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``regplugins demo``."""
+"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``regplugins demo``, ``regplugins bench``."""
 
 from __future__ import annotations
 
@@ -48,8 +48,32 @@ def demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", device
     run_demo(out=out, bundle=bundle, device=device, seed=seed)
 
 
+def bench(
+    bundles: str | Sequence[str] = "fcn_multires_selfsup_reg",
+    data: str = "synth",
+    baselines: str | Sequence[str] = "none,ants_syn",
+    device: str = "cpu",
+    out: str = "bench_out",
+    n: int = 4,
+    shape: str | Sequence[int] = "128,128,128",
+    kind: str = "ct_t1",
+) -> None:
+    """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json and OUT/results.md.
+
+    --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
+    held-out synthetic set of --kind ct_t1, t1_t2 or rigid (--n pairs of --shape voxels at 1.5 mm).
+    Baselines: none, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra).
+    """
+    from regplugins.bench import run_bench
+
+    run_bench(
+        bundles=_names(bundles) if bundles else (), data=data, baselines=_names(baselines) if baselines else (),
+        device=device, out=out, n=n, shape=_ints(shape), kind=kind,
+    )
+
+
 def main() -> None:
-    fire.Fire({"synth": synth, "demo": demo})
+    fire.Fire({"synth": synth, "demo": demo, "bench": bench})
 
 
 if __name__ == "__main__":

@@ -20,24 +20,58 @@ def register_on_native_grids(
 ) -> dict[str, np.ndarray]:
     """Map a voxel DDF ``(N, *working)`` predicted on the working grid back to the native images.
 
-    Returns the physical field on the fixed grid (RAS mm), the native moving image and, when
-    given, its labels resampled through it (linear and nearest), and the fixed affine. Sampling
-    the native moving image, not the working copy, keeps its full resolution in ``warped``.
+    Returns what :func:`warp_native_images` returns for that field taken to the fixed grid.
     """
     spatial_dims = ddf.shape[0]
     fixed = nib.load(fixed_path)
-    fixed_affine = torch.as_tensor(fixed.affine, dtype=torch.float64)
-    fixed_shape = fixed.shape[:spatial_dims]
-    field = resample_ddf(ddf[None].float().cpu(), torch.as_tensor(working_affine).double().cpu(), fixed_affine, fixed_shape)
-    outputs = {"ddf": field[0].numpy(), "fixed_affine": fixed.affine}
+    field = resample_ddf(
+        ddf[None].float().cpu(), torch.as_tensor(working_affine).double().cpu(),
+        torch.as_tensor(fixed.affine, dtype=torch.float64), fixed.shape[:spatial_dims],
+    )
+    return warp_native_images(field[0].numpy(), fixed_path, moving_path, moving_label_path)
+
+
+def warp_native_images(
+    field: np.ndarray, fixed_path: str, moving_path: str, moving_label_path: str | None = None
+) -> dict[str, np.ndarray]:
+    """Resample the native moving image (linear) and labels (nearest) through a physical field on the fixed grid.
+
+    ``field`` is ``(N, *fixed shape)`` in RAS mm. Returns ``ddf`` (the field), ``warped``, ``warped_label``
+    when labels are given, and ``fixed_affine``. Sampling the native moving image, not a working
+    copy, keeps its full resolution in ``warped``.
+    """
+    spatial_dims = field.shape[0]
+    fixed_affine = nib.load(fixed_path).affine
+    outputs = {"ddf": field, "fixed_affine": fixed_affine}
     sources = {"warped": (moving_path, "bilinear")}
     if moving_label_path:
         sources["warped_label"] = (moving_label_path, "nearest")
     for name, (path, mode) in sources.items():
         data, affine = load_nifti(path, spatial_dims)
         volume = torch.from_numpy(data)[None, None]
-        outputs[name] = warp_physical(volume, torch.as_tensor(affine), field, fixed_affine, mode=mode)[0, 0].numpy()
+        warped = warp_physical(volume, torch.as_tensor(affine), torch.as_tensor(field)[None], torch.as_tensor(fixed_affine), mode=mode)
+        outputs[name] = warped[0, 0].numpy()
     return outputs
+
+
+def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray]) -> Path:
+    """Write the contract files of one pair into ``folder``, which appears complete or not at all.
+
+    Files go to a hidden sibling folder that is renamed at the end, so an interrupted run
+    leaves no partial output under the name users look for.
+    """
+    folder = Path(folder)
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    affine = outputs["fixed_affine"]
+    save_nifti(partial / "warped.nii.gz", outputs["warped"], affine)
+    if "warped_label" in outputs:
+        save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
+    save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
 
 
 class SaveRegistrationd(MapTransform):
@@ -46,8 +80,7 @@ class SaveRegistrationd(MapTransform):
     ``ddf_key`` holds the voxel DDF on the working grid, ``working_grid_key`` an image on that
     grid (its MetaTensor affine), ``fixed_key``/``moving_key`` the loaded images (their
     ``filename_or_obj`` points to the native files) and ``label_key`` the path of the moving
-    labels, if any. The folder appears complete or not at all: files are written to a hidden
-    folder that is renamed at the end.
+    labels, if any. See :func:`write_registration_outputs` for how the folder is written.
     """
 
     def __init__(
@@ -72,16 +105,6 @@ class SaveRegistrationd(MapTransform):
         outputs = register_on_native_grids(
             torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path
         )
-        folder = self.output_dir / pair_output_name(moving_path, fixed_path)
-        partial = folder.with_name(f".{folder.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        affine = outputs["fixed_affine"]
-        save_nifti(partial / "warped.nii.gz", outputs["warped"], affine)
-        if "warped_label" in outputs:
-            save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
-        save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
+        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs)
         d["output_folder"] = str(folder)
         return d

@@ -1,0 +1,239 @@
+"""``regplugins bench``: bundles and classical baselines on the same pairs, scored by the same code.
+
+Every method writes the contract's files for every pair (``<method>/<moving>_to_<fixed>/``), and
+:func:`regplugins.metrics.score_registration` scores those files, so a bundle and ANTs are
+judged identically. Each method runs in a child process of its own, which gives its peak
+memory (``ru_maxrss`` of that child) without the benchmark's own memory mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from regplugins.io import load_itk_displacement_field, pair_output_name, registration_pairs
+from regplugins.metrics import score_registration
+
+BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
+
+# the held-out synthetic sets: fixed seeds far from the training seeds of every bundle
+SYNTHETIC_SETS = {
+    "ct_t1": {"modalities": ("ct", "t1")},
+    "t1_t2": {"modalities": ("t1", "t2")},
+    "rigid": {"modalities": ("ct", "t1"), "deformation_mm": 0.0},
+}
+HELD_OUT_SEED = 2_000_000
+
+# ANTs transform types behind the baseline names; all use Mattes mutual information
+ANTS_BASELINES = {"ants_affine": "Affine", "ants_syn": "SyN", "ants_synra": "SyNRA"}
+BASELINES = ("none", *ANTS_BASELINES)
+
+# the columns of results.md: (key in the scores, header)
+COLUMNS = (
+    ("dice", "Dice"),
+    ("hd95", "HD95 mm"),
+    ("asd", "ASD mm"),
+    ("folding_percent", "folding %"),
+    ("std_log_jacobian", "std log J"),
+    ("field_error_mm", "field error mm"),
+    ("inverse_consistency_mm", "inverse consistency mm"),
+    ("seconds_per_pair", "s/pair"),
+    ("seconds_per_pair_with_load", "s/pair incl. load"),
+    ("peak_memory_mb", "peak memory MB"),
+)
+
+
+def synthetic_datalist(out: str | Path, kind: str = "ct_t1", n: int = 4, shape: Sequence[int] = (128, 128, 128), spacing: float = 1.5) -> Path:
+    """Write (once) a held-out synthetic set of ``kind`` and return its datalist."""
+    from regplugins.data import write_synthetic_set
+
+    if kind not in SYNTHETIC_SETS:
+        raise ValueError(f"unknown synthetic set {kind!r}; choose from {sorted(SYNTHETIC_SETS)}.")
+    folder = Path(out) / f"data_{kind}_{n}x{'x'.join(map(str, shape))}"
+    datalist = folder / "datalist.json"
+    if not datalist.exists():
+        write_synthetic_set(folder, n=n, shape=shape, spacing=spacing, seed=HELD_OUT_SEED, **SYNTHETIC_SETS[kind])
+    return datalist
+
+
+def register_with_bundle(bundle: str, datalist: str, out: str, device: str) -> dict:
+    """The contract run of ``bundle`` on a datalist, in this process; returns its timings.
+
+    ``monai.bundle run`` is this same sequence; splitting it times the model load apart.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    root = BUNDLES / bundle
+    start = time.perf_counter()
+    workflow = ConfigWorkflow(
+        config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"), workflow_type="infer",
+        bundle_root=str(root), datalist=datalist, output_dir=out, device=device,
+    )
+    workflow.initialize()
+    _synchronize(device)
+    loaded = time.perf_counter()
+    workflow.run()
+    _synchronize(device)
+    done = time.perf_counter()
+    workflow.finalize()
+    return {"load_seconds": loaded - start, "run_seconds": done - loaded}
+
+
+def register_with_baseline(baseline: str, datalist: str, out: str) -> dict:
+    """Register every pair with a baseline and write the contract's files; returns its timings."""
+    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+
+    run_seconds = 0.0
+    for pair in registration_pairs(datalist=datalist):
+        start = time.perf_counter()
+        field = _ants_field(pair, ANTS_BASELINES[baseline]) if baseline in ANTS_BASELINES else _zero_field(pair)
+        outputs = warp_native_images(field, pair["fixed"], pair["moving"], pair.get("moving_label"))
+        run_seconds += time.perf_counter() - start
+        write_registration_outputs(Path(out) / pair_output_name(pair["moving"], pair["fixed"]), outputs)
+    return {"load_seconds": 0.0, "run_seconds": run_seconds}
+
+
+def _zero_field(pair: dict) -> np.ndarray:
+    import nibabel as nib
+
+    return np.zeros((3, *nib.load(pair["fixed"]).shape[:3]), np.float32)
+
+
+def _ants_field(pair: dict, transform: str) -> np.ndarray:
+    """ANTs registration with Mattes MI, its transforms composed into one field on the fixed grid (RAS mm)."""
+    import ants
+
+    fixed, moving = ants.image_read(pair["fixed"]), ants.image_read(pair["moving"])
+    result = ants.registration(fixed, moving, type_of_transform=transform, aff_metric="mattes", syn_metric="mattes", random_seed=0)
+    with tempfile.TemporaryDirectory() as folder:
+        composed = ants.apply_transforms(fixed, moving, result["fwdtransforms"], compose=os.path.join(folder, "composed_"))
+        field, _ = load_itk_displacement_field(composed)
+    return field
+
+
+def _synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _child_main(method: str, datalist: str, out: str, device: str, result_path: str) -> None:
+    """Entry point of the child process that runs one method."""
+    if method in BASELINES:
+        timing = register_with_baseline(method, datalist, out)
+    else:
+        timing = register_with_bundle(method, datalist, out, device)
+    if str(device).startswith("cuda"):
+        import torch
+
+        timing["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(result_path).write_text(json.dumps(timing))
+
+
+def measure_method(method: str, datalist: str, out: Path, device: str) -> dict:
+    """Run ``method`` in a child process; its timings plus the child's peak resident memory."""
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / "timing.json"
+    code = "import sys; from regplugins.bench import _child_main; _child_main(*sys.argv[1:])"
+    child = subprocess.Popen([sys.executable, "-c", code, method, str(datalist), str(out), device, str(result_path)])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{method} failed with exit code {child.returncode}; its error is printed above.")
+    timing = json.loads(result_path.read_text())
+    timing["peak_memory_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return timing
+
+
+def score_method(pairs: Sequence[dict], folder: Path, timing: dict) -> dict:
+    scores = [score_registration(pair, folder / pair_output_name(pair["moving"], pair["fixed"])) for pair in pairs]
+    n = len(pairs)
+    timing = {
+        **timing,
+        "seconds_per_pair": timing["run_seconds"] / n,
+        "seconds_per_pair_with_load": (timing["run_seconds"] + timing["load_seconds"]) / n,
+    }
+    summary = {}
+    for key, _ in COLUMNS:
+        values = [s[key] for s in scores if key in s]
+        if values:
+            summary[key] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values))}
+        elif key in timing:  # one number per method: no spread to report
+            summary[key] = {"mean": float(timing[key]), "sd": None}
+    return {"summary": summary, "timing": timing, "pairs": scores}
+
+
+def results_table(results: dict) -> str:
+    """Methods as rows, metrics as columns, mean ± sd."""
+    present = [(k, h) for k, h in COLUMNS if any(k in r["summary"] for r in results.values())]
+    lines = ["| method | " + " | ".join(h for _, h in present) + " |", "|---" * (len(present) + 1) + "|"]
+    for method, result in results.items():
+        cells = []
+        for key, _ in present:
+            value = result["summary"].get(key)
+            if value is None:
+                cells.append("")
+            else:
+                cells.append(f"{value['mean']:.3g}" + ("" if value["sd"] is None else f" ± {value['sd']:.2g}"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    bundles: Sequence[str] = ("fcn_multires_selfsup_reg",),
+    data: str = "synth",
+    baselines: Sequence[str] = ("none", "ants_syn"),
+    device: str = "cpu",
+    out: str = "bench_out",
+    n: int = 4,
+    shape: Sequence[int] = (128, 128, 128),
+    kind: str = "ct_t1",
+) -> dict:
+    """Register ``data`` (a datalist, or ``synth`` for a held-out synthetic set) with every method; write the results."""
+    out_path = Path(out).resolve()
+    datalist = synthetic_datalist(out_path, kind, n, shape) if data == "synth" else Path(data).resolve()
+    pairs = registration_pairs(datalist=str(datalist))
+    methods = list(baselines) + list(bundles)
+    unknown = [b for b in bundles if not (BUNDLES / b / "configs" / "inference.json").exists()]
+    if unknown:
+        raise SystemExit(f"error: no such bundle under {BUNDLES}: {', '.join(unknown)}")
+    results, notes = {}, []
+    for method in methods:
+        if method in ANTS_BASELINES and not _has_ants():
+            notes.append(f"{method} skipped: antspyx is not installed (pip install 'regplugins[baselines]').")
+            continue
+        folder = out_path / method
+        print(f"[bench] {method}: {len(pairs)} pairs from {datalist}", flush=True)
+        timing = measure_method(method, str(datalist), folder, device)
+        results[method] = score_method(pairs, folder, timing)
+    report = {"datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
+    (out_path / "results.json").write_text(json.dumps(report, indent=2))
+    table = results_table(results)
+    header = f"{len(pairs)} pairs from `{datalist.name}` in `{datalist.parent.name}`, device {device} ({report['machine']})\n\n"
+    (out_path / "results.md").write_text(header + table + "".join(f"\n{note}\n" for note in notes))
+    print(header + table + "\n".join(notes))
+    return report
+
+
+def _has_ants() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ants") is not None
+
+
+def _machine(device: str) -> str:
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"{len(os.sched_getaffinity(0))} CPU cores"
