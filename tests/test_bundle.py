@@ -1,0 +1,166 @@
+"""The first bundle end to end, through `python -m monai.bundle` as users call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLE, ROOT, read_datalist, reoriented_copy, run_bundle
+from regplugins.demo import labels_on_fixed_grid, mean_dice
+from regplugins.io import load_nifti, pair_output_name
+
+SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # offline copy of MONAI's metadata schema
+
+
+def monai_bundle(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_verify_metadata():
+    result = monai_bundle("verify_metadata", "--meta_file", str(BUNDLE / "configs/metadata.json"), "--filepath", str(SCHEMA))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_verify_net_in_out_and_torchscript_export(tmp_path):
+    meta, config = str(BUNDLE / "configs/metadata.json"), str(BUNDLE / "configs/inference.json")
+    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config, "--n", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+    exported = tmp_path / "model.ts"
+    result = monai_bundle(
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(BUNDLE / "models/model.pt"),
+        "--meta_file", meta, "--config_file", config, "--key_in_ckpt", "", "--use_trace", "True", "--input_shape", "[1,2,32,32,32]",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    scripted = torch.jit.load(str(exported))
+    assert scripted(torch.rand(1, 2, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def registered(synthetic_pairs, tmp_path_factory):
+    """The contract command on pair 0, with the fixed image stored in another orientation."""
+    entry = read_datalist(synthetic_pairs)[0]
+    folder = synthetic_pairs.parent
+    fixed = reoriented_copy(str(folder / entry["fixed"]), tmp_path_factory.mktemp("fixed") / "fixed_t1.nii.gz")
+    pair = {"fixed": fixed, "moving": str(folder / entry["moving"]), "moving_label": str(folder / entry["moving_label"]),
+            "fixed_label": reoriented_copy(str(folder / entry["fixed_label"]), tmp_path_factory.mktemp("label") / "fixed_label.nii.gz")}
+    out = tmp_path_factory.mktemp("out")
+    result = run_bundle("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"],
+                        "--output_dir", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return pair, out / pair_output_name(pair["moving"], pair["fixed"])
+
+
+def test_contract_outputs_on_the_fixed_grid(registered):
+    pair, folder = registered
+    assert sorted(p.name for p in folder.iterdir()) == ["ddf.nii.gz", "warped.nii.gz", "warped_label.nii.gz"]
+    fixed = nib.load(pair["fixed"])
+    for name in ("warped.nii.gz", "warped_label.nii.gz"):
+        image = nib.load(str(folder / name))
+        assert image.shape == fixed.shape
+        assert np.allclose(image.affine, fixed.affine, atol=1e-4)
+    ddf = nib.load(str(folder / "ddf.nii.gz"))
+    assert ddf.shape == (*fixed.shape, 1, 3)
+    assert np.allclose(ddf.affine, fixed.affine, atol=1e-4)
+    assert not list(folder.parent.glob(".*partial"))
+
+
+def test_registration_improves_dice_over_no_registration(registered):
+    pair, folder = registered
+    truth, _ = load_nifti(pair["fixed_label"])
+    before = mean_dice(labels_on_fixed_grid(pair), truth)
+    after = mean_dice(load_nifti(str(folder / "warped_label.nii.gz"))[0], truth)
+    assert after > before + 0.02, (before, after)
+
+
+def test_itk_resampling_with_the_ddf_reproduces_warped(registered):
+    import itk
+
+    pair, folder = registered
+    moving = itk.imread(pair["moving"], itk.F)
+    fixed = itk.imread(pair["fixed"], itk.F)
+    stored = itk.imread(str(folder / "ddf.nii.gz"), pixel_type=itk.Vector[itk.F, 3])
+    # ITK Python's resampler takes double-precision transforms only; same field, same geometry
+    field = itk.image_from_array(itk.array_from_image(stored).astype(np.float64), is_vector=True)
+    field.SetOrigin(stored.GetOrigin())
+    field.SetSpacing(stored.GetSpacing())
+    field.SetDirection(stored.GetDirection())
+    transform = itk.DisplacementFieldTransform[itk.D, 3].New()
+    transform.SetDisplacementField(field)
+    resampled = itk.resample_image_filter(
+        moving, transform=transform, use_reference_image=True, reference_image=fixed,
+        interpolator=itk.LinearInterpolateImageFunction[itk.Image[itk.F, 3], itk.D].New(),
+    )
+    by_itk = np.transpose(itk.array_from_image(resampled), (2, 1, 0))
+    ours = load_nifti(str(folder / "warped.nii.gz"))[0]
+    inside = np.zeros(ours.shape, bool)
+    inside[2:-2, 2:-2, 2:-2] = True  # ITK and torch differ only in the last half voxel at the border
+    scale = np.abs(ours[inside]).max()
+    assert np.abs(by_itk[inside] - ours[inside]).max() < 1e-3 * scale
+
+
+@pytest.mark.parametrize("problem", ["missing", "nan", "two_d"])
+def test_bad_input_one_clear_error_and_no_output(tmp_path, pairs, problem):
+    bad = tmp_path / "bad.nii.gz"
+    moving = pairs[0]["moving"]
+    if problem == "missing":
+        moving = str(tmp_path / "missing.nii.gz")
+    elif problem == "nan":
+        image = nib.load(pairs[0]["moving"])
+        data = image.get_fdata()
+        data[3, 3, 3] = np.nan
+        nib.save(nib.Nifti1Image(data, image.affine), str(bad))
+        moving = str(bad)
+    else:
+        nib.save(nib.Nifti1Image(np.random.rand(16, 16).astype(np.float32), np.eye(4)), str(bad))
+        moving = str(bad)
+    out = tmp_path / "out"
+    result = run_bundle("--fixed_image", pairs[0]["fixed"], "--moving_image", moving, "--output_dir", str(out))
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: " + moving), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_datalist_run_and_evaluate_config_score_every_pair(synthetic_pairs, tmp_path):
+    out = tmp_path / "eval"
+    configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/evaluate.json")])
+    result = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(out), config=configs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["pairs"]) == 2
+    for key in ("dice", "hd95", "asd", "folding_percent", "std_log_jacobian", "field_error_mm"):
+        assert np.isfinite(metrics["mean"][key])
+    assert metrics["mean"]["folding_percent"] < 1.0
+
+
+def test_pair_optimisation_mode_needs_no_weights(tmp_path, pairs):
+    """The paper's direct mode: a fresh network optimised on the pair alone lowers its loss."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs/inference.json"))
+    parser["optimise_iterations"] = 15
+    parser["device"] = "cpu"
+    network, inferer, loss = parser.get_parsed_content("network"), parser.get_parsed_content("inferer"), parser.get_parsed_content("loss")
+    generator = torch.Generator().manual_seed(0)
+    pair = torch.nn.functional.avg_pool3d(torch.rand(1, 2, 32, 32, 32, generator=generator), 3, 1, 1)
+    pair[:, 0] = torch.roll(pair[:, 1], shifts=1, dims=1)
+    network.eval()
+    with torch.no_grad():
+        before = loss(network(pair), pair)
+        field = inferer(pair, network)
+        after = loss(field, pair)
+    assert field.shape == (1, 3, 32, 32, 32)
+    assert after < before
