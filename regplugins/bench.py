@@ -1,6 +1,7 @@
 """``regplugins bench``: bundles and classical baselines on the same pairs, scored by the same code.
 
-Every method writes the contract's files for every pair (``<method>/<moving>_to_<fixed>/``), and
+Writes ``results.json``, ``results.md`` and three PNGs (:func:`save_plots`); :func:`run_scaling`
+times every method on one pair per volume size. Every method writes the contract's files for every pair (``<method>/<moving>_to_<fixed>/``), and
 :func:`regplugins.metrics.score_registration` scores those files, so a bundle and ANTs are
 judged identically. Each method runs in a child process of its own, which gives its peak
 memory (``ru_maxrss`` of that child) without the benchmark's own memory mixed in.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regplugins.io import load_itk_displacement_field, pair_output_name, registration_pairs
+from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.metrics import score_registration
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
@@ -45,6 +46,8 @@ COLUMNS = (
     ("std_log_jacobian", "std log J"),
     ("field_error_mm", "field error mm"),
     ("inverse_consistency_mm", "inverse consistency mm"),
+    ("rotation_error_deg", "rotation error deg"),
+    ("translation_error_mm", "translation error mm"),
     ("seconds_per_pair", "s/pair"),
     ("seconds_per_pair_with_load", "s/pair incl. load"),
     ("peak_memory_mb", "peak memory MB"),
@@ -140,16 +143,26 @@ def _child_main(method: str, datalist: str, out: str, device: str, result_path: 
     Path(result_path).write_text(json.dumps(timing))
 
 
-def measure_method(method: str, datalist: str, out: Path, device: str) -> dict:
-    """Run ``method`` in a child process; its timings plus the child's peak resident memory."""
+def measure_method(method: str, datalist: str, out: Path, device: str, num_pairs: int) -> dict:
+    """Run ``method`` in a child process; its timings plus the child's peak resident memory.
+
+    A progress bar counts the pairs whose field the child has written, with the time left.
+    """
+    from tqdm import tqdm
+
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "timing.json"
     code = "import sys; from regplugins.bench import _child_main; _child_main(*sys.argv[1:])"
     child = subprocess.Popen([sys.executable, "-c", code, method, str(datalist), str(out), device, str(result_path)])
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"{method} failed with exit code {child.returncode}; its error is printed above.")
+    with tqdm(total=num_pairs, desc=method, unit="pair", mininterval=2.0) as progress:
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            progress.update(len(list(out.glob("*/ddf.nii.gz"))) - progress.n)
+            if pid:
+                break
+            time.sleep(0.5)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{method} failed with exit code {os.waitstatus_to_exitcode(status)}; its error is printed above.")
     timing = json.loads(result_path.read_text())
     timing["peak_memory_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return timing
@@ -213,16 +226,74 @@ def run_bench(
             notes.append(f"{method} skipped: antspyx is not installed (pip install 'regplugins[baselines]').")
             continue
         folder = out_path / method
-        print(f"[bench] {method}: {len(pairs)} pairs from {datalist}", flush=True)
-        timing = measure_method(method, str(datalist), folder, device)
+        timing = measure_method(method, str(datalist), folder, device, len(pairs))
         results[method] = score_method(pairs, folder, timing)
     report = {"datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
     (out_path / "results.json").write_text(json.dumps(report, indent=2))
     table = results_table(results)
     header = f"{len(pairs)} pairs from `{datalist.name}` in `{datalist.parent.name}`, device {device} ({report['machine']})\n\n"
     (out_path / "results.md").write_text(header + table + "".join(f"\n{note}\n" for note in notes))
+    save_plots(pairs, results, out_path)
     print(header + table + "\n".join(notes))
     return report
+
+
+def save_plots(pairs: Sequence[dict], results: dict, out: Path) -> None:
+    """``dice_boxplot.png``, ``dice_vs_seconds.png`` and ``overlay.png`` (the first pair, every method) in ``out``."""
+    from regplugins.plots import on_fixed_grid, save_dice_box_plot, save_dice_vs_seconds_plot, save_slice_panels
+
+    scored = {m: r for m, r in results.items() if "dice" in r["summary"]}
+    if scored:
+        save_dice_box_plot({m: [p["dice"] for p in r["pairs"]] for m, r in scored.items()}, out / "dice_boxplot.png")
+        points = {m: (r["timing"]["seconds_per_pair"], r["summary"]["dice"]["mean"]) for m, r in scored.items()}
+        save_dice_vs_seconds_plot(points, out / "dice_vs_seconds.png")
+    pair = pairs[0]
+    name = pair_output_name(pair["moving"], pair["fixed"])
+    panels = [(load_nifti(pair["fixed"])[0], "fixed"), (on_fixed_grid(pair["moving"], pair["fixed"]), "moving")]
+    panels += [(load_nifti(str(out / method / name / "warped.nii.gz"))[0], method) for method in results]
+    outline = load_nifti(pair["fixed_label"])[0] > 0 if pair.get("fixed_label") else np.zeros_like(panels[0][0])
+    save_slice_panels(panels, outline, out / "overlay.png", title=f"{name}; red: the fixed image's head outline")
+
+
+def run_scaling(
+    bundles: Sequence[str] = ("fcn_multires_selfsup_reg",),
+    baselines: Sequence[str] = ("ants_syn",),
+    sizes: Sequence[int] = (64, 128, 192, 256),
+    device: str = "cpu",
+    out: str = "bench_scaling",
+    kind: str = "ct_t1",
+) -> str:
+    """Seconds and peak memory of every method on one pair per cubic size; writes and returns ``OUT/scaling.md``.
+
+    A method that fails at a size (typically for lack of memory) gets "failed" in its cells, and
+    the error its child printed stays above the table.
+    """
+    methods = [*baselines, *bundles]
+    cells = {method: [] for method in methods}
+    for size in sizes:
+        folder = Path(out).resolve() / f"{size}"
+        datalist = synthetic_datalist(folder, kind, n=1, shape=(size, size, size))
+        for method in methods:
+            try:
+                timing = measure_method(method, str(datalist), folder / method, device, num_pairs=1)
+            except RuntimeError as error:
+                print(f"[bench] {method} at {size}^3: {error}", flush=True)
+                cells[method].append("failed")
+                continue
+            memory = timing.get("gpu_peak_memory_mb", timing["peak_memory_mb"])
+            cells[method].append(f"{timing['run_seconds']:.3g} s, {memory:.0f} MB")
+    memory_kind = "GPU max allocated" if str(device).startswith("cuda") else "peak RSS"
+    lines = [
+        f"One {kind} pair per size, device {device} ({_machine(device)}): seconds per pair (load excluded), {memory_kind}.",
+        "",
+        "| method | " + " | ".join(f"{s}^3" for s in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+        *[f"| {method} | " + " | ".join(row) + " |" for method, row in cells.items()],
+    ]
+    table = "\n".join(lines) + "\n"
+    (Path(out) / "scaling.md").write_text(table)
+    print(table)
+    return table
 
 
 def _has_ants() -> bool:

@@ -1,4 +1,4 @@
-"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``regplugins demo``, ``regplugins bench``."""
+"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``demo``, ``bench`` and ``scaling``."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def bench(
     shape: str | Sequence[int] = "128,128,128",
     kind: str = "ct_t1",
 ) -> None:
-    """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json and OUT/results.md.
+    """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json, OUT/results.md and PNG plots.
 
     --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
     held-out synthetic set of --kind ct_t1, t1_t2 or rigid (--n pairs of --shape voxels at 1.5 mm).
@@ -72,8 +72,24 @@ def bench(
     )
 
 
+def scaling(
+    bundles: str | Sequence[str] = "fcn_multires_selfsup_reg",
+    baselines: str | Sequence[str] = "ants_syn",
+    sizes: str | Sequence[int] = "64,128,192,256",
+    device: str = "cpu",
+    out: str = "bench_scaling",
+) -> None:
+    """Time and peak memory of BUNDLES and BASELINES on one synthetic CT-like/T1-like pair per cubic size; writes OUT/scaling.md."""
+    from regplugins.bench import run_scaling
+
+    run_scaling(
+        bundles=_names(bundles) if bundles else (), baselines=_names(baselines) if baselines else (),
+        sizes=_ints(sizes), device=device, out=out,
+    )
+
+
 def main() -> None:
-    fire.Fire({"synth": synth, "demo": demo, "bench": bench})
+    fire.Fire({"synth": synth, "demo": demo, "bench": bench, "scaling": scaling})
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import torch
 
 from regplugins.data import SyntheticPairGenerator, write_synthetic_set
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
-from regplugins.layers import warp_physical
 from regplugins.metrics import label_overlap
+from regplugins.plots import on_fixed_grid, save_slice_panels
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 DEMO_TISSUES = {0: "background", 1: "csf", 2: "grey_matter", 3: "white_matter"}
@@ -75,15 +75,9 @@ def build_demo_pair(out: str | Path, seed: int = 0) -> dict:
     return {k: str(v) for k, v in paths.items()} | {"source": "MNI152 T1 template (nilearn) and a CT-like image of its tissues"}
 
 
-def labels_on_fixed_grid(pair: dict, field: np.ndarray | None = None) -> np.ndarray:
-    """The moving labels on the fixed grid, through ``field`` (RAS mm) or by world coordinates alone."""
-    moving, moving_affine = load_nifti(pair["moving_label"])
-    fixed_label, fixed_affine = load_nifti(pair["fixed_label"])
-    field = np.zeros((3, *fixed_label.shape), np.float32) if field is None else field
-    warped = warp_physical(
-        torch.from_numpy(moving)[None, None], torch.as_tensor(moving_affine), torch.from_numpy(field)[None], torch.as_tensor(fixed_affine), "nearest"
-    )
-    return warped[0, 0].numpy()
+def labels_on_fixed_grid(pair: dict) -> np.ndarray:
+    """The moving labels on the fixed grid by world coordinates alone: the overlap before registration."""
+    return on_fixed_grid(pair["moving_label"], pair["fixed_label"], mode="nearest")
 
 
 def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -92,32 +86,14 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def save_overlay(pair: dict, folder: Path, path: Path) -> None:
-    """Three axial slices: fixed, moving before and moving after, each with the fixed tissue outlines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fixed, fixed_affine = load_nifti(pair["fixed"])
+    """Fixed, moving before and moving after registration, each with the fixed white-matter outline."""
     truth, _ = load_nifti(pair["fixed_label"])
-    moving, moving_affine = load_nifti(pair["moving"])
-    before = warp_physical(
-        torch.from_numpy(moving)[None, None], torch.as_tensor(moving_affine), torch.zeros(1, 3, *fixed.shape), torch.as_tensor(fixed_affine)
-    )[0, 0].numpy()
-    after, _ = load_nifti(str(folder / "warped.nii.gz"))
-    z = fixed.shape[2] // 2
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.6))
-    panels = [(fixed, "fixed: MNI152 T1"), (before, "moving CT-like, before"), (after, "moving CT-like, after registration")]
-    for axis, (image, title) in zip(axes, panels):
-        window = (-100, 150) if image is not fixed else (None, None)
-        axis.imshow(image[:, :, z].T, origin="lower", cmap="gray", vmin=window[0], vmax=window[1])
-        axis.contour(truth[:, :, z].T == 3, levels=[0.5], colors="red", linewidths=0.8)
-        axis.set_title(title)
-        axis.axis("off")
-    figure.suptitle("red: white-matter outline of the fixed image")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    panels = [
+        (load_nifti(pair["fixed"])[0], "fixed: MNI152 T1"),
+        (on_fixed_grid(pair["moving"], pair["fixed"]), "moving CT-like, before"),
+        (load_nifti(str(folder / "warped.nii.gz"))[0], "moving CT-like, after registration"),
+    ]
+    save_slice_panels(panels, truth == 3, path, title="red: white-matter outline of the fixed image")
 
 
 def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", device: str = "cpu", seed: int = 0) -> dict:

@@ -32,7 +32,7 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 # the file entries of a datalist: the contract's three, and what evaluation and benchmarks score against
-PATH_KEYS = ("fixed", "moving", "moving_label", "fixed_label", "true_ddf")
+PATH_KEYS = ("fixed", "moving", "moving_label", "fixed_label", "true_ddf", "true_rigid")
 
 
 class RegistrationInputError(ValueError):

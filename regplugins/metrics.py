@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
-from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name
+from regplugins.io import RAS_TO_LPS, load_itk_displacement_field, load_nifti, pair_output_name
 from regplugins.layers import warp_physical
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "inverse_consistency_error",
     "field_error",
     "rigid_errors",
+    "fit_rigid",
+    "read_rigid_matrix",
     "score_registration",
     "score_datalist",
 ]
@@ -132,11 +134,41 @@ def rigid_errors(matrix: np.ndarray, true_matrix: np.ndarray, centre: Sequence[f
     return {"rotation_error_deg": float(np.degrees(np.arccos(cosine))), "translation_error_mm": float(translation)}
 
 
+def fit_rigid(field: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The rigid transform (4x4, RAS) closest in least squares to ``x -> x + field(x)`` (Kabsch).
+
+    Gives every method, deformable ones included, a rotation and translation to compare with a
+    rigid-only pair's true motion, from its written field alone.
+    """
+    n = field.shape[0]
+    voxels = np.stack(np.meshgrid(*[np.arange(s) for s in field.shape[1:]], indexing="ij")).reshape(n, -1)
+    points = affine[:n, :n] @ voxels + affine[:n, n:]
+    moved = points + field.reshape(n, -1)
+    if mask is not None:
+        keep = mask.reshape(-1) > 0
+        points, moved = points[:, keep], moved[:, keep]
+    source_centre, target_centre = points.mean(axis=1, keepdims=True), moved.mean(axis=1, keepdims=True)
+    u, _, vt = np.linalg.svd((moved - target_centre) @ (points - source_centre).T)
+    reflection = np.diag([1.0] * (n - 1) + [np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ reflection @ vt
+    matrix = np.eye(n + 1)
+    matrix[:n, :n] = rotation
+    matrix[:n, n] = (target_centre - rotation @ source_centre)[:, 0]
+    return matrix
+
+
+def read_rigid_matrix(path: str | Path) -> np.ndarray:
+    """The ``"matrix"`` of a contract ``rigid.json`` (ITK: fixed LPS point to moving LPS point), as RAS."""
+    flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
+    return flip @ np.asarray(json.loads(Path(path).read_text())["matrix"], dtype=np.float64) @ flip
+
+
 def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int = 3) -> dict:
     """Score the contract outputs in ``output_folder`` for one datalist entry.
 
     Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error)
-    when the entry has them; ``ddf.nii.gz`` always gives folding and std(log J), and
+    and ``true_rigid`` (rotation and translation errors at the fixed grid's centre) when the entry
+    has them; ``ddf.nii.gz`` always gives folding and std(log J), and
     ``inverse_ddf.nii.gz`` the inverse-consistency error when a bundle writes it.
     """
     folder = Path(output_folder)
@@ -154,6 +186,13 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
     if pair.get("true_ddf"):
         true_field, _ = load_itk_displacement_field(pair["true_ddf"])
         scores["field_error_mm"] = field_error(field, true_field)
+    if pair.get("true_rigid"):
+        # a rigid bundle's own matrix where it writes one, else the rigid part of its field
+        mask = load_nifti(pair["fixed_label"], spatial_dims)[0] if pair.get("fixed_label") else None
+        rigid_file = folder / "rigid.json"
+        matrix = read_rigid_matrix(rigid_file) if rigid_file.exists() else fit_rigid(field, affine, mask)
+        centre = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
+        scores.update(rigid_errors(matrix, read_rigid_matrix(pair["true_rigid"]), centre))
     if (folder / "inverse_ddf.nii.gz").exists():
         inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
         scores["inverse_consistency_mm"] = inverse_consistency_error(field, affine, inverse, inverse_affine)

@@ -8,7 +8,8 @@ import numpy as np
 
 from regplugins.bench import run_bench
 from regplugins.demo import labels_on_fixed_grid, mean_dice
-from regplugins.io import load_nifti
+from regplugins.io import load_nifti, registration_pairs
+from regplugins.metrics import read_rigid_matrix
 
 
 def test_bench_scores_no_registration_and_a_bundle(synthetic_pairs, pairs, tmp_path):
@@ -25,7 +26,19 @@ def test_bench_scores_no_registration_and_a_bundle(synthetic_pairs, pairs, tmp_p
     expected = [mean_dice(labels_on_fixed_grid(pair), load_nifti(pair["fixed_label"])[0]) for pair in pairs]
     assert np.isclose(none["summary"]["dice"]["mean"], np.mean(expected), atol=1e-6)
     assert none["summary"]["folding_percent"]["mean"] == 0.0
+    for plot in ("dice_boxplot.png", "dice_vs_seconds.png", "overlay.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
     for method in saved["methods"].values():
         assert method["timing"]["seconds_per_pair"] > 0
         assert method["timing"]["peak_memory_mb"] > 100  # a Python process with torch loaded
         assert len(method["pairs"]) == 2
+
+
+def test_rigid_set_scores_the_rotation_left_undone(tmp_path):
+    report = run_bench(bundles=[], data="synth", kind="rigid", baselines=["none"], n=1, shape=(32, 32, 32), out=str(tmp_path))
+    pair = registration_pairs(datalist=report["datalist"])[0]
+    true_motion = read_rigid_matrix(pair["true_rigid"])
+    true_angle = np.degrees(np.arccos((np.trace(true_motion[:3, :3]) - 1) / 2))
+    scores = report["methods"]["none"]["pairs"][0]
+    assert true_angle > 1.0 and np.isclose(scores["rotation_error_deg"], true_angle, atol=1e-3)
+    assert scores["translation_error_mm"] > 0.5

@@ -2,6 +2,7 @@ import numpy as np
 
 from regplugins.metrics import (
     field_error,
+    fit_rigid,
     folding_percent,
     inverse_consistency_error,
     jacobian_determinant,
@@ -55,6 +56,19 @@ def test_rigid_errors():
     errors = rigid_errors(rotation @ shifted, shifted)
     assert np.isclose(errors["rotation_error_deg"], 10.0)
     assert rigid_errors(shifted, np.eye(4))["translation_error_mm"] == 5.0
+
+
+def test_rigid_fit_of_a_rigid_field_recovers_the_motion():
+    angle = np.radians(7.0)
+    motion = np.eye(4)
+    motion[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    motion[:3, 3] = [1.0, -2.0, 3.0]
+    affine = np.array([[0, -1.5, 0, 4], [0, 0, 2.0, 1], [-1.0, 0, 0, 2], [0, 0, 0, 1]])
+    x = world_points((10, 9, 8), affine)
+    field = np.einsum("ij,j...->i...", motion[:3, :3], x) + motion[:3, 3].reshape(3, 1, 1, 1) - x
+    assert np.allclose(fit_rigid(field, affine), motion, atol=1e-6)
+    errors = rigid_errors(fit_rigid(field, affine, mask=np.ones(field.shape[1:])), motion)
+    assert errors["rotation_error_deg"] < 1e-4 and errors["translation_error_mm"] < 1e-6
 
 
 def test_label_overlap_in_mm():

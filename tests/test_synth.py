@@ -3,7 +3,7 @@ import torch
 
 from regplugins.data import INTENSITY_RANGES, SyntheticPairGenerator
 from regplugins.layers import warp_physical
-from regplugins.metrics import folding_percent, jacobian_determinant, label_overlap
+from regplugins.metrics import fit_rigid, folding_percent, jacobian_determinant, label_overlap, rigid_errors
 
 
 def warp_labels_with_true_field(pair):
@@ -50,6 +50,9 @@ def test_seeds_reproduce_and_differ_and_rigid_only_pairs():
     rigid = SyntheticPairGenerator(shape=(32, 32, 32), spacing=4.0, deformation_mm=0.0, rotation_deg=10.0)(3)
     field, affine = rigid["true_ddf"].numpy(), rigid["true_ddf"].affine.numpy()
     assert np.allclose(jacobian_determinant(field, affine), 1.0, atol=1e-3)
+    # the true field of a rigid-only pair is its true rigid motion
+    errors = rigid_errors(fit_rigid(field, affine), rigid["true_rigid"].numpy())
+    assert errors["rotation_error_deg"] < 0.05 and errors["translation_error_mm"] < 0.05
 
 
 def test_two_dimensional_pairs_and_user_label_maps():

@@ -10,7 +10,8 @@ every modality on both grids come with each pair.
 
 All geometry is physical: each grid has its own ``(N + 1, N + 1)`` voxel-to-world (RAS) affine,
 and the true field is the contract's ``ddf``: world point ``x`` of the fixed grid corresponds
-to ``x + ddf(x)`` in the moving image.
+to ``x + ddf(x)`` in the moving image. ``true_rigid`` is the rigid part of that map (fixed world
+point to moving world point, 4x4), the whole of it when ``deformation_mm`` is 0.
 """
 
 from __future__ import annotations
@@ -327,6 +328,7 @@ class SyntheticPairGenerator:
             "fixed_paired": image(fixed_labels, moving_modality, self.fixed_affine, self.spacing),
             "moving_paired": image(moving_labels, fixed_modality, moving_affine, moving_spacing),
             "true_ddf": MetaTensor(true_ddf, affine=self.fixed_affine),
+            "true_rigid": torch.linalg.inv(rigid),
             "fixed_modality": fixed_modality,
             "moving_modality": moving_modality,
         }

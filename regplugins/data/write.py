@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regplugins.io import save_itk_displacement_field, save_nifti
+from regplugins.io import RAS_TO_LPS, save_itk_displacement_field, save_nifti
 
 from .synth import SyntheticPairGenerator
 
@@ -27,6 +27,7 @@ def write_synthetic_set(
 
     Each entry holds the contract's ``fixed``, ``moving`` and ``moving_label``, plus
     ``fixed_label``, ``true_ddf`` (an ITK displacement field like a bundle's ``ddf.nii.gz``),
+    for rigid-only sets ``true_rigid`` (JSON with the ``"matrix"`` of a contract ``rigid.json``),
     the paired images (``fixed_paired``: the fixed anatomy in the moving modality,
     ``moving_paired``: the moving anatomy in the fixed modality) and both modality names.
     Paths are relative to the datalist's folder.
@@ -52,6 +53,11 @@ def write_synthetic_set(
             save_nifti(out / name, volume[0].numpy(), volume.affine.numpy(), dtype=dtype)
         names["true_ddf"] = f"{index:03d}_true_ddf.nii.gz"
         save_itk_displacement_field(out / names["true_ddf"], pair["true_ddf"].numpy(), pair["true_ddf"].affine.numpy())
+        if generator.deformation_mm == 0:
+            names["true_rigid"] = f"{index:03d}_true_rigid.json"
+            flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
+            matrix = flip @ pair["true_rigid"].numpy() @ flip
+            (out / names["true_rigid"]).write_text(json.dumps({"matrix": matrix.tolist()}))
         entries.append({**names, "fixed_modality": fixed_mod, "moving_modality": moving_mod})
     datalist = out / "datalist.json"
     datalist.write_text(json.dumps(entries, indent=2))
