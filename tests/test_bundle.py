@@ -135,7 +135,7 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, pairs, problem):
 
 def test_datalist_run_and_evaluate_config_score_every_pair(synthetic_pairs, tmp_path):
     out = tmp_path / "eval"
-    configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/evaluate.json")])
+    configs = json.dumps([str(BUNDLE / "configs/inference.json"), str(BUNDLE / "configs/evaluate.json")])
     result = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(out), config=configs)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
