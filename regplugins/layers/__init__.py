@@ -1,5 +1,6 @@
-"""Layers that MONAI lacks for registration: field composition, affines and unit conversions."""
+"""Layers that MONAI lacks for registration: field composition, affines, unit conversions, gradient maps and field fusion."""
 
+from .fusion import GatedFusion
 from .gradient import GradientMagnitude
 from .spatial import (
     affine_to_ddf,

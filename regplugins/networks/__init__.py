@@ -1,3 +1,4 @@
 """The registration networks of the papers; MONAI's own (VoxelMorph, LocalNet, ...) are used from ``monai.networks``."""
 
 from .fcn_multires import MultiResolutionFCN
+from .gradient_fusion import GradientFusionNet

@@ -1,0 +1,120 @@
+"""The gradient-guided gated-fusion bundle: its fusion module, gradient maps, training step and contract run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+import conftest
+import test_bundle
+from conftest import ROOT
+from regplugins.layers import GatedFusion, GradientMagnitude
+from regplugins.networks import GradientFusionNet
+from test_bundle import SCHEMA, monai_bundle
+
+# the first bundle's contract run and its check of the outputs, run here on this bundle
+from test_bundle import registered, test_contract_outputs_on_the_fixed_grid  # noqa: F401
+
+BUNDLE = ROOT / "bundles" / "ct_mr_gradient_fusion_reg"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def this_bundle():
+    """Point conftest's ``run_bundle`` at this bundle for the imported contract test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conftest, "BUNDLE", BUNDLE)
+        assert test_bundle.run_bundle.__globals__["BUNDLE"] == BUNDLE
+        yield
+
+
+def fields(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) for _ in range(2)]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_gates_lie_in_unit_interval_and_output_has_the_field_shape(spatial_dims):
+    shape = (2, spatial_dims, *[8] * spatial_dims)
+    fusion = GatedFusion(spatial_dims, channels=spatial_dims)
+    torch.nn.init.normal_(fusion.gate.weight, std=3.0)  # trained-looking gates, saturating at both ends
+    image_field, gradient_field = fields(shape, seed=0)
+    image_gate, gradient_gate = fusion.gates(5 * image_field, 5 * gradient_field)
+    for gate in (image_gate, gradient_gate):
+        assert gate.shape == shape
+        assert gate.min() >= 0 and gate.max() <= 1
+    assert image_gate.min() < 0.01 and image_gate.max() > 0.99
+    assert fusion(image_field, gradient_field).shape == shape
+
+
+def test_a_zero_gate_leaves_only_the_other_branch():
+    fusion = GatedFusion(3, channels=3)
+    torch.nn.init.normal_(fusion.gate.weight, std=0.5)
+    torch.nn.init.normal_(fusion.bottleneck.weight, std=0.5)
+    image_field, gradient_field = fields((1, 3, 6, 6, 6), seed=1)
+    other_image_field, other_gradient_field = fields((1, 3, 6, 6, 6), seed=2)
+    image_gate, gradient_gate = fusion.gates(image_field, gradient_field)
+    closed = torch.zeros_like(gradient_gate)
+    only_image = fusion.fuse(image_field, gradient_field, image_gate, closed)
+    assert torch.equal(only_image, fusion.fuse(image_field, other_gradient_field, image_gate, closed))
+    assert not torch.allclose(only_image, fusion.fuse(other_image_field, gradient_field, image_gate, closed))
+    only_gradient = fusion.fuse(image_field, gradient_field, closed, gradient_gate)
+    assert torch.equal(only_gradient, fusion.fuse(other_image_field, gradient_field, closed, gradient_gate))
+
+
+def test_gated_fusion_starts_as_the_average_it_is_compared_with():
+    image_field, gradient_field = fields((1, 3, 6, 6, 6), seed=3)
+    average = GatedFusion(3, mode="average")(image_field, gradient_field)
+    assert torch.allclose(average, (image_field + gradient_field) / 2)
+    assert torch.allclose(GatedFusion(3)(image_field, gradient_field), average, atol=1e-6)
+
+
+@pytest.mark.parametrize("difference", ["central", "forward"])
+def test_gradient_maps_are_zero_for_a_constant_and_non_zero_only_at_a_step(difference):
+    gradient = GradientMagnitude(3, difference=difference)
+    assert gradient(torch.full((1, 2, 7, 8, 9), 3.5)).max() < 1e-5
+    step = torch.zeros(1, 1, 10, 8, 6)
+    step[:, :, :, 5:] = 2.0  # the step lies between voxels 4 and 5 of axis 1
+    edge = gradient(step)[0, 0] > 1e-5
+    at_step = [4, 5] if difference == "central" else [4]
+    assert edge.any(dim=(0, 2)).nonzero().flatten().tolist() == at_step
+    assert edge[:, at_step].all()
+
+
+def test_network_returns_the_fused_field_in_eval_mode_and_both_fields_in_training():
+    pair = torch.rand(1, 2, 16, 16, 16)
+    network = GradientFusionNet().eval()
+    with torch.no_grad():
+        assert network(pair).shape == (1, 3, 16, 16, 16)
+        fused, gradient_field = network.train()(pair)
+    assert fused.shape == gradient_field.shape == (1, 3, 16, 16, 16)
+    baseline = GradientFusionNet(fusion="none")
+    assert not hasattr(baseline, "gradient_branch")
+    assert baseline(pair).shape == baseline.eval()(pair).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        network(torch.rand(1, 2, 24, 16, 16))
+
+
+def test_one_training_iteration_lowers_the_loss_on_a_fixed_synthetic_pair():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs/train.json"))
+    parser.update({"working_shape": [16, 16, 16], "working_spacing": 12.0, "device": "cpu"})
+    network, loss, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
+    pair = parser.get_parsed_content("validate#preprocessing")({"seed": 0})["image"][None].as_tensor()
+    network.train()
+    before = loss(network(pair), pair)
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss(network(pair), pair)
+    assert after < before
+
+
+def test_metadata_and_network_shapes_verify():
+    meta = str(BUNDLE / "configs/metadata.json")
+    result = monai_bundle("verify_metadata", "--meta_file", meta, "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
+    config = str(BUNDLE / "configs/inference.json")
+    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config, "--n", "1")
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
