@@ -14,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
+# every bundle, and those that ship trained weights in models/model.pt
+BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg"]
+TRAINED_BUNDLES = [BUNDLE]
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +47,14 @@ def reoriented_copy(path: str, out: Path) -> str:
     return str(out)
 
 
-def run_bundle(*args: str, config: str = "inference.json", timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` with a bundle config, as a user runs it."""
-    config_files = config if config.startswith("[") else str(BUNDLE / "configs" / config)
+def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it."""
+    config_files = config if config.startswith("[") else str(bundle / "configs" / config)
     command = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", config_files,
-        "--logging_file", str(BUNDLE / "configs" / "logging.conf"),
-        "--bundle_root", str(BUNDLE),
+        "--logging_file", str(bundle / "configs" / "logging.conf"),
+        "--bundle_root", str(bundle),
         *args,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -1,4 +1,4 @@
-"""The first bundle end to end, through `python -m monai.bundle` as users call it."""
+"""Every bundle end to end, through `python -m monai.bundle` as users call it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, ROOT, read_datalist, reoriented_copy, run_bundle
+from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, read_datalist, reoriented_copy, run_bundle
 from regplugins.demo import labels_on_fixed_grid, mean_dice
 from regplugins.io import load_nifti, pair_output_name
 
@@ -25,20 +25,30 @@ def monai_bundle(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
-def test_verify_metadata():
-    result = monai_bundle("verify_metadata", "--meta_file", str(BUNDLE / "configs/metadata.json"), "--filepath", str(SCHEMA))
+@pytest.fixture(scope="module", params=BUNDLES, ids=lambda path: path.name)
+def bundle(request):
+    return request.param
+
+
+def test_verify_metadata(bundle):
+    result = monai_bundle("verify_metadata", "--meta_file", str(bundle / "configs/metadata.json"), "--filepath", str(SCHEMA))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 
 
-def test_verify_net_in_out_and_torchscript_export(tmp_path):
-    meta, config = str(BUNDLE / "configs/metadata.json"), str(BUNDLE / "configs/inference.json")
-    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config, "--n", "4")
+def test_verify_net_in_out(bundle):
+    meta, config = str(bundle / "configs/metadata.json"), str(bundle / "configs/inference.json")
+    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config, "--n", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bundle", TRAINED_BUNDLES, indirect=True, ids=lambda path: path.name)
+def test_torchscript_export_of_the_trained_weights(bundle, tmp_path):
+    meta, config = str(bundle / "configs/metadata.json"), str(bundle / "configs/inference.json")
     exported = tmp_path / "model.ts"
     result = monai_bundle(
-        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(BUNDLE / "models/model.pt"),
+        "ckpt_export", "network_def", "--filepath", str(exported), "--ckpt_file", str(bundle / "models/model.pt"),
         "--meta_file", meta, "--config_file", config, "--key_in_ckpt", "", "--use_trace", "True", "--input_shape", "[1,2,32,32,32]",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -47,7 +57,7 @@ def test_verify_net_in_out_and_torchscript_export(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def registered(synthetic_pairs, tmp_path_factory):
+def registered(bundle, synthetic_pairs, tmp_path_factory):
     """The contract command on pair 0, with the fixed image stored in another orientation."""
     entry = read_datalist(synthetic_pairs)[0]
     folder = synthetic_pairs.parent
@@ -56,7 +66,7 @@ def registered(synthetic_pairs, tmp_path_factory):
             "fixed_label": reoriented_copy(str(folder / entry["fixed_label"]), tmp_path_factory.mktemp("label") / "fixed_label.nii.gz")}
     out = tmp_path_factory.mktemp("out")
     result = run_bundle("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"],
-                        "--output_dir", str(out), "--device", "cpu")
+                        "--output_dir", str(out), "--device", "cpu", bundle=bundle)
     assert result.returncode == 0, result.stderr[-3000:]
     return pair, out / pair_output_name(pair["moving"], pair["fixed"])
 
@@ -75,7 +85,8 @@ def test_contract_outputs_on_the_fixed_grid(registered):
     assert not list(folder.parent.glob(".*partial"))
 
 
-def test_registration_improves_dice_over_no_registration(registered):
+@pytest.mark.parametrize("bundle", TRAINED_BUNDLES, indirect=True, ids=lambda path: path.name)
+def test_trained_weights_improve_dice_over_no_registration(bundle, registered):
     pair, folder = registered
     truth, _ = load_nifti(pair["fixed_label"])
     before = mean_dice(labels_on_fixed_grid(pair), truth)
@@ -110,7 +121,7 @@ def test_itk_resampling_with_the_ddf_reproduces_warped(registered):
 
 
 @pytest.mark.parametrize("problem", ["missing", "nan", "two_d"])
-def test_bad_input_one_clear_error_and_no_output(tmp_path, pairs, problem):
+def test_bad_input_one_clear_error_and_no_output(bundle, tmp_path, pairs, problem):
     bad = tmp_path / "bad.nii.gz"
     moving = pairs[0]["moving"]
     if problem == "missing":
@@ -125,7 +136,7 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, pairs, problem):
         nib.save(nib.Nifti1Image(np.random.rand(16, 16).astype(np.float32), np.eye(4)), str(bad))
         moving = str(bad)
     out = tmp_path / "out"
-    result = run_bundle("--fixed_image", pairs[0]["fixed"], "--moving_image", moving, "--output_dir", str(out))
+    result = run_bundle("--fixed_image", pairs[0]["fixed"], "--moving_image", moving, "--output_dir", str(out), bundle=bundle)
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: " + moving), result.stderr[-2000:]
@@ -133,10 +144,11 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, pairs, problem):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_datalist_run_and_evaluate_config_score_every_pair(synthetic_pairs, tmp_path):
+@pytest.mark.parametrize("bundle", TRAINED_BUNDLES, indirect=True, ids=lambda path: path.name)
+def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pairs, tmp_path):
     out = tmp_path / "eval"
-    configs = json.dumps([str(BUNDLE / "configs/inference.json"), str(BUNDLE / "configs/evaluate.json")])
-    result = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(out), config=configs)
+    configs = json.dumps([str(bundle / "configs/inference.json"), str(bundle / "configs/evaluate.json")])
+    result = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(out), config=configs, bundle=bundle)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["pairs"]) == 2

@@ -1,4 +1,4 @@
-"""The gradient-guided gated-fusion bundle: its fusion module, gradient maps, training step and contract run."""
+"""The gradient-guided gated-fusion bundle: its fusion module, gradient maps and training step (its contract run is in test_bundle)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-import conftest
-import test_bundle
 from conftest import ROOT
 from regplugins.layers import GatedFusion, GradientMagnitude
 from regplugins.networks import GradientFusionNet
-from test_bundle import SCHEMA, monai_bundle
-
-# the first bundle's contract run and its check of the outputs, run here on this bundle
-from test_bundle import registered, test_contract_outputs_on_the_fixed_grid  # noqa: F401
 
 BUNDLE = ROOT / "bundles" / "ct_mr_gradient_fusion_reg"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def this_bundle():
-    """Point conftest's ``run_bundle`` at this bundle for the imported contract test."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conftest, "BUNDLE", BUNDLE)
-        assert test_bundle.run_bundle.__globals__["BUNDLE"] == BUNDLE
-        yield
 
 
 def fields(shape, seed):
@@ -109,12 +94,3 @@ def test_one_training_iteration_lowers_the_loss_on_a_fixed_synthetic_pair():
     with torch.no_grad():
         after = loss(network(pair), pair)
     assert after < before
-
-
-def test_metadata_and_network_shapes_verify():
-    meta = str(BUNDLE / "configs/metadata.json")
-    result = monai_bundle("verify_metadata", "--meta_file", meta, "--filepath", str(SCHEMA))
-    assert "metadata is verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
-    config = str(BUNDLE / "configs/inference.json")
-    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config, "--n", "1")
-    assert "data shape of network is verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from monai.bundle import ConfigParser
 
-from conftest import BUNDLE, ROOT, run_bundle
-from regplugins.networks import MultiResolutionFCN
+from conftest import BUNDLE, BUNDLES, ROOT, run_bundle
 
 TINY = [
     "--working_shape", "[32,32,32]", "--working_spacing", "6.0", "--num_train_pairs", "4", "--num_val_pairs", "2",
@@ -18,12 +19,15 @@ TINY = [
 ]
 
 
-def test_train_config_runs_and_saves_a_loadable_checkpoint(tmp_path):
-    result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), config="train.json")
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
+def test_train_config_runs_and_saves_a_checkpoint_the_inference_network_loads(bundle, tmp_path):
+    result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), config="train.json", bundle=bundle)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_mean_dice" in result.stdout + result.stderr
-    state = torch.load(tmp_path / "model.pt", map_location="cpu")
-    MultiResolutionFCN().load_state_dict(state)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs/inference.json"))
+    parser["device"] = "cpu"
+    parser.get_parsed_content("network_def").load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
 
 
 def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
