@@ -15,7 +15,8 @@ import torch
 
 from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, read_datalist, reoriented_copy, run_bundle
 from regplugins.demo import labels_on_fixed_grid, mean_dice
-from regplugins.io import load_nifti, pair_output_name
+from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
+from regplugins.metrics import score_registration
 
 SCHEMA = ROOT / "tests" / "data" / "meta_schema_20240725.json"  # offline copy of MONAI's metadata schema
 
@@ -113,9 +114,17 @@ def test_itk_resampling_with_the_ddf_reproduces_warped(registered):
         interpolator=itk.LinearInterpolateImageFunction[itk.Image[itk.F, 3], itk.D].New(),
     )
     by_itk = np.transpose(itk.array_from_image(resampled), (2, 1, 0))
-    ours = load_nifti(str(folder / "warped.nii.gz"))[0]
-    inside = np.zeros(ours.shape, bool)
-    inside[2:-2, 2:-2, 2:-2] = True  # ITK and torch differ only in the last half voxel at the border
+    ours, fixed_affine = load_nifti(str(folder / "warped.nii.gz"))
+    # ITK and torch treat points outside the moving image (and its last half voxel) differently:
+    # compare where the field sends a fixed voxel at least one voxel inside the moving image
+    ddf, _ = load_itk_displacement_field(folder / "ddf.nii.gz")
+    _, moving_affine = load_nifti(pair["moving"])
+    voxels = np.stack(np.meshgrid(*[np.arange(n) for n in ours.shape], indexing="ij")).reshape(3, -1)
+    points = fixed_affine[:3, :3] @ voxels + fixed_affine[:3, 3:] + ddf.reshape(3, -1)
+    in_moving = np.linalg.inv(moving_affine)[:3] @ np.vstack([points, np.ones(points.shape[1])])
+    moving_shape = np.array(nib.load(pair["moving"]).shape[:3]).reshape(3, 1)
+    inside = ((in_moving >= 1) & (in_moving <= moving_shape - 2)).all(axis=0).reshape(ours.shape)
+    assert inside.mean() > 0.5
     scale = np.abs(ours[inside]).max()
     assert np.abs(by_itk[inside] - ours[inside]).max() < 1e-3 * scale
 
@@ -154,7 +163,11 @@ def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pai
     assert len(metrics["pairs"]) == 2
     for key in ("dice", "hd95", "asd", "folding_percent", "std_log_jacobian", "field_error_mm"):
         assert np.isfinite(metrics["mean"][key])
-    assert metrics["mean"]["folding_percent"] < 1.0
+    # the scores are those of the written files, whatever the weights' quality (docs/benchmarks.md measures that)
+    pair = registration_pairs(datalist=str(synthetic_pairs))[0]
+    rescored = score_registration(pair, out / pair_output_name(pair["moving"], pair["fixed"]))
+    assert np.isclose(metrics["pairs"][0]["dice"], rescored["dice"])
+    assert np.isclose(metrics["pairs"][0]["folding_percent"], rescored["folding_percent"])
 
 
 def test_pair_optimisation_mode_needs_no_weights(tmp_path, pairs):
