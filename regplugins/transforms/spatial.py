@@ -1,4 +1,4 @@
-"""Warping by a predicted voxel DDF inside a bundle's post-processing (MONAI has no dictionary form)."""
+"""Spatial dictionary transforms MONAI lacks: warping by a predicted voxel DDF, and the affine pre-alignment."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
-from regplugins.layers import cached_warp
+from regplugins.alignment import fit_affine, warp_affine
+from regplugins.layers import apply_affine, cached_warp, voxel_grid
 
 
 class Warpd(MapTransform):
@@ -37,4 +39,63 @@ class Warpd(MapTransform):
         for key, mode in self.key_iterator(d, self.mode):
             image = torch.as_tensor(d[key])[None].float().to(ddf.device)
             d[f"{key}{self.suffix}"] = cached_warp(mode, "border")(image, ddf)[0]
+        return d
+
+
+class AffineAlignd(MapTransform):
+    """Pre-align ``keys`` (the moving image, on the fixed image's grid) to ``fixed_key`` by :func:`fit_affine`.
+
+    The global stage that ANTs runs before SyN and that the papers' networks assume was done:
+    the moving image is replaced by its affinely aligned copy and the voxel matrix is stored at
+    ``matrix_key``, for :class:`ComposeAffined` to fold into the network's field. ``transform``
+    ``"none"`` stores the identity and leaves the image as it is.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        fixed_key: str = "fixed",
+        matrix_key: str = "prealign_matrix",
+        transform: str = "affine",
+        allow_missing_keys: bool = False,
+        **fit_args,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if transform not in ("none", "rigid", "affine"):
+            raise ValueError(f'transform must be "none", "rigid" or "affine", got {transform!r}.')
+        self.fixed_key, self.matrix_key, self.transform, self.fit_args = fixed_key, matrix_key, transform, fit_args
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        fixed = d[self.fixed_key]
+        spatial_dims = fixed.dim() - 1
+        matrix = torch.eye(spatial_dims + 1, dtype=torch.float64)
+        for key in self.key_iterator(d):
+            if self.transform != "none":
+                matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, **self.fit_args)
+                aligned = warp_affine(torch.as_tensor(d[key])[None].float(), matrix)[0]
+                d[key] = MetaTensor(aligned, meta=d[key].meta) if isinstance(d[key], MetaTensor) else aligned
+            d[self.matrix_key] = matrix
+        return d
+
+
+class ComposeAffined(MapTransform):
+    """Fold a pre-alignment matrix into voxel DDFs ``keys`` ``(N, *spatial)``: ``p -> A (p + u(p)) - p``.
+
+    The network saw the moving image already resampled at ``A p``, so the field that takes the
+    original moving image to the fixed one is the network's field followed by the matrix, and
+    it is exact everywhere (no resampling of the affine part).
+    """
+
+    def __init__(self, keys: KeysCollection, matrix_key: str = "prealign_matrix", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.matrix_key = matrix_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        matrix = torch.as_tensor(d[self.matrix_key]).double()
+        for key in self.key_iterator(d):
+            ddf = torch.as_tensor(d[key]).double()
+            grid = voxel_grid(ddf.shape[1:], device=ddf.device, dtype=torch.float64)
+            d[key] = (apply_affine(matrix.to(ddf.device), grid + ddf) - grid).float()
         return d
