@@ -67,19 +67,40 @@ def synthetic_datalist(out: str | Path, kind: str = "ct_t1", n: int = 4, shape: 
     return datalist
 
 
-def register_with_bundle(bundle: str, datalist: str, out: str, device: str) -> dict:
-    """The contract run of ``bundle`` on a datalist, in this process; returns its timings.
+def bundle_and_overrides(method: str) -> tuple[str, dict]:
+    """Split a bundle method ``name[:key=value...]`` into the bundle and its config overrides.
+
+    ``ct_mr_gradient_fusion_reg:fusion=average`` or ``fcn_multires_selfsup_reg:prealign=none``
+    benchmark a variant of a bundle as a row of its own; values are JSON where they parse as
+    JSON (numbers, lists, booleans) and strings otherwise, as on the ``monai.bundle`` command line.
+    """
+    name, *settings = method.split(":")
+    overrides = {}
+    for setting in settings:
+        key, separator, value = setting.partition("=")
+        if not separator:
+            raise SystemExit(f"error: {method}: an override is key=value, got {setting!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides
+
+
+def register_with_bundle(method: str, datalist: str, out: str, device: str) -> dict:
+    """The contract run of a bundle (with the overrides of ``method``) on a datalist, in this process; returns its timings.
 
     ``monai.bundle run`` is this same sequence; splitting it times the model load apart.
     """
     from monai.bundle import ConfigWorkflow
 
+    bundle, overrides = bundle_and_overrides(method)
     root = BUNDLES / bundle
     start = time.perf_counter()
     workflow = ConfigWorkflow(
         config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"), workflow_type="infer",
-        bundle_root=str(root), datalist=datalist, output_dir=out, device=device,
+        bundle_root=str(root), datalist=datalist, output_dir=out, device=device, **overrides,
     )
     workflow.initialize()
     _synchronize(device)
@@ -217,7 +238,7 @@ def run_bench(
     datalist = synthetic_datalist(out_path, kind, n, shape) if data == "synth" else Path(data).resolve()
     pairs = registration_pairs(datalist=str(datalist))
     methods = list(baselines) + list(bundles)
-    unknown = [b for b in bundles if not (BUNDLES / b / "configs" / "inference.json").exists()]
+    unknown = [b for b in bundles if not (BUNDLES / bundle_and_overrides(b)[0] / "configs" / "inference.json").exists()]
     if unknown:
         raise SystemExit(f"error: no such bundle under {BUNDLES}: {', '.join(unknown)}")
     results, notes = {}, []

@@ -63,6 +63,7 @@ def bench(
     --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
     held-out synthetic set of --kind ct_t1, t1_t2 or rigid (--n pairs of --shape voxels at 1.5 mm).
     Baselines: none, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra).
+    A bundle may carry config overrides as a row of its own: fcn_multires_selfsup_reg:prealign=none.
     """
     from regplugins.bench import run_bench
 

@@ -6,20 +6,22 @@ import json
 
 import numpy as np
 
-from regplugins.bench import run_bench
+from regplugins.bench import bundle_and_overrides, run_bench
 from regplugins.demo import labels_on_fixed_grid, mean_dice
 from regplugins.io import load_nifti, registration_pairs
 from regplugins.metrics import read_rigid_matrix
 
 
-def test_bench_scores_no_registration_and_a_bundle(synthetic_pairs, pairs, tmp_path):
-    report = run_bench(
-        bundles=["fcn_multires_selfsup_reg"], data=str(synthetic_pairs), baselines=["none"], device="cpu", out=str(tmp_path)
-    )
+def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pairs, pairs, tmp_path):
+    bundles = ["fcn_multires_selfsup_reg", "fcn_multires_selfsup_reg:prealign=none"]
+    report = run_bench(bundles=bundles, data=str(synthetic_pairs), baselines=["none"], device="cpu", out=str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert list(saved["methods"]) == ["none", "fcn_multires_selfsup_reg"]
+    assert list(saved["methods"]) == ["none", *bundles]
     table = (tmp_path / "results.md").read_text()
-    assert "| none |" in table and "| fcn_multires_selfsup_reg |" in table
+    assert all(f"| {method} |" in table for method in saved["methods"])
+    # the override reached the bundle: without the pre-alignment it registers differently
+    dice = [report["methods"][b]["summary"]["dice"]["mean"] for b in bundles]
+    assert dice[0] != dice[1]
 
     # the no-registration row is the overlap of the moving labels taken to the fixed grid by world coordinates
     none = report["methods"]["none"]
@@ -32,6 +34,13 @@ def test_bench_scores_no_registration_and_a_bundle(synthetic_pairs, pairs, tmp_p
         assert method["timing"]["seconds_per_pair"] > 0
         assert method["timing"]["peak_memory_mb"] > 100  # a Python process with torch loaded
         assert len(method["pairs"]) == 2
+
+
+def test_bundle_variants_parse_into_config_overrides():
+    assert bundle_and_overrides("b") == ("b", {})
+    assert bundle_and_overrides("b:fusion=average:working_spacing=[2,2,2]:network_def#variant=coarse") == (
+        "b", {"fusion": "average", "working_spacing": [2, 2, 2], "network_def#variant": "coarse"}
+    )
 
 
 def test_rigid_set_scores_the_rotation_left_undone(tmp_path):
