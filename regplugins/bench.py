@@ -4,7 +4,7 @@ Writes ``results.json``, ``results.md`` and three PNGs (:func:`save_plots`); :fu
 times every method on one pair per volume size. Every method writes the contract's files for every pair (``<method>/<moving>_to_<fixed>/``), and
 :func:`regplugins.metrics.score_registration` scores those files, so a bundle and ANTs are
 judged identically. Each method runs in a child process of its own, which gives its peak
-memory (``ru_maxrss`` of that child) without the benchmark's own memory mixed in.
+memory (the high-water mark of its own address space) without the benchmark's memory mixed in.
 """
 
 from __future__ import annotations
@@ -151,12 +151,30 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def peak_resident_mb() -> float:
+    """This process's peak resident memory since its ``exec``, in MiB.
+
+    Not ``ru_maxrss``: Linux carries the forking parent's peak over ``exec`` into it, so every
+    child would report at least the benchmark's own memory. ``VmHWM`` is the new image's own.
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:  # no procfs (macOS): the inherited peak is the best there is
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform.startswith("linux") else 2**20)
+
+
 def _child_main(method: str, datalist: str, out: str, device: str, result_path: str) -> None:
     """Entry point of the child process that runs one method."""
     if method in BASELINES:
         timing = register_with_baseline(method, datalist, out)
     else:
         timing = register_with_bundle(method, datalist, out, device)
+    timing["peak_memory_mb"] = peak_resident_mb()
     if str(device).startswith("cuda"):
         import torch
 
@@ -165,7 +183,7 @@ def _child_main(method: str, datalist: str, out: str, device: str, result_path: 
 
 
 def measure_method(method: str, datalist: str, out: Path, device: str, num_pairs: int) -> dict:
-    """Run ``method`` in a child process; its timings plus the child's peak resident memory.
+    """Run ``method`` in a child process; its timings and peak resident memory.
 
     A progress bar counts the pairs whose field the child has written, with the time left.
     """
@@ -177,16 +195,14 @@ def measure_method(method: str, datalist: str, out: Path, device: str, num_pairs
     child = subprocess.Popen([sys.executable, "-c", code, method, str(datalist), str(out), device, str(result_path)])
     with tqdm(total=num_pairs, desc=method, unit="pair", mininterval=2.0) as progress:
         while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
             progress.update(len(list(out.glob("*/ddf.nii.gz"))) - progress.n)
             if pid:
                 break
             time.sleep(0.5)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{method} failed with exit code {os.waitstatus_to_exitcode(status)}; its error is printed above.")
-    timing = json.loads(result_path.read_text())
-    timing["peak_memory_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
-    return timing
+    return json.loads(result_path.read_text())
 
 
 def score_method(pairs: Sequence[dict], folder: Path, timing: dict) -> dict:

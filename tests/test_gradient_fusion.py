@@ -83,7 +83,8 @@ def test_network_returns_the_fused_field_in_eval_mode_and_both_fields_in_trainin
 def test_one_training_iteration_lowers_the_loss_on_a_fixed_synthetic_pair():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs/train.json"))
-    parser.update({"working_shape": [16, 16, 16], "working_spacing": 12.0, "device": "cpu"})
+    # the motion of a raw pair (the config's default is the residual after pre-alignment), so one step has work to do
+    parser.update({"working_shape": [16, 16, 16], "working_spacing": 12.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
     network, loss, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     pair = parser.get_parsed_content("validate#preprocessing")({"seed": 0})["image"][None].as_tensor()
     network.train()
