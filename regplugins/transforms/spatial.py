@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
-from monai.utils import ensure_tuple_rep
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from regplugins.alignment import fit_affine, warp_affine
 from regplugins.layers import apply_affine, cached_warp, voxel_grid
@@ -73,7 +73,7 @@ class AffineAlignd(MapTransform):
         for key in self.key_iterator(d):
             if self.transform != "none":
                 matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, **self.fit_args)
-                aligned = warp_affine(torch.as_tensor(d[key])[None].float(), matrix)[0]
+                aligned = warp_affine(convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)[None], matrix)[0]
                 d[key] = MetaTensor(aligned, meta=d[key].meta) if isinstance(d[key], MetaTensor) else aligned
             d[self.matrix_key] = matrix
         return d
