@@ -35,6 +35,10 @@ def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pai
         assert method["timing"]["seconds_per_pair"] > 0
         assert 100 < method["timing"]["peak_memory_mb"] < peak_resident_mb() - ballast.nbytes / 2**20 / 2
         assert len(method["pairs"]) == 2
+    for bundle in bundles:  # the network's own time is a part of the bundle's
+        timing = saved["methods"][bundle]["timing"]
+        assert 0 < timing["network_seconds_per_pair"] < timing["seconds_per_pair"]
+    assert "network_seconds_per_pair" not in saved["methods"]["none"]["timing"]
 
 
 def test_bundle_variants_parse_into_config_overrides():
