@@ -46,12 +46,11 @@ def _skew(vector: torch.Tensor) -> torch.Tensor:
 
 
 def _matrix(rotation, stretch, translation, centre) -> torch.Tensor:
-    """Homogeneous voxel matrix of ``p -> c + R (I + S) (p - c) + c_shift``, ``S`` symmetric."""
+    """Homogeneous voxel matrix of ``p -> c + t + R (I + S) (p - c)``, ``S`` the symmetric part of ``stretch``."""
     n = centre.numel()
     linear = torch.linalg.matrix_exp(_skew(rotation)) @ (torch.eye(n, dtype=centre.dtype) + (stretch + stretch.T) / 2)
-    matrix = torch.eye(n + 1, dtype=centre.dtype)
-    matrix = torch.cat([torch.cat([linear, (centre + translation - linear @ centre)[:, None]], 1), matrix[n:]], 0)
-    return matrix
+    top = torch.cat([linear, (centre + translation - linear @ centre)[:, None]], 1)
+    return torch.cat([top, torch.eye(n + 1, dtype=centre.dtype)[n:]])
 
 
 def warp_affine(image: torch.Tensor, matrix: torch.Tensor, points: torch.Tensor | None = None, mode: str = "bilinear") -> torch.Tensor:
@@ -85,7 +84,8 @@ def fit_affine(
         levels: downsampling factor of each level, coarse to fine.
         iterations: Adam steps at each level.
         learning_rate: step of the rotation (radians) and of the translation (in units of the
-            level's voxel, so coarse levels move further per step); the stretch a twentieth (a free scale lets mutual information shrink the head).
+            level's voxel, so coarse levels move further per step); the stretch a twentieth (a
+            free scale lets mutual information shrink the head).
         num_bins: histogram bins of the mutual information.
         num_samples: voxels drawn at random at each step to estimate it (as ITK and ANTs sample),
             which makes a step cost the same at any image size.
@@ -105,8 +105,7 @@ def fit_affine(
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
     with torch.enable_grad():
         for factor, steps in zip(levels, iterations):
-            fixed_level = pool(fixed[None, None], factor, ceil_mode=True) if factor > 1 else fixed[None, None]
-            moving_level = pool(moving[None, None], factor, ceil_mode=True) if factor > 1 else moving[None, None]
+            fixed_level, moving_level = (pool(image[None, None], factor, ceil_mode=True) for image in (fixed, moving))
             grid = voxel_grid(fixed_level.shape[2:], device=fixed.device).flatten(1)
             # the parameters live in full-grid voxels; a level's voxel q sits at factor * q + (factor - 1) / 2
             to_full = torch.eye(n + 1, dtype=torch.float64)
