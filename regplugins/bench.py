@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from regplugins.bundles import BUNDLES_DIR, inference_workflow
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.metrics import score_registration
-
-BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 
 # the held-out synthetic sets: fixed seeds far from the training seeds of every bundle
 SYNTHETIC_SETS = {
@@ -93,17 +92,9 @@ def register_with_bundle(method: str, datalist: str, out: str, device: str) -> d
 
     ``monai.bundle run`` is this same sequence; splitting it times the model load apart.
     """
-    from monai.bundle import ConfigWorkflow
-
     bundle, overrides = bundle_and_overrides(method)
-    root = BUNDLES / bundle
     start = time.perf_counter()
-    workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf"), workflow_type="infer",
-        bundle_root=str(root), datalist=datalist, output_dir=out, device=device, **overrides,
-    )
-    workflow.initialize()
+    workflow = inference_workflow(bundle, datalist=datalist, output_dir=out, device=device, **overrides)
     network_seconds = _time_forward_passes(workflow.parser.get_parsed_content("network"), device)
     _synchronize(device)
     loaded = time.perf_counter()
@@ -280,9 +271,9 @@ def run_bench(
     datalist = synthetic_datalist(out_path, kind, n, shape) if data == "synth" else Path(data).resolve()
     pairs = registration_pairs(datalist=str(datalist))
     methods = list(baselines) + list(bundles)
-    unknown = [b for b in bundles if not (BUNDLES / bundle_and_overrides(b)[0] / "configs" / "inference.json").exists()]
+    unknown = [b for b in bundles if not (BUNDLES_DIR / bundle_and_overrides(b)[0] / "configs" / "inference.json").exists()]
     if unknown:
-        raise SystemExit(f"error: no such bundle under {BUNDLES}: {', '.join(unknown)}")
+        raise SystemExit(f"error: no such bundle under {BUNDLES_DIR}: {', '.join(unknown)}")
     results, notes = {}, []
     for method in methods:
         if method in ANTS_BASELINES and not _has_ants():

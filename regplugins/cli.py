@@ -1,4 +1,4 @@
-"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``demo``, ``bench`` and ``scaling``."""
+"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``demo``, ``bench``, ``scaling`` and ``release``."""
 
 from __future__ import annotations
 
@@ -89,8 +89,22 @@ def scaling(
     )
 
 
+def release(bundles: str | Sequence[str], out: str = "release", repo: str | None = None) -> None:
+    """Write a model-zoo style OUT/<name>_v<version>.zip per bundle (names, paths, or "all" with weights) and OUT/model_info.json.
+
+    --repo OWNER/REPO/TAG records the GitHub release address of each zip in the index, where
+    `python -m monai.bundle download --source github --repo OWNER/REPO/TAG` will look for it.
+    """
+    from regplugins.bundles import trained_bundles
+    from regplugins.release import build_release
+
+    chosen = trained_bundles() if bundles == "all" else _names(bundles)
+    for bundle in chosen:
+        print(build_release(bundle, out, repo=repo))
+
+
 def main() -> None:
-    fire.Fire({"synth": synth, "demo": demo, "bench": bench, "scaling": scaling})
+    fire.Fire({"synth": synth, "demo": demo, "bench": bench, "scaling": scaling, "release": release})
 
 
 if __name__ == "__main__":

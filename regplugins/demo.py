@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from regplugins.bundles import bundle_root
 from regplugins.data import SyntheticPairGenerator, write_synthetic_set
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
 from regplugins.metrics import label_overlap
 from regplugins.plots import on_fixed_grid, save_slice_panels
 
-BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 DEMO_TISSUES = {0: "background", 1: "csf", 2: "grey_matter", 3: "white_matter"}
 
 
@@ -100,12 +100,12 @@ def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", de
     """Build the pair, register it with ``bundle`` through the contract command, and report."""
     out = Path(out).resolve()
     pair = build_demo_pair(out / "data", seed=seed)
-    bundle_root = BUNDLES / bundle
+    root = bundle_root(bundle)
     command = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(bundle_root / "configs" / "inference.json"),
-        "--logging_file", str(bundle_root / "configs" / "logging.conf"),
-        "--bundle_root", str(bundle_root),
+        "--config_file", str(root / "configs" / "inference.json"),
+        "--logging_file", str(root / "configs" / "logging.conf"),
+        "--bundle_root", str(root),
         "--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"],
         "--output_dir", str(out / "registered"), "--device", device,
     ]

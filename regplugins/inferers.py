@@ -41,6 +41,11 @@ class PairOptimisationInferer(Inferer):
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         if self.iterations == 0:
             return network(inputs, *args, **kwargs).contiguous()
+        if isinstance(network, torch.jit.ScriptModule):
+            raise ValueError(
+                "pair optimisation trains the network's training-mode outputs, which a TorchScript export does not "
+                "keep: load models/model.pt (ckpt_path), not models/model.ts."
+            )
         model = copy.deepcopy(network).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
         with torch.enable_grad():

@@ -1,0 +1,87 @@
+"""`regplugins release`: a zip that `monai.bundle download` installs and that registers from where it lands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BUNDLE, read_datalist, run_bundle
+from regplugins.inferers import PairOptimisationInferer
+from regplugins.io import load_itk_displacement_field, pair_output_name
+from regplugins.release import build_release
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    out = tmp_path_factory.mktemp("release")
+    return build_release(BUNDLE, out, repo="owner/repo/v1"), out
+
+
+def test_release_zip_holds_the_bundle_and_its_torchscript_export(release):
+    zip_path, out = release
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    name = f"{BUNDLE.name}_v{meta['version']}"
+    assert zip_path.name == f"{name}.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+    for member in ("LICENSE", "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt", "models/model.ts"):
+        assert f"{BUNDLE.name}/{member}" in names
+    index = json.loads((out / "model_info.json").read_text())
+    assert index[name]["checksum"] == hashlib.md5(zip_path.read_bytes()).hexdigest()
+    assert index[name]["source"] == f"https://github.com/owner/repo/releases/download/v1/{name}.zip"
+
+
+def test_downloaded_release_registers_with_model_pt_and_model_ts_alike(release, synthetic_pairs, tmp_path):
+    zip_path, _ = release
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    download = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "download", "--name", BUNDLE.name, "--url", zip_path.as_uri(), "--bundle_dir", str(bundles)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert download.returncode == 0, download.stderr[-2000:]
+    downloaded = bundles / BUNDLE.name
+    entry = read_datalist(synthetic_pairs)[0]
+    fixed, moving = str(synthetic_pairs.parent / entry["fixed"]), str(synthetic_pairs.parent / entry["moving"])
+    fields = []
+    for weights in ("model.pt", "model.ts"):
+        out = tmp_path / weights
+        result = run_bundle("--fixed_image", fixed, "--moving_image", moving, "--output_dir", str(out), "--device", "cpu",
+                            "--ckpt_path", str(downloaded / "models" / weights), bundle=downloaded)
+        assert result.returncode == 0, result.stderr[-3000:]
+        folder = out / pair_output_name(moving, fixed)
+        assert sorted(p.name for p in folder.iterdir()) == ["ddf.nii.gz", "warped.nii.gz"]
+        fields.append(load_itk_displacement_field(folder / "ddf.nii.gz")[0])
+    assert np.abs(fields[0]).max() > 1.0  # a real registration, not the identity
+    np.testing.assert_allclose(fields[1], fields[0], atol=1e-3)
+
+
+def test_release_refuses_a_bundle_without_weights_or_with_a_stale_regplugins_pin(tmp_path):
+    untrained = shutil.copytree(BUNDLE, tmp_path / "untrained", ignore=shutil.ignore_patterns("models"))
+    with pytest.raises(ValueError, match="no trained weights in models/model.pt"):
+        build_release(untrained, tmp_path / "out")
+    stale = shutil.copytree(BUNDLE, tmp_path / "stale")
+    meta_file = stale / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["required_packages_version"]["regplugins"] = "0.0.1"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="names regplugins 0.0.1"):
+        build_release(stale, tmp_path / "out")
+    with pytest.raises(ValueError, match="OWNER/REPO/TAG"):
+        build_release(BUNDLE, tmp_path / "out", repo="owner/repo")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_pair_optimisation_refuses_a_torchscript_network():
+    traced = torch.jit.trace(torch.nn.Conv3d(2, 3, 3, padding=1).eval(), torch.rand(1, 2, 8, 8, 8))
+    inferer = PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2)
+    with pytest.raises(ValueError, match="model.pt"):
+        inferer(torch.rand(1, 2, 8, 8, 8), traced)
