@@ -5,7 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test clean
+MONAILABEL_APP := apps/monailabel_registration
+
+.PHONY: setup monailabel demo test clean
 
 setup: $(VENV)/.installed
 
@@ -16,10 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# MONAI Label's server, beside the project's torch (see $(MONAILABEL_APP)/README.md for why --no-deps)
+monailabel: $(VENV)/.monailabel
+
+$(VENV)/.monailabel: $(VENV)/.installed $(MONAILABEL_APP)/requirements.txt
+	$(PY) -m pip install -q -r $(MONAILABEL_APP)/requirements.txt
+	$(PY) -m pip install -q --no-deps monailabel==0.8.5 pydicom-seg==0.4.1
+	touch $@
+
 demo: setup
 	$(PY) -m regplugins demo --out demo_out
 
-test: setup
+test: setup monailabel
 	$(PY) -m pytest -q
 
 clean:

@@ -10,7 +10,7 @@ import numpy as np
 
 from regplugins.io import RAS_TO_LPS, save_itk_displacement_field, save_nifti
 
-from .synth import SyntheticPairGenerator
+from .synth import CSF_RIM, FIRST_STRUCTURE_LABEL, SCALP, SKULL, SyntheticPairGenerator
 
 
 def write_synthetic_set(
@@ -62,3 +62,28 @@ def write_synthetic_set(
     datalist = out / "datalist.json"
     datalist.write_text(json.dumps(entries, indent=2))
     return datalist
+
+
+def head_label_names(labels: np.ndarray) -> dict[str, int]:
+    """Names of the generated head's labels present in ``labels``, as MONAI Label's ``label_names`` (name: value)."""
+    fixed = {SCALP: "scalp", SKULL: "skull", CSF_RIM: "csf_rim"}
+    values = sorted(int(v) for v in np.unique(labels) if v > 0)
+    return {fixed.get(v, f"structure_{v - FIRST_STRUCTURE_LABEL + 1}"): v for v in values}
+
+
+def write_atlas(out: str | Path, modality: str = "t1", shape: Sequence[int] = (96, 96, 96), spacing: float = 2.0, seed: int = 0) -> dict:
+    """One synthetic head (image, labels and ``label_names.json``) to register onto other images as an atlas.
+
+    Returns the paths under ``image``, ``label`` and ``label_names`` and the names themselves
+    under ``names``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    head = SyntheticPairGenerator(shape=shape, spacing=spacing, modalities=(modality, modality), skull_probability=1.0)(int(seed))
+    labels = head["fixed_label"][0].numpy()
+    atlas = {"image": out / f"atlas_{modality}.nii.gz", "label": out / "atlas_label.nii.gz", "label_names": out / "label_names.json"}
+    save_nifti(atlas["image"], head["fixed"][0].numpy(), head["fixed"].affine.numpy())
+    save_nifti(atlas["label"], labels, head["fixed_label"].affine.numpy(), dtype=np.int16)
+    names = head_label_names(labels)
+    atlas["label_names"].write_text(json.dumps(names, indent=2))
+    return {**{key: str(path) for key, path in atlas.items()}, "names": names}
