@@ -13,3 +13,16 @@ def prepare_registration_batch(batchdata: dict, device=None, non_blocking: bool 
     """
     image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
     return image, image
+
+
+def prepare_paired_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+    """``(inputs, targets)`` for training on paired data (:class:`regplugins.losses.IntraModalitySimilarityLoss`).
+
+    ``image`` holds four channels: moving, fixed, the moving anatomy in the fixed modality and
+    the fixed anatomy in the moving modality. The network sees the first two; the loss gets all
+    four with ``fixed_is_ct``, from the batch's ``fixed_modality`` names, which says which of its
+    terms is the CT one.
+    """
+    image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+    fixed_is_ct = torch.tensor([str(name).lower() == "ct" for name in batchdata["fixed_modality"]], device=device)
+    return image[:, :2], {"images": image, "fixed_is_ct": fixed_is_ct}

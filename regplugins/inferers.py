@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
@@ -57,3 +59,45 @@ class PairOptimisationInferer(Inferer):
             fields = model(inputs, *args, **kwargs)
         finest = fields[0] if isinstance(fields, (list, tuple)) else fields
         return finest.contiguous()
+
+
+class ValidPatchInferer(Inferer):
+    """Whole-image fields from a network that maps an input patch to the smaller field patch of its centre.
+
+    The image is padded by the network's ``margin`` (and up to a whole number of output patches);
+    output patches of ``patch_size - 2 * margin`` voxels are tiled over it without overlap and
+    each is predicted from the input patch around it, so every voxel's field comes from the
+    context the network was trained with (``patch_size`` 68 and ``margin`` 20 for
+    :class:`regplugins.networks.PatchRegistrationUNet`). Patches are predicted ``batch_size``
+    at a time, in the channels-last layout on CPU.
+    """
+
+    def __init__(self, patch_size: int = 68, margin: int = 20, batch_size: int = 8, padding_value: float = 0.0):
+        super().__init__()
+        if patch_size <= 2 * margin:
+            raise ValueError(f"patch_size {patch_size} leaves no output inside a margin of {margin}.")
+        self.patch_size, self.margin, self.batch_size, self.padding_value = patch_size, margin, batch_size, padding_value
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        spatial = inputs.shape[2:]
+        step = self.patch_size - 2 * self.margin
+        tiles = [range(0, size, step) for size in spatial]
+        padded = [len(t) * step for t in tiles]
+        pad = []
+        for size, total in reversed(list(zip(spatial, padded))):
+            pad += [self.margin, self.margin + total - size]
+        image = F.pad(inputs, pad, value=self.padding_value)
+        if image.dim() == 5 and image.device.type == "cpu":
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        field = None
+        starts = list(itertools.product(*tiles))
+        for first in range(0, len(starts), self.batch_size):
+            chunk = starts[first : first + self.batch_size]
+            patches = torch.cat([image[(..., *(slice(s, s + self.patch_size) for s in start))] for start in chunk])
+            predicted = network(patches, *args, **kwargs)
+            if field is None:
+                field = predicted.new_zeros(inputs.shape[0], predicted.shape[1], *padded)
+            for index, start in enumerate(chunk):
+                batch = predicted[index * inputs.shape[0] : (index + 1) * inputs.shape[0]]
+                field[(..., *(slice(s, s + step) for s in start))] = batch
+        return field[(..., *(slice(0, size) for size in spatial))].contiguous()

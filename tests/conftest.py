@@ -15,8 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
 # every bundle, and those that ship trained weights in models/model.pt
-BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg"]
-TRAINED_BUNDLES = [BUNDLE]
+BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg"]
+TRAINED_BUNDLES = [bundle for bundle in BUNDLES if (bundle / "models" / "model.pt").exists()]
 
 
 @pytest.fixture(scope="session")

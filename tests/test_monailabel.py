@@ -16,7 +16,7 @@ import pytest
 import requests
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from conftest import BUNDLE, ROOT, read_datalist
+from conftest import ROOT, TRAINED_BUNDLES, read_datalist
 from regplugins.demo import labels_on_fixed_grid, mean_dice
 
 APP = ROOT / "apps" / "monailabel_registration"
@@ -43,7 +43,7 @@ def server(synthetic_pairs, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-         "--host", "127.0.0.1", "--port", str(port), "--conf", "bundles", str(BUNDLE), "--conf", "device", "cpu"],
+         "--host", "127.0.0.1", "--port", str(port), "--conf", "device", "cpu"],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path_factory.mktemp("cwd")),
     )
     url = f"http://127.0.0.1:{port}"
@@ -65,9 +65,9 @@ def server(synthetic_pairs, tmp_path_factory):
         log.close()
 
 
-def _infer(server, params: dict) -> tuple[dict, bytes]:
+def _infer(server, bundle: str, params: dict) -> tuple[dict, bytes]:
     response = requests.post(
-        f"{server['url']}/infer/{BUNDLE.name}", params={"image": "fixed_t1", "output": "all"},
+        f"{server['url']}/infer/{bundle}", params={"image": "fixed_t1", "output": "all"},
         files={"params": (None, json.dumps(params))}, timeout=600,
     )
     assert response.status_code == 200, response.text[-2000:]
@@ -78,13 +78,15 @@ def _infer(server, params: dict) -> tuple[dict, bytes]:
 
 def test_app_lists_every_trained_bundle_as_an_infer_task(server):
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
-    assert BUNDLE.name in info["models"]
-    assert info["models"][BUNDLE.name]["type"] == "segmentation"
-    assert "skull" in info["models"][BUNDLE.name]["labels"]  # the generated atlas's names
+    assert sorted(info["models"]) == sorted(bundle.name for bundle in TRAINED_BUNDLES)
+    for task in info["models"].values():
+        assert task["type"] == "segmentation"
+        assert "skull" in task["labels"]  # the generated atlas's names
 
 
-def test_infer_returns_the_moving_labels_warped_onto_the_open_image(server, tmp_path):
-    result, label_bytes = _infer(server, {"moving": "moving_ct"})
+@pytest.mark.parametrize("bundle", [bundle.name for bundle in TRAINED_BUNDLES])
+def test_infer_returns_the_moving_labels_warped_onto_the_open_image(server, bundle, tmp_path):
+    result, label_bytes = _infer(server, bundle, {"moving": "moving_ct"})
     returned = tmp_path / "label.nii.gz"
     returned.write_bytes(label_bytes)
     label = nib.load(str(returned))
@@ -105,7 +107,7 @@ def test_infer_returns_the_moving_labels_warped_onto_the_open_image(server, tmp_
 
 
 def test_infer_without_a_moving_image_registers_the_atlas(server, tmp_path):
-    result, label_bytes = _infer(server, {})
+    result, label_bytes = _infer(server, TRAINED_BUNDLES[0].name, {})
     assert result["moving"] == "atlas" and "skull" in result["label_names"]
     returned = tmp_path / "label.nii.gz"
     returned.write_bytes(label_bytes)
@@ -116,7 +118,7 @@ def test_infer_without_a_moving_image_registers_the_atlas(server, tmp_path):
 
 def test_infer_names_a_moving_image_missing_from_the_datastore(server):
     response = requests.post(
-        f"{server['url']}/infer/{BUNDLE.name}", params={"image": "fixed_t1", "output": "json"},
+        f"{server['url']}/infer/{TRAINED_BUNDLES[0].name}", params={"image": "fixed_t1", "output": "json"},
         files={"params": (None, json.dumps({"moving": "no_such_image"}))}, timeout=120,
     )
     assert response.status_code == 400

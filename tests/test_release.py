@@ -13,42 +13,42 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, read_datalist, run_bundle
+from conftest import BUNDLE, TRAINED_BUNDLES, read_datalist, run_bundle
 from regplugins.inferers import PairOptimisationInferer
 from regplugins.io import load_itk_displacement_field, pair_output_name
 from regplugins.release import build_release
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
+@pytest.fixture(scope="module", params=TRAINED_BUNDLES, ids=lambda path: path.name)
+def release(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("release")
-    return build_release(BUNDLE, out, repo="owner/repo/v1"), out
+    return request.param, build_release(request.param, out, repo="owner/repo/v1"), out
 
 
 def test_release_zip_holds_the_bundle_and_its_torchscript_export(release):
-    zip_path, out = release
-    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
-    name = f"{BUNDLE.name}_v{meta['version']}"
+    bundle, zip_path, out = release
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    name = f"{bundle.name}_v{meta['version']}"
     assert zip_path.name == f"{name}.zip"
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
     for member in ("LICENSE", "configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt", "models/model.ts"):
-        assert f"{BUNDLE.name}/{member}" in names
+        assert f"{bundle.name}/{member}" in names
     index = json.loads((out / "model_info.json").read_text())
     assert index[name]["checksum"] == hashlib.md5(zip_path.read_bytes()).hexdigest()
     assert index[name]["source"] == f"https://github.com/owner/repo/releases/download/v1/{name}.zip"
 
 
 def test_downloaded_release_registers_with_model_pt_and_model_ts_alike(release, synthetic_pairs, tmp_path):
-    zip_path, _ = release
+    bundle, zip_path, _ = release
     bundles = tmp_path / "bundles"
     bundles.mkdir()
     download = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "download", "--name", BUNDLE.name, "--url", zip_path.as_uri(), "--bundle_dir", str(bundles)],
+        [sys.executable, "-m", "monai.bundle", "download", "--name", bundle.name, "--url", zip_path.as_uri(), "--bundle_dir", str(bundles)],
         capture_output=True, text=True, timeout=300,
     )
     assert download.returncode == 0, download.stderr[-2000:]
-    downloaded = bundles / BUNDLE.name
+    downloaded = bundles / bundle.name
     entry = read_datalist(synthetic_pairs)[0]
     fixed, moving = str(synthetic_pairs.parent / entry["fixed"]), str(synthetic_pairs.parent / entry["moving"])
     fields = []

@@ -6,4 +6,5 @@ from .inverse_consistency import InverseConsistencyLoss
 from .mind import MINDSSC, MINDLoss
 from .multiresolution import MultiResolutionRegistrationLoss
 from .ncc import GlobalNCCLoss
+from .paired import IntraModalitySimilarityLoss
 from .regularization import LaplacianRegularizationLoss, TotalVariationLoss, laplacian

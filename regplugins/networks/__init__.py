@@ -2,3 +2,4 @@
 
 from .fcn_multires import MultiResolutionFCN
 from .gradient_fusion import GradientFusionNet
+from .patch_unet import PatchRegistrationUNet

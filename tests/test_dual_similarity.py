@@ -1,0 +1,107 @@
+"""ct_mr_dual_similarity_reg: the unpadded patch U-Net, tiled whole-image inference and the intra-modality NCC loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser
+
+from conftest import ROOT
+from regplugins.engines import prepare_paired_batch
+from regplugins.inferers import ValidPatchInferer
+from regplugins.losses import IntraModalitySimilarityLoss
+from regplugins.networks import PatchRegistrationUNet
+
+BUNDLE = ROOT / "bundles" / "ct_mr_dual_similarity_reg"
+
+
+def test_unpadded_unet_maps_68_cubed_to_the_28_cubed_centre_field():
+    network = PatchRegistrationUNet().eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 2, 68, 68, 68)).shape == (1, 3, 28, 28, 28)
+        assert network(torch.rand(2, 2, 72, 68, 76)).shape == (2, 3, 32, 28, 36)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        network(torch.rand(1, 2, 66, 68, 68))
+
+
+class CentreOfFirstChannel(torch.nn.Module):
+    """A stand-in network whose field is the centre of its input's first channel, three times."""
+
+    def forward(self, patch):
+        margin = PatchRegistrationUNet.margin
+        centre = patch[:, :1, margin:-margin, margin:-margin, margin:-margin]
+        return centre.repeat(1, 3, 1, 1, 1)
+
+
+def test_tiling_reassembles_a_known_smooth_field_without_seams():
+    shape = (45, 60, 31)  # not multiples of the 28-voxel output patch
+    axes = torch.meshgrid(*(torch.linspace(0, 1, s) for s in shape), indexing="ij")
+    field = torch.sin(3 * axes[0]) * torch.cos(2 * axes[1]) + axes[2] ** 2
+    pair = torch.stack([field, torch.zeros(shape)])[None]
+    assembled = ValidPatchInferer(batch_size=3)(pair, CentreOfFirstChannel())
+    assert assembled.shape == (1, 3, *shape)
+    torch.testing.assert_close(assembled, field.expand(1, 3, *shape))
+
+
+def test_tiled_field_equals_the_network_on_the_whole_padded_image():
+    torch.manual_seed(0)
+    network = PatchRegistrationUNet().eval()
+    torch.nn.init.normal_(network.field.weight, std=0.1)  # a non-trivial field
+    pair = torch.rand(1, 2, 40, 30, 36)
+    with torch.no_grad():
+        tiled = ValidPatchInferer(batch_size=4)(pair, network)
+        # 2 x 2 x 2 output patches of 28 voxels cover the image; pad it the same way and run once
+        whole = network(F.pad(pair, [20, 20 + 56 - 36, 20, 20 + 56 - 30, 20, 20 + 56 - 40]))
+    torch.testing.assert_close(tiled, whole[:, :, :40, :30, :36], atol=1e-5, rtol=1e-4)
+
+
+def _target(moving, fixed, moving_paired, fixed_paired, fixed_is_ct):
+    return {"images": torch.stack([moving, fixed, moving_paired, fixed_paired], dim=1), "fixed_is_ct": torch.tensor(fixed_is_ct)}
+
+
+def test_intra_modality_loss_is_zero_for_aligned_pairs_and_ignores_linear_intensity_changes():
+    torch.manual_seed(0)
+    ct, mr = torch.rand(2, 1, 48, 48, 48).unbind(0)
+    loss = IntraModalitySimilarityLoss()
+    zero_field = torch.zeros(1, 3, 8, 8, 8)
+    # moving MR and fixed CT of one anatomy: their counterparts are the same images in the other modality
+    aligned = loss(zero_field, _target(mr, ct, 3.0 * ct + 1.0, 0.5 * mr - 2.0, [True]))
+    assert aligned.abs() < 1e-4
+    shifted = loss(zero_field, _target(mr, ct, torch.roll(ct, 3, dims=1), torch.roll(mr, 3, dims=1), [True]))
+    assert shifted > 0.05
+
+
+def test_intra_modality_loss_weighs_the_ct_and_the_mr_term_by_modality():
+    torch.manual_seed(1)
+    ct, mr, noise = torch.rand(3, 1, 48, 48, 48).unbind(0)
+    zero_field = torch.zeros(1, 3, 8, 8, 8)
+    ct_only = IntraModalitySimilarityLoss(ct_weight=1.0, mr_weight=0.0)
+    # fixed CT: the CT term compares the fixed image with the moving anatomy's CT counterpart
+    assert ct_only(zero_field, _target(mr, ct, ct, noise, [True])).abs() < 1e-4
+    assert ct_only(zero_field, _target(mr, ct, noise, mr, [True])) > 0.5
+    # fixed MR (the other direction): now the CT term is the moving image against the fixed anatomy's CT
+    assert ct_only(zero_field, _target(ct, mr, noise, ct, [False])).abs() < 1e-4
+    with pytest.raises(ValueError, match="not both 0"):
+        IntraModalitySimilarityLoss(ct_weight=0.0, mr_weight=0.0)
+
+
+def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs/train.json"))
+    # the motion of a raw pair (the config's default is the residual after pre-alignment), so the step has work to do
+    parser.update({"working_shape": [28, 28, 28], "working_spacing": 6.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
+    network, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)  # the config's optimiser and rate
+    sample = parser.get_parsed_content("validate#preprocessing")({"seed": 0})
+    batch = {"image": sample["image"][None].as_tensor(), "fixed_modality": [sample["fixed_modality"]]}
+    inputs, target = prepare_paired_batch(batch)
+    assert inputs.shape == (1, 2, 68, 68, 68) and target["images"].shape[1] == 4
+    network.train()
+    before = loss(network(inputs), target)
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss(network(inputs), target)
+    assert after < before
