@@ -69,6 +69,38 @@ def registration_pairs(
     return [pair]
 
 
+PAIRED_KEYS = ("ct", "mr", "paired_ct", "paired_mr")
+
+
+def paired_training_data(datalist: str) -> list[dict]:
+    """Training entries of paired CT/MR data from a JSON list of ``{ct, mr, paired_ct, paired_mr}`` (paths relative to it).
+
+    ``paired_mr`` is the MR aligned with ``ct`` and ``paired_ct`` the CT aligned with ``mr``, as
+    the paired-data CT/MR paper prepares them. Entries come back with absolute paths and
+    ``fixed_modality`` "ct": the CT is the fixed image, as in the paper.
+    """
+    path = Path(datalist)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RegistrationInputError(f"{datalist}: not a readable JSON datalist ({error}).") from None
+    if isinstance(entries, dict):
+        entries = entries.get("training", [])
+    if not isinstance(entries, list) or not entries:
+        raise RegistrationInputError(f"{datalist}: expected a non-empty JSON list of {{ct, mr, paired_ct, paired_mr}}.")
+    data = []
+    for i, entry in enumerate(entries):
+        missing = [key for key in PAIRED_KEYS if not isinstance(entry, dict) or not entry.get(key)]
+        if missing:
+            raise RegistrationInputError(f"{datalist}: entry {i} lacks {', '.join(missing)}.")
+        files = {key: str(path.parent / entry[key]) for key in PAIRED_KEYS}
+        for file in files.values():
+            if not os.path.isfile(file):
+                raise RegistrationInputError(f"{file}: file not found (entry {i} of {datalist}).")
+        data.append({**files, "fixed_modality": "ct"})
+    return data
+
+
 def _load_header(path: str):
     if not os.path.isfile(path):
         raise RegistrationInputError(f"{path}: file not found.")

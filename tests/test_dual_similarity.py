@@ -105,3 +105,36 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
     with torch.no_grad():
         after = loss(network(inputs), target)
     assert after < before
+
+
+def test_training_runs_on_a_users_paired_datalist(synthetic_pairs, tmp_path):
+    """{ct, mr, paired_ct, paired_mr} entries: the synthetic set's files (moving CT, fixed T1) as a user's data."""
+    import json
+
+    from conftest import read_datalist, run_bundle
+
+    entries = [
+        {"ct": e["moving"], "mr": e["fixed"], "paired_mr": e["moving_paired"], "paired_ct": e["fixed_paired"]}
+        for e in read_datalist(synthetic_pairs)
+    ]
+    datalist = synthetic_pairs.parent / "paired.json"
+    datalist.write_text(json.dumps(entries))
+    result = run_bundle(
+        "--train_datalist", str(datalist), "--val_datalist", str(datalist), "--working_spacing", "4.0",
+        "--train#trainer#max_epochs", "1", "--num_workers", "0", "--device", "cpu", "--ckpt_dir", str(tmp_path),
+        config="train.json", bundle=BUNDLE,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_loss:" in result.stdout + result.stderr
+    assert (tmp_path / "model.pt").exists()
+
+
+def test_a_paired_datalist_entry_without_its_counterparts_is_named(tmp_path):
+    import json
+
+    from regplugins.io import RegistrationInputError, paired_training_data
+
+    datalist = tmp_path / "paired.json"
+    datalist.write_text(json.dumps([{"ct": "ct.nii.gz", "mr": "mr.nii.gz"}]))
+    with pytest.raises(RegistrationInputError, match="entry 0 lacks paired_ct, paired_mr"):
+        paired_training_data(str(datalist))
