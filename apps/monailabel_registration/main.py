@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
 
@@ -28,13 +29,13 @@ from regplugins.monailabel import RegistrationInferTask
 def atlas_from(conf: dict, app_dir: str) -> dict:
     """The configured atlas, or the synthetic one (written once into the app's folder)."""
     if conf.get("atlas_image"):
-        names = json.loads(open(conf["atlas_label_names"]).read())
+        names = json.loads(Path(conf["atlas_label_names"]).read_text())
         return {"image": conf["atlas_image"], "label": conf["atlas_label"], "names": names}
     folder = os.path.join(app_dir, "atlas")
     names_file = os.path.join(folder, "label_names.json")
     if os.path.exists(names_file):
         return {"image": os.path.join(folder, "atlas_t1.nii.gz"), "label": os.path.join(folder, "atlas_label.nii.gz"),
-                "names": json.loads(open(names_file).read())}
+                "names": json.loads(Path(names_file).read_text())}
     return write_atlas(folder)
 
 
