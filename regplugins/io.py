@@ -39,22 +39,28 @@ class RegistrationInputError(ValueError):
     """A registration input that cannot be used; the message names the file and the problem."""
 
 
+def _datalist_entries(path: Path, sections: tuple[str, ...], what: str) -> list:
+    """The entries of a JSON datalist: a list, or the first of ``sections`` of a MONAI-style dict."""
+    if not path.is_file():
+        raise RegistrationInputError(f"{path}: datalist file not found.")
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RegistrationInputError(f"{path}: not a readable JSON datalist ({error}).") from None
+    if isinstance(entries, dict):
+        entries = next((entries[k] for k in sections if k in entries), [])
+    if not isinstance(entries, list) or not entries:
+        raise RegistrationInputError(f"{path}: expected a non-empty JSON list of {what}.")
+    return entries
+
+
 def registration_pairs(
     fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = ""
 ) -> list[dict]:
     """The contract's pairs: one from ``--fixed_image/--moving_image[/--moving_label]`` or many from ``--datalist``."""
     if datalist:
         path = Path(datalist)
-        if not path.is_file():
-            raise RegistrationInputError(f"{datalist}: datalist file not found.")
-        try:
-            entries = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise RegistrationInputError(f"{datalist}: not a readable JSON datalist ({error}).") from None
-        if isinstance(entries, dict):  # MONAI-style {"testing": [...]} datalists
-            entries = next((entries[k] for k in ("testing", "test", "validation", "training") if k in entries), [])
-        if not isinstance(entries, list) or not entries:
-            raise RegistrationInputError(f"{datalist}: expected a non-empty JSON list of pairs.")
+        entries = _datalist_entries(path, ("testing", "test", "validation", "training"), "pairs")
         pairs = []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
@@ -80,14 +86,7 @@ def paired_training_data(datalist: str) -> list[dict]:
     ``fixed_modality`` "ct": the CT is the fixed image, as in the paper.
     """
     path = Path(datalist)
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RegistrationInputError(f"{datalist}: not a readable JSON datalist ({error}).") from None
-    if isinstance(entries, dict):
-        entries = entries.get("training", [])
-    if not isinstance(entries, list) or not entries:
-        raise RegistrationInputError(f"{datalist}: expected a non-empty JSON list of {{ct, mr, paired_ct, paired_mr}}.")
+    entries = _datalist_entries(path, ("training",), "{ct, mr, paired_ct, paired_mr}")
     data = []
     for i, entry in enumerate(entries):
         missing = [key for key in PAIRED_KEYS if not isinstance(entry, dict) or not entry.get(key)]

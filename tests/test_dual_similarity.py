@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from conftest import ROOT
+from conftest import ROOT, loss_before_and_after_one_step, read_datalist, run_bundle
 from regplugins.engines import prepare_paired_batch
+from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.inferers import ValidPatchInferer
 from regplugins.losses import IntraModalitySimilarityLoss
 from regplugins.networks import PatchRegistrationUNet
@@ -91,28 +94,16 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
     parser.read_config(str(BUNDLE / "configs/train.json"))
     # the motion of a raw pair (the config's default is the residual after pre-alignment), so the step has work to do
     parser.update({"working_shape": [28, 28, 28], "working_spacing": 6.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
-    network, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
-    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)  # the config's optimiser and rate
     sample = parser.get_parsed_content("validate#preprocessing")({"seed": 0})
     batch = {"image": sample["image"][None].as_tensor(), "fixed_modality": [sample["fixed_modality"]]}
     inputs, target = prepare_paired_batch(batch)
     assert inputs.shape == (1, 2, 68, 68, 68) and target["images"].shape[1] == 4
-    network.train()
-    before = loss(network(inputs), target)
-    optimizer.zero_grad()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        after = loss(network(inputs), target)
+    before, after = loss_before_and_after_one_step(parser, inputs, target)
     assert after < before
 
 
 def test_training_runs_on_a_users_paired_datalist(synthetic_pairs, tmp_path):
     """{ct, mr, paired_ct, paired_mr} entries: the synthetic set's files (moving CT, fixed T1) as a user's data."""
-    import json
-
-    from conftest import read_datalist, run_bundle
-
     entries = [
         {"ct": e["moving"], "mr": e["fixed"], "paired_mr": e["moving_paired"], "paired_ct": e["fixed_paired"]}
         for e in read_datalist(synthetic_pairs)
@@ -130,10 +121,6 @@ def test_training_runs_on_a_users_paired_datalist(synthetic_pairs, tmp_path):
 
 
 def test_a_paired_datalist_entry_without_its_counterparts_is_named(tmp_path):
-    import json
-
-    from regplugins.io import RegistrationInputError, paired_training_data
-
     datalist = tmp_path / "paired.json"
     datalist.write_text(json.dumps([{"ct": "ct.nii.gz", "mr": "mr.nii.gz"}]))
     with pytest.raises(RegistrationInputError, match="entry 0 lacks paired_ct, paired_mr"):

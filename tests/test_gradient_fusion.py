@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import ROOT
+from conftest import ROOT, loss_before_and_after_one_step
 from regplugins.layers import GatedFusion, GradientMagnitude
 from regplugins.networks import GradientFusionNet
 
@@ -85,13 +85,6 @@ def test_one_training_iteration_lowers_the_loss_on_a_fixed_synthetic_pair():
     parser.read_config(str(BUNDLE / "configs/train.json"))
     # the motion of a raw pair (the config's default is the residual after pre-alignment), so one step has work to do
     parser.update({"working_shape": [16, 16, 16], "working_spacing": 12.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
-    network, loss, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     pair = parser.get_parsed_content("validate#preprocessing")({"seed": 0})["image"][None].as_tensor()
-    network.train()
-    before = loss(network(pair), pair)
-    optimizer.zero_grad()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        after = loss(network(pair), pair)
+    before, after = loss_before_and_after_one_step(parser, pair, pair)
     assert after < before

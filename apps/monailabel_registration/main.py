@@ -22,7 +22,7 @@ from monailabel.interfaces.app import MONAILabelApp
 
 import regplugins
 from regplugins.bundles import trained_bundles
-from regplugins.data import write_atlas
+from regplugins.data import load_atlas, write_atlas
 from regplugins.monailabel import RegistrationInferTask
 
 
@@ -32,11 +32,7 @@ def atlas_from(conf: dict, app_dir: str) -> dict:
         names = json.loads(Path(conf["atlas_label_names"]).read_text())
         return {"image": conf["atlas_image"], "label": conf["atlas_label"], "names": names}
     folder = os.path.join(app_dir, "atlas")
-    names_file = os.path.join(folder, "label_names.json")
-    if os.path.exists(names_file):
-        return {"image": os.path.join(folder, "atlas_t1.nii.gz"), "label": os.path.join(folder, "atlas_label.nii.gz"),
-                "names": json.loads(Path(names_file).read_text())}
-    return write_atlas(folder)
+    return load_atlas(folder) or write_atlas(folder)
 
 
 class RegistrationApp(MONAILabelApp):

@@ -1,4 +1,4 @@
 """Synthetic multi-modal data with known deformations, and the demo pair built from real anatomy."""
 
-from .write import head_label_names, write_atlas, write_synthetic_set
+from .write import head_label_names, load_atlas, write_atlas, write_synthetic_set
 from .synth import INTENSITY_RANGES, TISSUES, SynthesizePaird, SyntheticPairGenerator, grid_affine, synthesize_image

@@ -71,19 +71,33 @@ def head_label_names(labels: np.ndarray) -> dict[str, int]:
     return {fixed.get(v, f"structure_{v - FIRST_STRUCTURE_LABEL + 1}"): v for v in values}
 
 
+def _atlas_files(folder: Path, modality: str) -> dict[str, Path]:
+    return {"image": folder / f"atlas_{modality}.nii.gz", "label": folder / "atlas_label.nii.gz", "label_names": folder / "label_names.json"}
+
+
 def write_atlas(out: str | Path, modality: str = "t1", shape: Sequence[int] = (96, 96, 96), spacing: float = 2.0, seed: int = 0) -> dict:
     """One synthetic head (image, labels and ``label_names.json``) to register onto other images as an atlas.
 
-    Returns the paths under ``image``, ``label`` and ``label_names`` and the names themselves
-    under ``names``.
+    Returns what :func:`load_atlas` returns.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     head = SyntheticPairGenerator(shape=shape, spacing=spacing, modalities=(modality, modality), skull_probability=1.0)(int(seed))
     labels = head["fixed_label"][0].numpy()
-    atlas = {"image": out / f"atlas_{modality}.nii.gz", "label": out / "atlas_label.nii.gz", "label_names": out / "label_names.json"}
-    save_nifti(atlas["image"], head["fixed"][0].numpy(), head["fixed"].affine.numpy())
-    save_nifti(atlas["label"], labels, head["fixed_label"].affine.numpy(), dtype=np.int16)
-    names = head_label_names(labels)
-    atlas["label_names"].write_text(json.dumps(names, indent=2))
-    return {**{key: str(path) for key, path in atlas.items()}, "names": names}
+    files = _atlas_files(out, modality)
+    save_nifti(files["image"], head["fixed"][0].numpy(), head["fixed"].affine.numpy())
+    save_nifti(files["label"], labels, head["fixed_label"].affine.numpy(), dtype=np.int16)
+    files["label_names"].write_text(json.dumps(head_label_names(labels), indent=2))
+    return load_atlas(out, modality)
+
+
+def load_atlas(folder: str | Path, modality: str = "t1") -> dict | None:
+    """The atlas :func:`write_atlas` wrote into ``folder``, or None when there is none.
+
+    Paths under ``image``, ``label`` and ``label_names``, and the names themselves (name: value)
+    under ``names``.
+    """
+    files = _atlas_files(Path(folder), modality)
+    if not all(path.exists() for path in files.values()):
+        return None
+    return {**{key: str(path) for key, path in files.items()}, "names": json.loads(files["label_names"].read_text())}

@@ -108,7 +108,6 @@ def resample_ddf(
     each target voxel's world point is located in the source grid and the displacement there is
     interpolated (border values outside) and converted to millimetres.
     """
-    n = ddf.shape[1]
     target_points = apply_affine(target_affine.double(), voxel_grid(target_shape, device=ddf.device, dtype=torch.float64))
     to_source = torch.linalg.inv(source_affine.double())
     source_points = apply_affine(to_source, target_points).to(ddf.dtype)
@@ -131,7 +130,6 @@ def warp_physical(
     outside by default, as ITK's resampler with a displacement field transform does; the two
     grids may differ in shape, spacing and orientation.
     """
-    n = field.shape[1]
     world = apply_affine(field_affine.double(), voxel_grid(field.shape[2:], device=field.device, dtype=torch.float64))
     points = world.unsqueeze(0) + field.double()
     voxels = apply_affine(torch.linalg.inv(volume_affine.double()), points, channel_dim=1)
