@@ -3,3 +3,5 @@
 from .fcn_multires import MultiResolutionFCN
 from .gradient_fusion import GradientFusionNet
 from .patch_unet import PatchRegistrationUNet
+from .bayesian_ann import BayesianRegularizedANN
+from .rigid_cnn import ModalityClassifierCNN, RigidRegressionCNN
