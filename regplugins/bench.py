@@ -33,8 +33,10 @@ SYNTHETIC_SETS = {
 HELD_OUT_SEED = 2_000_000
 
 # ANTs transform types behind the baseline names; all use Mattes mutual information
-ANTS_BASELINES = {"ants_affine": "Affine", "ants_syn": "SyN", "ants_synra": "SyNRA"}
-BASELINES = ("none", *ANTS_BASELINES)
+ANTS_BASELINES = {"ants_rigid": "Rigid", "ants_affine": "Affine", "ants_syn": "SyN", "ants_synra": "SyNRA"}
+# the rigid head paper's ground-truth generation (ITK), with and without its symmetry alignment
+GROUND_TRUTH_BASELINES = {"groundtruth": True, "groundtruth_nosym": False}
+BASELINES = ("none", *ANTS_BASELINES, *GROUND_TRUTH_BASELINES)
 
 # the columns of results.md: (key in the scores, header)
 COLUMNS = (
@@ -47,6 +49,12 @@ COLUMNS = (
     ("inverse_consistency_mm", "inverse consistency mm"),
     ("rotation_error_deg", "rotation error deg"),
     ("translation_error_mm", "translation error mm"),
+    ("head_dsc", "DSC"),
+    ("head_jsc", "JSC"),
+    ("rp", "Rp"),
+    ("rs", "Rs"),
+    ("cms", "CMS"),
+    ("ssim", "SSIM"),
     ("seconds_per_pair", "s/pair"),
     ("network_seconds_per_pair", "network s/pair"),
     ("seconds_per_pair_with_load", "s/pair incl. load"),
@@ -134,10 +142,16 @@ def register_with_baseline(baseline: str, datalist: str, out: str) -> dict:
     run_seconds = 0.0
     for pair in registration_pairs(datalist=datalist):
         start = time.perf_counter()
-        field = _ants_field(pair, ANTS_BASELINES[baseline]) if baseline in ANTS_BASELINES else _zero_field(pair)
+        rigid = None
+        if baseline in ANTS_BASELINES:
+            field = _ants_field(pair, ANTS_BASELINES[baseline])
+        elif baseline in GROUND_TRUTH_BASELINES:
+            field, rigid = _ground_truth_field(pair, GROUND_TRUTH_BASELINES[baseline])
+        else:
+            field = _zero_field(pair)
         outputs = warp_native_images(field, pair["fixed"], pair["moving"], pair.get("moving_label"))
         run_seconds += time.perf_counter() - start
-        write_registration_outputs(Path(out) / pair_output_name(pair["moving"], pair["fixed"]), outputs)
+        write_registration_outputs(Path(out) / pair_output_name(pair["moving"], pair["fixed"]), outputs, rigid=rigid)
     return {"load_seconds": 0.0, "run_seconds": run_seconds}
 
 
@@ -145,6 +159,18 @@ def _zero_field(pair: dict) -> np.ndarray:
     import nibabel as nib
 
     return np.zeros((3, *nib.load(pair["fixed"]).shape[:3]), np.float32)
+
+
+def _ground_truth_field(pair: dict, symmetry: bool) -> tuple[np.ndarray, dict]:
+    """The ground-truth generation's rigid transform as a field on the fixed grid, and as ``rigid.json`` holds it."""
+    import nibabel as nib
+
+    from regplugins.rigid import generate_ground_truth, grid_centre_lps, rigid_field
+
+    matrix = generate_ground_truth(pair["fixed"], pair["moving"], symmetry=symmetry)
+    fixed = nib.load(pair["fixed"])
+    rigid = {"matrix_lps": matrix, "center_mm": grid_centre_lps(fixed.affine, fixed.shape[:3]), "method": "groundtruth", "symmetry_alignment": symmetry}
+    return rigid_field(matrix, fixed.affine, fixed.shape[:3]), rigid
 
 
 def _ants_field(pair: dict, transform: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``demo``, ``bench``, ``scaling`` and ``release``."""
+"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``augment``, ``groundtruth``, ``demo``, ``bench``, ``scaling`` and ``release``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def bench(
 
     --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
     held-out synthetic set of --kind ct_t1, t1_t2 or rigid (--n pairs of --shape voxels at 1.5 mm).
-    Baselines: none, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra).
+    Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra), and the
+    rigid head paper's ground-truth generation, groundtruth and groundtruth_nosym (without its symmetry alignment).
     A bundle may carry config overrides as a row of its own: fcn_multires_selfsup_reg:prealign=none.
     """
     from regplugins.bench import run_bench
@@ -89,6 +90,42 @@ def scaling(
     )
 
 
+def augment(
+    datalist: str, out: str, n: int = 99, test_fraction: float = 0.4, max_rotation_deg: float = 15.0, max_translation_mm: float = 5.0, seed: int = 0
+) -> str:
+    """Write N rigidly moved copies of every pair of DATALIST (the rigid head paper's augmentation) and OUT/datalist.json.
+
+    Copies stay in their original's subset ("training" or "testing", --test_fraction of the
+    originals); each has its true_rigid, the motion composed with the original's true_rigid
+    (the pair is taken as aligned without one: give one made by `regplugins groundtruth`).
+    """
+    from regplugins.io import RegistrationInputError
+    from regplugins.rigid import write_augmented_set
+
+    try:
+        return str(write_augmented_set(datalist, out, n=n, test_fraction=test_fraction, max_rotation_deg=max_rotation_deg,
+                                       max_translation_mm=max_translation_mm, seed=seed))
+    except RegistrationInputError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def groundtruth(fixed: str, moving: str, out: str, symmetry: bool = True, seed: int = 0) -> str:
+    """Write the rigid ground truth of a CT/MR head pair into OUT: rigid.tfm, rigid.json and warped.nii.gz.
+
+    PCA symmetry alignment of both heads, then One-Plus-One Mattes MI registration with the rigid
+    head paper's settings; --symmetry False registers the original images directly, for comparison.
+    """
+    from regplugins.io import RegistrationInputError
+    from regplugins.rigid import write_ground_truth
+
+    symmetry = str(symmetry).lower() not in ("false", "0", "no")  # fire passes "--symmetry false" as a string
+    try:
+        write_ground_truth(fixed, moving, out, symmetry=symmetry, seed=seed)
+    except RegistrationInputError as error:
+        raise SystemExit(f"error: {error}") from None
+    return str(out)
+
+
 def release(bundles: str | Sequence[str], out: str = "release", repo: str | None = None) -> None:
     """Write a model-zoo style OUT/<name>_v<version>.zip per bundle (names, paths, or "all" with weights) and OUT/model_info.json.
 
@@ -104,7 +141,10 @@ def release(bundles: str | Sequence[str], out: str = "release", repo: str | None
 
 
 def main() -> None:
-    fire.Fire({"synth": synth, "demo": demo, "bench": bench, "scaling": scaling, "release": release})
+    fire.Fire({
+        "synth": synth, "augment": augment, "groundtruth": groundtruth, "demo": demo, "bench": bench, "scaling": scaling,
+        "release": release,
+    })
 
 
 if __name__ == "__main__":

@@ -26,3 +26,36 @@ def prepare_paired_batch(batchdata: dict, device=None, non_blocking: bool = Fals
     image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
     fixed_is_ct = torch.tensor([str(name).lower() == "ct" for name in batchdata["fixed_modality"]], device=device)
     return image[:, :2], {"images": image, "fixed_is_ct": fixed_is_ct}
+
+
+@torch.no_grad()
+def _features_and_targets(network: torch.nn.Module, dataset, device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    features, targets = zip(*((network.features(batch["image"].to(device)).cpu(), batch["label"]) for batch in loader))
+    return torch.cat(features), torch.cat(targets).float()
+
+
+def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val_dataset, device, epochs: int = 300, batch_size: int = 8) -> dict:
+    """The rigid bundle's second training stage: the Bayesian-regularised ANN on the trained CNN's frozen features.
+
+    Loads the CNN (:class:`regplugins.networks.RigidRegressionCNN`) trained by ``train.json``
+    from ``ckpt_path``, fits ``network.ann`` on the features of ``train_dataset`` (items with the
+    pair under ``image`` and the six parameters under ``label``), and saves the whole network back
+    to ``ckpt_path``, so one checkpoint serves both heads. Returns and prints the fit's history
+    and the validation RMSE of both heads (degrees and mm together, as the CNN's own loss).
+    """
+    network.load_state_dict(torch.load(ckpt_path, map_location=device))
+    network.eval()
+    features, targets = _features_and_targets(network, train_dataset, device, batch_size)
+    history = network.ann.fit(features.cpu(), targets.cpu(), epochs=epochs)
+    network.ann.to(device)
+    val_features, val_targets = _features_and_targets(network, val_dataset, device, batch_size)
+    with torch.no_grad():
+        rmse = {
+            head: float((layer(val_features.to(device)).cpu() - val_targets).square().mean().sqrt())
+            for head, layer in (("regression", network.regression), ("ann", network.ann))
+        }
+    torch.save(network.state_dict(), ckpt_path)
+    summary = {"train_samples": len(targets), "epochs": len(history["sse"]), "stop": history["stop"], "gamma": history["gamma"][-1:], "val_rmse": rmse}
+    print(summary)
+    return summary

@@ -31,6 +31,7 @@ __all__ = [
     "rigid_errors",
     "fit_rigid",
     "read_rigid_matrix",
+    "similarity_to_truth",
     "score_registration",
     "score_datalist",
 ]
@@ -157,6 +158,31 @@ def fit_rigid(field: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = N
     return matrix
 
 
+def similarity_to_truth(pred_mask: np.ndarray, true_mask: np.ndarray, image: np.ndarray, true_image: np.ndarray) -> dict[str, float]:
+    """The rigid head paper's scores of a registration against the truth's (its eq. 1-6).
+
+    DSC, JSC, registration precision ``Rp = |x & y| / |y|`` and sensitivity ``Rs = |x & y| / |x|``
+    and the contour matching score (their harmonic mean) of the head masks (``y`` predicted,
+    ``x`` true), and SSIM (MONAI's ``SSIMMetric``) of the warped image against the moving image
+    warped by the true transform, both scaled by the latter's range.
+    """
+    from monai.metrics import SSIMMetric
+
+    predicted, truth = pred_mask > 0, true_mask > 0
+    overlap = float(np.logical_and(predicted, truth).sum())
+    rp, rs = overlap / max(predicted.sum(), 1), overlap / max(truth.sum(), 1)
+    low, high = float(true_image.min()), float(true_image.max())
+    scaled = [torch.as_tensor((v - low) / max(high - low, 1e-6), dtype=torch.float32)[None, None] for v in (image, true_image)]
+    return {
+        "head_dsc": 2 * overlap / max(predicted.sum() + truth.sum(), 1),
+        "head_jsc": overlap / max(np.logical_or(predicted, truth).sum(), 1),
+        "rp": rp,
+        "rs": rs,
+        "cms": 2 * rp * rs / max(rp + rs, 1e-12),
+        "ssim": float(SSIMMetric(spatial_dims=image.ndim, data_range=1.0)(*scaled).mean()),
+    }
+
+
 def read_rigid_matrix(path: str | Path) -> np.ndarray:
     """The ``"matrix"`` of a contract ``rigid.json`` (ITK: fixed LPS point to moving LPS point), as RAS."""
     flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
@@ -167,7 +193,8 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
     """Score the contract outputs in ``output_folder`` for one datalist entry.
 
     Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error)
-    and ``true_rigid`` (rotation and translation errors at the fixed grid's centre) when the entry
+    and ``true_rigid`` (rotation and translation errors at the fixed grid's centre, and with
+    ``true_ddf`` the rigid head paper's :func:`similarity_to_truth`) when the entry
     has them; ``ddf.nii.gz`` always gives folding and std(log J), and
     ``inverse_ddf.nii.gz`` the inverse-consistency error when a bundle writes it.
     """
@@ -193,6 +220,12 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
         matrix = read_rigid_matrix(rigid_file) if rigid_file.exists() else fit_rigid(field, affine, mask)
         centre = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
         scores.update(rigid_errors(matrix, read_rigid_matrix(pair["true_rigid"]), centre))
+        if mask is not None and pair.get("true_ddf") and (folder / "warped_label.nii.gz").exists():
+            from regplugins.transforms.io import warp_native_images
+
+            true_warped = warp_native_images(true_field, pair["fixed"], pair["moving"])["warped"]
+            warped, warped_label = (load_nifti(str(folder / name), spatial_dims)[0] for name in ("warped.nii.gz", "warped_label.nii.gz"))
+            scores.update(similarity_to_truth(warped_label, mask, warped, true_warped))
     if (folder / "inverse_ddf.nii.gz").exists():
         inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
         scores["inverse_consistency_mm"] = inverse_consistency_error(field, affine, inverse, inverse_affine)

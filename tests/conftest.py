@@ -15,8 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
 # every bundle, and those that ship trained weights in models/model.pt
-BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg"]
+BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg", ROOT / "bundles" / "head_ct_mr_rigid_reg"]
 TRAINED_BUNDLES = [bundle for bundle in BUNDLES if (bundle / "models" / "model.pt").exists()]
+
+
+# a train config's smallest run: one epoch of a few 32^3 pairs (keys a bundle lacks are ignored)
+TINY = [
+    "--working_shape", "[32,32,32]", "--working_spacing", "6.0", "--num_train_pairs", "4", "--num_val_pairs", "2",
+    "--train#trainer#max_epochs", "1", "--batch_size", "2", "--num_workers", "0", "--val_interval", "1", "--device", "cpu",
+    "--augmentations_per_original", "1", "--validation_augmentations", "1",
+]
+
+
+def predicts_rigid_parameters(bundle: Path) -> bool:
+    """A rigid bundle's network returns transform parameters, not a field, and it also writes rigid.tfm and rigid.json."""
+    return json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]["format"] == "parameters"
 
 
 @pytest.fixture(scope="session")

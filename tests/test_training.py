@@ -11,12 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLE, BUNDLES, ROOT, run_bundle
-
-TINY = [
-    "--working_shape", "[32,32,32]", "--working_spacing", "6.0", "--num_train_pairs", "4", "--num_val_pairs", "2",
-    "--train#trainer#max_epochs", "1", "--batch_size", "2", "--num_workers", "0", "--val_interval", "1", "--device", "cpu",
-]
+from conftest import BUNDLE, BUNDLES, ROOT, TINY, run_bundle
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)

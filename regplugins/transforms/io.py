@@ -13,6 +13,7 @@ from monai.transforms import MapTransform
 
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
 from regplugins.layers import resample_ddf, warp_physical
+from regplugins.rigid.parameters import write_rigid_files
 
 
 def register_on_native_grids(
@@ -54,8 +55,11 @@ def warp_native_images(
     return outputs
 
 
-def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray]) -> Path:
+def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray], rigid: dict | None = None) -> Path:
     """Write the contract files of one pair into ``folder``, which appears complete or not at all.
+
+    ``rigid`` (``matrix_lps``, ``center_mm`` and details for the JSON) adds the rigid bundle's
+    ``rigid.tfm`` and ``rigid.json`` (:func:`regplugins.rigid.write_rigid_files`).
 
     Files go to a hidden sibling folder that is renamed at the end, so an interrupted run
     leaves no partial output under the name users look for.
@@ -69,6 +73,8 @@ def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray
     if "warped_label" in outputs:
         save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
     save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
+    if rigid is not None:
+        write_rigid_files(partial, **rigid)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder

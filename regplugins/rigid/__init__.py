@@ -1,0 +1,15 @@
+"""Rigid CT/MR registration of the head: ITK Euler parameters, the paper's augmentation, ground-truth generation."""
+
+from .augment import write_augmented_set
+from .parameters import (
+    euler_angles,
+    euler_rotation,
+    grid_centre_lps,
+    random_rigid_parameters,
+    ras_to_lps,
+    rigid_field,
+    rigid_matrix,
+    rigid_parameters,
+    write_rigid_files,
+)
+from .groundtruth import generate_ground_truth, symmetry_frame, write_ground_truth

@@ -1,0 +1,153 @@
+"""Dictionary transforms of the rigid head CT/MR bundle: the paper's rigid augmentation, the modality
+classifier's choice of roles, and the saver of ``rigid.tfm``/``rigid.json`` with the contract's files."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_tensor
+
+from regplugins.alignment import warp_affine
+from regplugins.io import pair_output_name
+from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
+from regplugins.transforms.io import warp_native_images, write_registration_outputs
+
+__all__ = ["RandRigidMotiond", "OrderByModalityd", "SaveRigidRegistrationd"]
+
+
+class RandRigidMotiond(Randomizable, MapTransform):
+    """Move ``keys`` (images on the fixed image's grid, aligned with it) by a random rigid transform,
+    and store its six parameters (degrees, mm) under ``parameters_key`` as the regression target.
+
+    The paper's augmentation: a rotation of up to ``max_rotation_deg`` about a random axis and a
+    translation of up to ``max_translation_mm`` per axis. The parameters are those of the
+    transform ``T`` from fixed to moving points about the fixed grid's centre, so the moved
+    image is sampled at ``T^-1``: it then matches the fixed image through ``T``, as the
+    network's output must. With ``seed_key``, an item carrying that key always gets the same
+    motion (validation and written sets stay the same from run to run).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        fixed_key: str = "fixed",
+        parameters_key: str = "rigid_parameters",
+        max_rotation_deg: float = 15.0,
+        max_translation_mm: float = 5.0,
+        seed_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.fixed_key, self.parameters_key, self.seed_key = fixed_key, parameters_key, seed_key
+        self.max_rotation_deg, self.max_translation_mm = max_rotation_deg, max_translation_mm
+
+    def randomize(self, data=None) -> np.random.Generator:
+        return np.random.default_rng(self.R.randint(2**31))
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        rng = np.random.default_rng(int(d[self.seed_key])) if self.seed_key and self.seed_key in d else self.randomize()
+        angles, translation = random_rigid_parameters(rng, self.max_rotation_deg, self.max_translation_mm)
+        fixed = d[self.fixed_key]
+        affine = np.asarray(fixed.affine, dtype=np.float64)
+        motion = ras_to_lps(rigid_matrix(angles, translation, grid_centre_lps(affine, fixed.shape[1:])))
+        voxel_matrix = torch.from_numpy(np.linalg.inv(affine) @ np.linalg.inv(motion) @ affine)
+        for key in self.key_iterator(d):
+            moved = warp_affine(convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)[None], voxel_matrix)[0]
+            d[key] = MetaTensor(moved, meta=d[key].meta) if isinstance(d[key], MetaTensor) else moved
+        d[self.parameters_key] = torch.tensor([*angles, *translation], dtype=torch.float32)
+        return d
+
+
+class OrderByModalityd(MapTransform):
+    """Let the modality classifier decide which of the two images is the moving CT and which the fixed MR.
+
+    The paper registers CT (moving) to MR (fixed) and classifies the inputs so that nobody has to
+    say which is which. The images swap when the classifier finds the fixed image more CT-like
+    than the moving one; ``order_key`` records whether they did and both CT probabilities, and
+    :class:`SaveRigidRegistrationd` inverts the transform back into the order the user asked for.
+    Each image is classified on its own working grid. Without a classifier nothing changes.
+    """
+
+    def __init__(self, classifier: torch.nn.Module | None, keys: KeysCollection = ("moving", "fixed"), order_key: str = "modality_order"):
+        super().__init__(keys)
+        if len(self.keys) != 2:
+            raise ValueError(f"keys must name the moving and the fixed image, got {self.keys}.")
+        self.classifier, self.order_key = classifier, order_key
+
+    @torch.no_grad()
+    def ct_probability(self, image: torch.Tensor) -> float:
+        self.classifier.eval()
+        device = next(self.classifier.parameters()).device
+        logits = self.classifier(convert_to_tensor(image, dtype=torch.float32, track_meta=False)[None].to(device))
+        return float(torch.softmax(logits, dim=1)[0, 0])
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.classifier is None:
+            return d
+        moving_key, fixed_key = self.keys
+        p_moving, p_fixed = self.ct_probability(d[moving_key]), self.ct_probability(d[fixed_key])
+        swapped = p_fixed > p_moving
+        if swapped:
+            d[moving_key], d[fixed_key] = d[fixed_key], d[moving_key]
+        d[self.order_key] = {"swapped": swapped, "ct_probability_moving": p_moving, "ct_probability_fixed": p_fixed}
+        return d
+
+
+class SaveRigidRegistrationd(MapTransform):
+    """Write ``rigid.tfm``, ``rigid.json``, ``warped.nii.gz``, ``warped_label.nii.gz`` and ``ddf.nii.gz``.
+
+    ``parameters_key`` holds the network's six parameters for the (possibly swapped) pair whose
+    fixed image, on its working grid, is at ``fixed_key``; the centre of that grid is the centre
+    they turn about. The transform is inverted when :class:`OrderByModalityd` swapped the images,
+    so every output answers the user's order: it maps the user's fixed image's points to the
+    user's moving image's, and the dense field is that transform on the native fixed grid.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        parameters_key: str = "pred",
+        fixed_key: str = "fixed",
+        moving_key: str = "moving",
+        label_key: str = "moving_label",
+        order_key: str = "modality_order",
+    ):
+        super().__init__(keys=[parameters_key])
+        self.output_dir = Path(output_dir)
+        self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
+        self.label_key, self.order_key = label_key, order_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        parameters = np.asarray(torch.as_tensor(d[self.parameters_key]).detach().cpu(), dtype=np.float64).reshape(6)
+        working = d[self.fixed_key]
+        matrix = rigid_matrix(parameters[:3], parameters[3:], grid_centre_lps(working.affine, working.shape[1:]))
+        fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
+        details = {}
+        order = d.get(self.order_key)
+        if order is not None:
+            swapped = bool(order["swapped"])
+            if swapped:
+                matrix, fixed_path, moving_path = np.linalg.inv(matrix), moving_path, fixed_path
+            details["auto_order"] = {
+                "swapped": swapped,
+                "ct_image": fixed_path if swapped else moving_path,
+                "mr_image": moving_path if swapped else fixed_path,
+                "ct_probability": {"moving": float(order["ct_probability_moving"]), "fixed": float(order["ct_probability_fixed"])},
+            }
+        fixed = nib.load(fixed_path)
+        field = rigid_field(matrix, fixed.affine, fixed.shape[:3])
+        outputs = warp_native_images(field, fixed_path, moving_path, d.get(self.label_key) or None)
+        centre = grid_centre_lps(fixed.affine, fixed.shape[:3])
+        folder = self.output_dir / pair_output_name(moving_path, fixed_path)
+        d["output_folder"] = str(write_registration_outputs(folder, outputs, rigid={"matrix_lps": matrix, "center_mm": centre, **details}))
+        return d

@@ -1,0 +1,190 @@
+"""The rigid head CT/MR bundle's pieces: ITK Euler parameters, the paper's augmentation, the modality
+classifier and its choice of roles, and the contract run with ``rigid.tfm`` and ``rigid.json``."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from conftest import ROOT, TINY, run_bundle
+from regplugins.data import grid_affine, write_synthetic_set
+from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
+from regplugins.rigid import grid_centre_lps, ras_to_lps, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
+from regplugins.transforms import RandRigidMotiond
+
+RIGID = ROOT / "bundles" / "head_ct_mr_rigid_reg"
+
+
+def test_euler_parameters_to_matrix_to_itk_tfm_round_trip_is_exact(tmp_path):
+    import itk
+
+    rng = np.random.default_rng(0)
+    angles, translation, centre = rng.uniform(-30, 30, 3), rng.uniform(-10, 10, 3), rng.uniform(-50, 50, 3)
+    matrix = rigid_matrix(angles, translation, centre)
+    assert np.allclose(rigid_parameters(matrix, centre)[0], angles) and np.allclose(rigid_parameters(matrix, centre)[1], translation)
+    write_rigid_files(tmp_path, matrix, centre)
+    transform = itk.transformread(str(tmp_path / "rigid.tfm"))[0]
+    assert transform.GetNameOfClass() == "Euler3DTransform"
+    assert np.allclose(np.degrees(list(transform.GetParameters())[:3]), angles, atol=1e-9)
+    record = json.loads((tmp_path / "rigid.json").read_text())
+    for point in rng.uniform(-100, 100, (5, 3)):
+        by_itk = np.array(transform.TransformPoint([float(v) for v in point]))
+        assert np.allclose(by_itk, np.asarray(record["matrix"])[:3] @ np.append(point, 1.0), atol=1e-9)
+
+
+def _blob(shape=(32, 32, 32), spacing=3.0) -> MetaTensor:
+    """A smooth, asymmetric volume: rotations and shifts of it are all different."""
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    centres = torch.tensor([[0.3, -0.2, 0.1], [-0.35, 0.25, -0.1], [0.0, 0.3, 0.35]])
+    image = sum(torch.exp(-((grid - c.view(3, 1, 1, 1)) ** 2).sum(0) / 0.08) for c in centres)
+    return MetaTensor(image[None].float(), affine=grid_affine([spacing] * 3, shape))
+
+
+def test_random_rigid_motion_is_undone_by_its_parameters():
+    """The moved image sampled through the stored parameters gives back the original (the target's convention)."""
+    from regplugins.alignment import warp_affine
+
+    fixed = _blob()
+    moved = RandRigidMotiond(keys="moving", parameters_key="label").set_random_state(3)({"fixed": fixed, "moving": fixed.clone()})
+    angles, translation = moved["label"][:3].double().numpy(), moved["label"][3:].double().numpy()
+    assert np.abs(angles).max() > 1.0 and np.abs(moved["moving"] - fixed).max() > 0.1
+    affine = fixed.affine.double().numpy()
+    motion = ras_to_lps(rigid_matrix(angles, translation, grid_centre_lps(affine, fixed.shape[1:])))
+    # warped(x) = moved(T x): the fixed image again, away from the border the motion emptied
+    back = warp_affine(moved["moving"].as_tensor()[None], torch.from_numpy(np.linalg.inv(affine) @ motion @ affine))[0]
+    inner = (slice(None), *(slice(6, -6),) * 3)
+    assert torch.abs(back - fixed.as_tensor())[inner].max() < 0.05
+    assert moved["label"].shape == (6,)
+
+
+@pytest.fixture(scope="module")
+def rigid_pairs(tmp_path_factory):
+    """Two rigid-only CT-like/T1-like head pairs at 3 mm with up to 10 degrees and 5 mm of motion."""
+    return write_synthetic_set(tmp_path_factory.mktemp("rigid"), n=2, shape=(64, 64, 64), spacing=3.0, seed=21,
+                               deformation_mm=0.0, rotation_deg=10.0)
+
+
+def test_augmented_copies_keep_their_original_subset_and_carry_the_composed_truth(rigid_pairs, tmp_path):
+    datalist = json.loads(write_augmented_set(str(rigid_pairs), str(tmp_path), n=2, test_fraction=0.5, seed=0).read_text())
+    assert len(datalist["training"]) == 2 and len(datalist["testing"]) == 2
+    assert {e["original"] for e in datalist["training"]}.isdisjoint({e["original"] for e in datalist["testing"]})
+    # the copy's labels, sampled through its truth on the fixed grid, are the fixed labels
+    entry = datalist["training"][0]
+    original = registration_pairs(datalist=str(rigid_pairs))[entry["original"]]
+    truth = ras_to_lps(np.asarray(json.loads((tmp_path / entry["true_rigid"]).read_text())["matrix"]))
+    labels, affine = load_nifti(str(tmp_path / entry["moving_label"]))
+    fixed_labels, fixed_affine = load_nifti(original["fixed_label"])
+    from regplugins.alignment import warp_affine
+    from regplugins.layers import voxel_grid
+
+    voxel_matrix = torch.from_numpy(np.linalg.inv(affine) @ truth @ fixed_affine)
+    points = voxel_grid(fixed_labels.shape, dtype=torch.float64)
+    on_fixed = warp_affine(torch.from_numpy(labels)[None, None], voxel_matrix, points, mode="nearest")[0, 0].numpy()
+    head, moved_head = fixed_labels > 0, on_fixed > 0
+    assert 2 * (head & moved_head).sum() / (head.sum() + moved_head.sum()) > 0.97
+
+
+def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tmp_path):
+    """train.json, then train_ann.json on its CNN, and train_classifier.json, each at its smallest."""
+    from monai.bundle import ConfigParser
+
+    configs = {name: json.dumps([str(RIGID / "configs" / "train.json"), str(RIGID / "configs" / f"{name}.json")])
+               for name in ("train_ann", "train_classifier")}
+    for config in ("train.json", configs["train_classifier"]):
+        result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), config=config, bundle=RIGID)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "val_accuracy:" in result.stdout + result.stderr
+    # enough copies that the 2636 weights of the ANN have more target values than parameters
+    result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), "--ann_augmentations_per_original", "120", "--ann_epochs", "3",
+                        config=configs["train_ann"], bundle=RIGID)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'val_rmse': {'regression'" in result.stdout
+    parser = ConfigParser()
+    parser.read_config(str(RIGID / "configs" / "inference.json"))
+    network, classifier = parser.get_parsed_content("network_def"), parser.get_parsed_content("classifier_def")
+    network.load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
+    classifier.load_state_dict(torch.load(tmp_path / "classifier.pt", map_location="cpu"))
+    assert not torch.equal(network.ann.input_scale, torch.ones_like(network.ann.input_scale))  # the fit set its normalisation
+
+
+def test_shipped_classifier_separates_ct_from_mr():
+    """Held-out synthetic heads (seeds the training never drew), CT and T1/T2/PD MR, normalised as at inference."""
+    from monai.bundle import ConfigParser
+
+    from regplugins.data import SyntheticPairGenerator
+    from regplugins.transforms import NormalizeModalityd
+
+    parser = ConfigParser()
+    parser.read_config(str(RIGID / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(RIGID), "device": "cpu"})
+    classifier = parser.get_parsed_content("classifier_def")
+    classifier.load_state_dict(torch.load(RIGID / "models" / "classifier.pt", map_location="cpu"))
+    classifier.eval()
+    shape, spacing = parser.get_parsed_content("working_shape"), parser.get_parsed_content("working_spacing")
+    images, classes = [], []
+    for seed, mr in enumerate(("t1", "t2", "pd")):
+        pair = SyntheticPairGenerator(shape=shape, spacing=spacing[0], modalities=("ct", mr), deformation_mm=0.0)(3_000_000 + seed)
+        pair = NormalizeModalityd(keys=["moving", "fixed"])(pair)
+        images += [pair["moving"], pair["fixed"]]
+        classes += [0, 1]
+    with torch.no_grad():
+        predicted = classifier(torch.stack([torch.as_tensor(i) for i in images])).argmax(1)
+    assert predicted.tolist() == classes
+
+
+@pytest.mark.parametrize("order", ["as_given", "swapped"])
+def test_contract_run_writes_rigid_files_that_itk_reads_as_rigid_json_says(rigid_pairs, tmp_path, order):
+    """``auto_order`` puts the CT back in the moving role, and every output still answers the user's order."""
+    import itk
+
+    pair = registration_pairs(datalist=str(rigid_pairs))[0]
+    fixed, moving = (pair["fixed"], pair["moving"]) if order == "as_given" else (pair["moving"], pair["fixed"])
+    result = run_bundle("--fixed_image", fixed, "--moving_image", moving, "--output_dir", str(tmp_path), "--device", "cpu", bundle=RIGID)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / pair_output_name(moving, fixed)
+    assert sorted(p.name for p in folder.iterdir()) == ["ddf.nii.gz", "rigid.json", "rigid.tfm", "warped.nii.gz"]
+    fixed_image = nib.load(fixed)
+    for name in ("warped.nii.gz", "ddf.nii.gz"):
+        assert np.allclose(nib.load(str(folder / name)).affine, fixed_image.affine, atol=1e-4)
+    record = json.loads((folder / "rigid.json").read_text())
+    assert record["auto_order"]["swapped"] == (order == "swapped")
+    assert record["auto_order"]["ct_image"] == pair["moving"]
+    # the .tfm maps points as the JSON matrix does, and the dense field is that map on the fixed grid
+    transform = itk.transformread(str(folder / "rigid.tfm"))[0]
+    matrix = np.asarray(record["matrix"])
+    for point in np.random.default_rng(0).uniform(-60, 60, (4, 3)):
+        assert np.allclose(transform.TransformPoint([float(v) for v in point]), matrix[:3] @ np.append(point, 1), atol=1e-6)
+    field, affine = load_itk_displacement_field(folder / "ddf.nii.gz")
+    corner = affine @ np.array([0.0, 0.0, 0.0, 1.0])
+    assert np.allclose(corner[:3] + field[:, 0, 0, 0], (ras_to_lps(matrix) @ corner)[:3], atol=1e-3)
+
+
+def test_saver_inverts_a_swapped_pair_back_into_the_users_order(rigid_pairs, tmp_path):
+    """The network registered the user's fixed image to the moving one: the written transform is the inverse."""
+    from monai.transforms import LoadImaged
+
+    from regplugins.transforms import SaveRigidRegistrationd
+
+    pair = registration_pairs(datalist=str(rigid_pairs))[0]
+    loaded = LoadImaged(keys=["fixed", "moving"], ensure_channel_first=True, image_only=True)(pair)
+    parameters = torch.tensor([4.0, -3.0, 6.0, 2.0, -1.0, 3.0])
+    records = {}
+    for swapped in (False, True):
+        data = dict(loaded)
+        if swapped:  # as OrderByModalityd leaves it: the images exchanged, the network's fixed image first
+            data["fixed"], data["moving"] = loaded["moving"], loaded["fixed"]
+        data.update(pred=parameters, modality_order={"swapped": swapped, "ct_probability_moving": 0.9, "ct_probability_fixed": 0.1})
+        out = SaveRigidRegistrationd(output_dir=str(tmp_path / str(swapped)))(data)
+        records[swapped] = json.loads((tmp_path / str(swapped) / pair_output_name(pair["moving"], pair["fixed"]) / "rigid.json").read_text())
+        assert out["output_folder"].endswith(pair_output_name(pair["moving"], pair["fixed"]))
+    for swapped, network_fixed in ((False, loaded["fixed"]), (True, loaded["moving"])):
+        centre = grid_centre_lps(network_fixed.affine.numpy(), network_fixed.shape[1:])
+        expected = rigid_matrix(parameters[:3].numpy(), parameters[3:].numpy(), centre)
+        assert np.allclose(records[swapped]["matrix"], np.linalg.inv(expected) if swapped else expected, atol=1e-6)
+        assert records[swapped]["auto_order"]["swapped"] == swapped
+    assert records[True]["auto_order"]["ct_image"] == pair["fixed"] and records[True]["auto_order"]["mr_image"] == pair["moving"]
