@@ -13,7 +13,7 @@ def rigid_ct_t1_pair():
     generator = SyntheticPairGenerator(shape=(48, 48, 48), spacing=4.0, rotation_deg=12.0, translation_mm=12.0, deformation_mm=0.0)
     pair = NormalizeModalityd(["fixed", "moving"], modality=["t1", "ct"])(generator(11))
     affine = pair["fixed"].affine.double()
-    true_voxel_matrix = torch.linalg.inv(affine) @ pair["true_rigid"].double() @ affine
+    true_voxel_matrix = torch.linalg.inv(affine) @ pair["true_affine"].double() @ affine
     return pair, true_voxel_matrix
 
 

@@ -81,7 +81,7 @@ def head_pair(tmp_path_factory):
         save_nifti(paths[key], pair[key][0].numpy(), pair[key].affine.numpy())
     centre = grid_centre_lps(pair["fixed"].affine.numpy(), pair["fixed"].shape[1:])
     return {
-        **paths, "true_lps": ras_to_lps(pair["true_rigid"].numpy()), "centre_lps": centre, "folder": folder,
+        **paths, "true_lps": ras_to_lps(pair["true_affine"].numpy()), "centre_lps": centre, "folder": folder,
         "fixed_head": pair["fixed_label"][0].numpy() > 0,
     }
 

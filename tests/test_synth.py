@@ -51,8 +51,24 @@ def test_seeds_reproduce_and_differ_and_rigid_only_pairs():
     field, affine = rigid["true_ddf"].numpy(), rigid["true_ddf"].affine.numpy()
     assert np.allclose(jacobian_determinant(field, affine), 1.0, atol=1e-3)
     # the true field of a rigid-only pair is its true rigid motion
-    errors = rigid_errors(fit_rigid(field, affine), rigid["true_rigid"].numpy())
+    errors = rigid_errors(fit_rigid(field, affine), rigid["true_affine"].numpy())
     assert errors["rotation_error_deg"] < 0.05 and errors["translation_error_mm"] < 0.05
+
+
+def test_scaling_makes_the_global_motion_affine_and_keeps_rigid_seeds():
+    args = dict(shape=(32, 32, 32), spacing=4.0, deformation_mm=0.0, rotation_deg=10.0)
+    rigid = SyntheticPairGenerator(**args)(3)
+    affine_pair = SyntheticPairGenerator(**args, scaling=0.1)(3)
+    singular_values = np.linalg.svd(affine_pair["true_affine"][:3, :3].numpy(), compute_uv=False)
+    assert singular_values.max() - singular_values.min() > 0.01  # scaled, not a rotation
+    assert np.all(np.abs(singular_values - 1) <= 1 / 0.9 - 1 + 1e-9)
+    # the true field is the affine itself
+    field, grid = affine_pair["true_ddf"].numpy(), affine_pair["true_ddf"].affine.numpy()
+    world = np.einsum("ij,j...->i...", grid[:3, :3], np.indices(field.shape[1:]).astype(float)) + grid[:3, 3, None, None, None]
+    moved = np.einsum("ij,j...->i...", affine_pair["true_affine"][:3, :3].numpy(), world) + affine_pair["true_affine"][:3, 3, None, None, None].numpy()
+    assert np.allclose(world + field, moved, atol=1e-3)
+    # the scales are drawn after the anatomy: the same seed gives the same head
+    assert torch.equal(rigid["fixed_label"], affine_pair["fixed_label"])
 
 
 def test_two_dimensional_pairs_and_user_label_maps():

@@ -4,14 +4,15 @@ A random head-like label map (scalp, skull, CSF rim and random interior structur
 user's own label map) gets a tissue class per label; each modality draws one mean intensity per
 label from its tissue's range (CT in Hounsfield units, MR in arbitrary units) and adds texture,
 partial-volume blur, bias field, gamma and noise. The moving anatomy is the fixed one seen
-through a random rigid motion composed with a diffeomorphism (a stationary velocity field
-integrated by scaling and squaring), so the true field, both label maps and the same anatomy in
+through a random rigid (or, with ``scaling``, affine) motion composed with a diffeomorphism (a
+stationary velocity field integrated by scaling and squaring), so the true field, both label maps and the same anatomy in
 every modality on both grids come with each pair.
 
 All geometry is physical: each grid has its own ``(N + 1, N + 1)`` voxel-to-world (RAS) affine,
 and the true field is the contract's ``ddf``: world point ``x`` of the fixed grid corresponds
-to ``x + ddf(x)`` in the moving image. ``true_rigid`` is the rigid part of that map (fixed world
-point to moving world point, 4x4), the whole of it when ``deformation_mm`` is 0.
+to ``x + ddf(x)`` in the moving image. ``true_affine`` is the global part of that map (fixed world
+point to moving world point, 4x4; rigid unless ``scaling`` is set), the whole of it when
+``deformation_mm`` is 0.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ class SyntheticPairGenerator:
         num_structures: random interior structures of the generated head.
         skull_probability: share of heads with scalp and skull (the rest are skull-stripped brains).
         rotation_deg, translation_mm: bounds of the uniform random rigid motion per axis.
+        scaling: bound of a random scaling per axis, ``1 +- scaling`` about the grid's centre, which
+            makes the global motion affine (FIRE's training data); 0 keeps it rigid.
         deformation_mm: standard deviation of the velocity field; 0 makes rigid-only pairs.
         deformation_scale_mm: spacing of the velocity field's random control values.
         moving_grid: ``"same"`` as the fixed grid, or ``"random"``: another orientation, spacing
@@ -171,6 +174,7 @@ class SyntheticPairGenerator:
         skull_probability: float = 0.7,
         rotation_deg: float = 5.0,
         translation_mm: float = 5.0,
+        scaling: float = 0.0,
         deformation_mm: float = 3.0,
         deformation_scale_mm: float = 32.0,
         moving_grid: str = "same",
@@ -199,7 +203,7 @@ class SyntheticPairGenerator:
         self.spacing = spacing
         self.modalities, self.random_direction = modalities, random_direction
         self.num_structures, self.skull_probability = num_structures, skull_probability
-        self.rotation_deg, self.translation_mm = rotation_deg, translation_mm
+        self.rotation_deg, self.translation_mm, self.scaling = rotation_deg, translation_mm, scaling
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
         self.moving_grid = moving_grid
         self.user_labels, self.tissue_of_label = labels, tissue_of_label
@@ -255,19 +259,22 @@ class SyntheticPairGenerator:
             for v in (velocity, -velocity)
         )
 
-    def _rigid(self, generator: torch.Generator) -> torch.Tensor:
-        """World-frame rigid motion about the fixed grid's centre, ``(N + 1, N + 1)``."""
+    def _global_motion(self, generator: torch.Generator) -> torch.Tensor:
+        """World-frame rigid (with ``scaling``, affine) motion about the fixed grid's centre, ``(N + 1, N + 1)``."""
         n = self.spatial_dims
         num_angles = 1 if n == 2 else 3
         angles = [_uniform(-self.rotation_deg, self.rotation_deg, generator) for _ in range(num_angles)]
         translation = torch.tensor([_uniform(-self.translation_mm, self.translation_mm, generator) for _ in range(n)])
         centre = self.fixed_affine[:n, :n] @ torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=torch.float64)
         centre = centre + self.fixed_affine[:n, n]
-        rotation = _rotation_matrix(angles)
-        rigid = torch.eye(n + 1, dtype=torch.float64)
-        rigid[:n, :n] = rotation
-        rigid[:n, n] = centre - rotation @ centre + translation.double()
-        return rigid
+        linear = _rotation_matrix(angles)
+        if self.scaling:  # drawn only when asked for, so rigid sets keep their seeds' pairs
+            scales = [_uniform(1 - self.scaling, 1 + self.scaling, generator) for _ in range(n)]
+            linear = linear @ torch.diag(torch.tensor(scales, dtype=torch.float64))
+        motion = torch.eye(n + 1, dtype=torch.float64)
+        motion[:n, :n] = linear
+        motion[:n, n] = centre - linear @ centre + translation.double()
+        return motion
 
     def _moving_geometry(self, generator: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:
         if self.moving_grid == "same":
@@ -296,19 +303,19 @@ class SyntheticPairGenerator:
 
         n = self.spatial_dims
         forward, backward = self._displacements(generator)
-        rigid = self._rigid(generator)
+        motion = self._global_motion(generator)
         moving_affine, moving_shape = self._moving_geometry(generator)
 
-        # moving voxel -> world -> rigid -> fixed voxel -> diffeomorphism -> anatomy
-        to_fixed_voxel = torch.linalg.inv(self.fixed_affine) @ rigid @ moving_affine
+        # moving voxel -> world -> global motion -> fixed voxel -> diffeomorphism -> anatomy
+        to_fixed_voxel = torch.linalg.inv(self.fixed_affine) @ motion @ moving_affine
         points = apply_affine(to_fixed_voxel, voxel_grid(moving_shape, dtype=torch.float64)).float().unsqueeze(0)
         points = points + sample(forward, points, padding_mode="border")
         moving_labels = sample(fixed_labels[None].float(), points, mode="nearest")[0].long()
 
-        # true field: fixed voxel -> inverse diffeomorphism -> world -> inverse rigid, minus the start
+        # true field: fixed voxel -> inverse diffeomorphism -> world -> inverse motion, minus the start
         fixed_voxels = voxel_grid(self.shape).unsqueeze(0)
         anatomy = (fixed_voxels + backward)[0].double()
-        corresponding = apply_affine(torch.linalg.inv(rigid) @ self.fixed_affine, anatomy)
+        corresponding = apply_affine(torch.linalg.inv(motion) @ self.fixed_affine, anatomy)
         true_ddf = (corresponding - apply_affine(self.fixed_affine, fixed_voxels[0].double())).float()
 
         means = {
@@ -328,7 +335,7 @@ class SyntheticPairGenerator:
             "fixed_paired": image(fixed_labels, moving_modality, self.fixed_affine, self.spacing),
             "moving_paired": image(moving_labels, fixed_modality, moving_affine, moving_spacing),
             "true_ddf": MetaTensor(true_ddf, affine=self.fixed_affine),
-            "true_rigid": torch.linalg.inv(rigid),
+            "true_affine": torch.linalg.inv(motion),
             "fixed_modality": fixed_modality,
             "moving_modality": moving_modality,
         }

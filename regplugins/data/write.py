@@ -53,10 +53,10 @@ def write_synthetic_set(
             save_nifti(out / name, volume[0].numpy(), volume.affine.numpy(), dtype=dtype)
         names["true_ddf"] = f"{index:03d}_true_ddf.nii.gz"
         save_itk_displacement_field(out / names["true_ddf"], pair["true_ddf"].numpy(), pair["true_ddf"].affine.numpy())
-        if generator.deformation_mm == 0:
+        if generator.deformation_mm == 0 and not generator.scaling:
             names["true_rigid"] = f"{index:03d}_true_rigid.json"
             flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
-            matrix = flip @ pair["true_rigid"].numpy() @ flip
+            matrix = flip @ pair["true_affine"].numpy() @ flip
             (out / names["true_rigid"]).write_text(json.dumps({"matrix": matrix.tolist()}))
         entries.append({**names, "fixed_modality": fixed_mod, "moving_modality": moving_mod})
     datalist = out / "datalist.json"
