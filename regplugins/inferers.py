@@ -61,6 +61,17 @@ class PairOptimisationInferer(Inferer):
         return finest.contiguous()
 
 
+class ForwardInverseInferer(Inferer):
+    """Both fields of an inverse-consistent network, stacked on channels: ``network.forward_and_inverse(inputs)``.
+
+    The network's ``forward`` returns the forward field alone (the bundle contract); inference
+    also writes the inverse, so it asks for both (:class:`regplugins.networks.FIRENet`).
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        return network.forward_and_inverse(inputs, *args, **kwargs)
+
+
 class ValidPatchInferer(Inferer):
     """Whole-image fields from a network that maps an input patch to the smaller field patch of its centre.
 

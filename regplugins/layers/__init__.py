@@ -1,7 +1,9 @@
-"""Layers that MONAI lacks for registration: field composition, affines, unit conversions, gradient maps and field fusion."""
+"""Layers that MONAI lacks for registration: field composition, affines, unit conversions, normalised fields,
+gradient maps and field fusion."""
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
+from .normalised import normalised_affine_flow, normalised_to_voxel, resize_normalised, warp_normalised
 from .spatial import (
     affine_to_ddf,
     apply_affine,
@@ -9,6 +11,7 @@ from .spatial import (
     compose_ddf,
     ddf_to_physical,
     resample_ddf,
+    round_trip,
     sample,
     voxel_grid,
     warp_physical,

@@ -23,6 +23,7 @@ __all__ = [
     "apply_affine",
     "sample",
     "compose_ddf",
+    "round_trip",
     "affine_to_ddf",
     "ddf_to_physical",
     "resample_ddf",
@@ -77,6 +78,15 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     field with its inverse gives a field near zero, which is what inverse consistency checks.
     """
     return inner + cached_warp()(outer, inner)
+
+
+def round_trip(volume: torch.Tensor, there: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """``volume o phi_there o phi_back`` in one resampling, through the composed field.
+
+    For a field and its inverse this gives the volume back, which FIRE's inverse-consistency
+    loss checks; both voxel DDFs live on the volume's grid.
+    """
+    return cached_warp()(volume, compose_ddf(there, back))
 
 
 def affine_to_ddf(matrix: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:

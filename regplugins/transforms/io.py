@@ -16,20 +16,36 @@ from regplugins.layers import resample_ddf, warp_physical
 from regplugins.rigid.parameters import write_rigid_files
 
 
+def _to_native_grid(ddf: torch.Tensor, working_affine: torch.Tensor, image_path: str) -> np.ndarray:
+    """Physical field on the native grid of ``image_path`` of a voxel DDF ``(N, *working)``."""
+    image = nib.load(image_path)
+    field = resample_ddf(
+        ddf[None].float().cpu(), torch.as_tensor(working_affine).double().cpu(),
+        torch.as_tensor(image.affine, dtype=torch.float64), image.shape[: ddf.shape[0]],
+    )
+    return field[0].numpy()
+
+
 def register_on_native_grids(
-    ddf: torch.Tensor, working_affine: torch.Tensor, fixed_path: str, moving_path: str, moving_label_path: str | None = None
+    ddf: torch.Tensor,
+    working_affine: torch.Tensor,
+    fixed_path: str,
+    moving_path: str,
+    moving_label_path: str | None = None,
+    inverse_ddf: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Map a voxel DDF ``(N, *working)`` predicted on the working grid back to the native images.
 
-    Returns what :func:`warp_native_images` returns for that field taken to the fixed grid.
+    Returns what :func:`warp_native_images` returns for that field taken to the fixed grid, and
+    with ``inverse_ddf`` (the moving-to-fixed field, predicted on the same working grid, where
+    the moving image was resampled) also ``inverse_ddf`` on the moving image's native grid and
+    ``moving_affine``.
     """
-    spatial_dims = ddf.shape[0]
-    fixed = nib.load(fixed_path)
-    field = resample_ddf(
-        ddf[None].float().cpu(), torch.as_tensor(working_affine).double().cpu(),
-        torch.as_tensor(fixed.affine, dtype=torch.float64), fixed.shape[:spatial_dims],
-    )
-    return warp_native_images(field[0].numpy(), fixed_path, moving_path, moving_label_path)
+    outputs = warp_native_images(_to_native_grid(ddf, working_affine, fixed_path), fixed_path, moving_path, moving_label_path)
+    if inverse_ddf is not None:
+        outputs["inverse_ddf"] = _to_native_grid(inverse_ddf, working_affine, moving_path)
+        outputs["moving_affine"] = nib.load(moving_path).affine
+    return outputs
 
 
 def warp_native_images(
@@ -59,7 +75,8 @@ def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray
     """Write the contract files of one pair into ``folder``, which appears complete or not at all.
 
     ``rigid`` (``matrix_lps``, ``center_mm`` and details for the JSON) adds the rigid bundle's
-    ``rigid.tfm`` and ``rigid.json`` (:func:`regplugins.rigid.write_rigid_files`).
+    ``rigid.tfm`` and ``rigid.json`` (:func:`regplugins.rigid.write_rigid_files`); an
+    ``inverse_ddf`` in ``outputs`` is written as ``inverse_ddf.nii.gz`` on the moving grid.
 
     Files go to a hidden sibling folder that is renamed at the end, so an interrupted run
     leaves no partial output under the name users look for.
@@ -73,6 +90,8 @@ def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray
     if "warped_label" in outputs:
         save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
     save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
+    if "inverse_ddf" in outputs:
+        save_itk_displacement_field(partial / "inverse_ddf.nii.gz", outputs["inverse_ddf"], outputs["moving_affine"])
     if rigid is not None:
         write_rigid_files(partial, **rigid)
     shutil.rmtree(folder, ignore_errors=True)
@@ -86,7 +105,9 @@ class SaveRegistrationd(MapTransform):
     ``ddf_key`` holds the voxel DDF on the working grid, ``working_grid_key`` an image on that
     grid (its MetaTensor affine), ``fixed_key``/``moving_key`` the loaded images (their
     ``filename_or_obj`` points to the native files) and ``label_key`` the path of the moving
-    labels, if any. See :func:`write_registration_outputs` for how the folder is written.
+    labels, if any. ``inverse_ddf_key``, when given, holds the inverse voxel DDF on the working
+    grid, written as ``inverse_ddf.nii.gz`` on the moving grid. See
+    :func:`write_registration_outputs` for how the folder is written.
     """
 
     def __init__(
@@ -97,10 +118,11 @@ class SaveRegistrationd(MapTransform):
         fixed_key: str = "fixed",
         moving_key: str = "moving",
         label_key: str = "moving_label",
+        inverse_ddf_key: str | None = None,
     ):
         super().__init__(keys=[ddf_key])
         self.output_dir = Path(output_dir)
-        self.ddf_key, self.working_grid_key = ddf_key, working_grid_key
+        self.ddf_key, self.working_grid_key, self.inverse_ddf_key = ddf_key, working_grid_key, inverse_ddf_key
         self.fixed_key, self.moving_key, self.label_key = fixed_key, moving_key, label_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
@@ -108,8 +130,9 @@ class SaveRegistrationd(MapTransform):
         fixed_path = d[self.fixed_key].meta["filename_or_obj"]
         moving_path = d[self.moving_key].meta["filename_or_obj"]
         label_path = d.get(self.label_key) or None
+        inverse = torch.as_tensor(d[self.inverse_ddf_key]) if self.inverse_ddf_key else None
         outputs = register_on_native_grids(
-            torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path
+            torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path, inverse
         )
         folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs)
         d["output_folder"] = str(folder)
