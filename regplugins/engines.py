@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
 
 
 def prepare_registration_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
@@ -26,6 +30,43 @@ def prepare_paired_batch(batchdata: dict, device=None, non_blocking: bool = Fals
     image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
     fixed_is_ct = torch.tensor([str(name).lower() == "ct" for name in batchdata["fixed_modality"]], device=device)
     return image[:, :2], {"images": image, "fixed_is_ct": fixed_is_ct}
+
+
+class CyclicOptimizerUpdate:
+    """Ignite iteration update that steps one optimiser per iteration, in turn: FIRE's training schedule.
+
+    FIRE updates its affine sub-networks, its non-rigid sub-networks and the rest with three Adam
+    optimisers "in each three consecutive iterations for a stable convergence". Iteration ``k`` of
+    the engine computes the loss as :class:`monai.engines.SupervisedTrainer` does, clears every
+    optimiser's gradients and steps ``optimizers[(k - 1) % len(optimizers)]`` only, so each
+    parameter group changes in its own iteration. Pass it as the trainer's ``iteration_update``;
+    it fires the trainer's iteration events, so MONAI's handlers work as usual.
+    """
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        if not optimizers:
+            raise ValueError("CyclicOptimizerUpdate needs at least one optimiser.")
+        self.optimizers = list(optimizers)
+
+    def current(self, iteration: int) -> torch.optim.Optimizer:
+        """The optimiser that steps in (1-based) ``iteration``."""
+        return self.optimizers[(iteration - 1) % len(self.optimizers)]
+
+    def __call__(self, engine, batchdata: dict) -> dict:
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.state.output[Keys.LOSS].backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self.current(engine.state.iteration).step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
 
 
 @torch.no_grad()

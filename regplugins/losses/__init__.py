@@ -1,6 +1,7 @@
 """Registration losses that MONAI lacks. MONAI's own (LNCC, mutual information, bending energy,
 diffusion) are used from ``monai.losses`` directly."""
 
+from .fire import FIRELoss
 from .gradient_fusion import GradientFusionLoss
 from .inverse_consistency import InverseConsistencyLoss
 from .mind import MINDSSC, MINDLoss
