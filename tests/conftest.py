@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
 # every bundle, and those that ship trained weights in models/model.pt
-BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg", ROOT / "bundles" / "head_ct_mr_rigid_reg"]
+BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg", ROOT / "bundles" / "head_ct_mr_rigid_reg",
+           ROOT / "bundles" / "fire_inverse_consistent_reg"]
 TRAINED_BUNDLES = [bundle for bundle in BUNDLES if (bundle / "models" / "model.pt").exists()]
 
 
@@ -30,6 +31,11 @@ TINY = [
 def predicts_rigid_parameters(bundle: Path) -> bool:
     """A rigid bundle's network returns transform parameters, not a field, and it also writes rigid.tfm and rigid.json."""
     return json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]["format"] == "parameters"
+
+
+def writes_inverse_field(bundle: Path) -> bool:
+    """An inverse-consistent bundle (FIRE) also writes inverse_ddf.nii.gz on the moving grid."""
+    return "inverse_ddf_key" in (bundle / "configs" / "inference.json").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, predicts_rigid_parameters, read_datalist, reoriented_copy, run_bundle
+from conftest import (
+    BUNDLE,
+    BUNDLES,
+    ROOT,
+    TRAINED_BUNDLES,
+    predicts_rigid_parameters,
+    read_datalist,
+    reoriented_copy,
+    run_bundle,
+    writes_inverse_field,
+)
 from regplugins.demo import labels_on_fixed_grid, mean_dice
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.metrics import score_registration
@@ -80,6 +90,7 @@ def registered(bundle, synthetic_pairs, tmp_path_factory):
 def test_contract_outputs_on_the_fixed_grid(bundle, registered):
     pair, folder = registered
     expected = {"ddf.nii.gz", "warped.nii.gz", "warped_label.nii.gz"} | ({"rigid.json", "rigid.tfm"} if predicts_rigid_parameters(bundle) else set())
+    expected |= {"inverse_ddf.nii.gz"} if writes_inverse_field(bundle) else set()
     assert {p.name for p in folder.iterdir()} == expected
     fixed = nib.load(pair["fixed"])
     for name in ("warped.nii.gz", "warped_label.nii.gz"):
@@ -89,6 +100,11 @@ def test_contract_outputs_on_the_fixed_grid(bundle, registered):
     ddf = nib.load(str(folder / "ddf.nii.gz"))
     assert ddf.shape == (*fixed.shape, 1, 3)
     assert np.allclose(ddf.affine, fixed.affine, atol=1e-4)
+    if writes_inverse_field(bundle):
+        moving = nib.load(pair["moving"])
+        inverse = nib.load(str(folder / "inverse_ddf.nii.gz"))
+        assert inverse.shape == (*moving.shape, 1, 3)
+        assert np.allclose(inverse.affine, moving.affine, atol=1e-4)
     assert not list(folder.parent.glob(".*partial"))
 
 

@@ -1,0 +1,150 @@
+"""FIRE (fire_inverse_consistent_reg): its transforms, losses, three-optimiser schedule and both training configs."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+
+from conftest import ROOT, run_bundle
+from regplugins.engines import CyclicOptimizerUpdate, prepare_registration_batch
+from regplugins.io import load_itk_displacement_field
+from regplugins.layers import normalised_affine_flow, normalised_to_voxel, round_trip, sample, voxel_grid, warp_normalised
+from regplugins.losses import FIRELoss
+from regplugins.losses.fire import rms
+from regplugins.metrics import inverse_consistency_error
+from regplugins.networks import FIRENet
+from regplugins.networks.fire import compose_affine_nonrigid
+from regplugins.transforms import register_on_native_grids, write_registration_outputs
+
+FIRE = ROOT / "bundles" / "fire_inverse_consistent_reg"
+SMALL = dict(channels=(4, 8, 8), num_res_blocks=1, transform_channels=8, affine_hidden=8)
+
+
+def smooth_volume(shape) -> torch.Tensor:
+    grid = voxel_grid(shape) / (torch.tensor(shape).view(-1, *([1] * len(shape))) - 1)
+    return torch.sin(2 * math.pi * grid).prod(dim=0)[None, None]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims):
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=spatial_dims, output="affine", **SMALL).eval()
+    pair = torch.rand(2, 2, *([32] * spatial_dims)) * 2 - 1
+    features = network.encoder(pair[:, :1])
+    theta = network.transform_ab.affine(features, network.encoder(pair[:, 1:]))
+    assert torch.equal(theta, torch.eye(spatial_dims, spatial_dims + 1).expand(2, -1, -1))
+    with torch.no_grad():
+        assert torch.count_nonzero(network(pair)) == 0
+        full = FIRENet(spatial_dims=spatial_dims, **SMALL).eval()(pair)
+    assert full.shape == (2, spatial_dims, *([32] * spatial_dims)) and full.abs().max() < 0.05
+    with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
+        network(pair[..., :30])
+
+
+def test_an_affine_composed_with_a_zero_field_is_the_affine_and_warps_as_it_says():
+    shape = (20, 24, 16)
+    theta = torch.tensor([[[1.0, 0.05, 0.0, 0.2], [0.0, 0.9, 0.1, -0.1], [0.02, 0.0, 1.1, 0.0]]])
+    assert torch.equal(compose_affine_nonrigid(theta, torch.zeros(1, 3, *shape)), normalised_affine_flow(theta, shape))
+    # a pure shift of 0.2 along axis 0 in normalised units is 0.2 * (20 - 1) / 2 voxels everywhere
+    shift = torch.tensor([[[1.0, 0, 0, 0.2], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]])
+    ddf = normalised_to_voxel(normalised_affine_flow(shift, shape))
+    assert torch.allclose(ddf[:, 0], torch.full(shape, 1.9)) and torch.allclose(ddf[:, 1:], torch.zeros(1, 2, *shape), atol=1e-6)
+    # the same normalised field warps a finer and a coarser copy of a volume alike
+    fine, coarse = smooth_volume((40, 48, 32)), smooth_volume(shape)
+    warped_fine = warp_normalised(fine, normalised_affine_flow(shift, (40, 48, 32)))
+    warped_coarse = warp_normalised(coarse, normalised_affine_flow(shift, (40, 48, 32)))
+    assert torch.allclose(torch.nn.functional.interpolate(warped_fine, size=shape, mode="trilinear", align_corners=True), warped_coarse, atol=0.05)
+
+
+def test_inverse_consistency_term_is_near_zero_for_a_field_and_its_inverse_and_large_for_a_field_and_itself():
+    shape = (32, 32, 32)
+    volume = smooth_volume(shape)
+    # a smooth deformation of the inner region and its numerical inverse (fixed-point iteration)
+    grid = voxel_grid(shape)
+    there = 2.0 * torch.sin(math.pi * grid[[1, 2, 0]] / 31.0)[None]
+    back = -there.clone()
+    for _ in range(30):  # back(p) = -there(p + back(p)) makes there o back the identity
+        back = -sample(there, grid[None] + back, padding_mode="border")
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6), slice(6, -6))
+    consistent = rms(round_trip(volume, there, back)[inner], volume[inner])
+    with_itself = rms(round_trip(volume, there, there)[inner], volume[inner])
+    assert consistent < 0.01 and with_itself > 0.2
+
+
+def test_fire_loss_terms_are_finite_and_every_term_depends_on_the_network():
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=2, **SMALL).train()
+    pair = torch.rand(1, 2, 32, 32) * 2 - 1
+    loss = FIRELoss(smoothness_weight=1.0)
+    terms = loss.terms(network(pair))
+    assert set(terms) == {*loss.weights, "smoothness"}
+    assert all(torch.isfinite(v).all() for v in terms.values())
+    for name, value in terms.items():
+        if name in ("smoothness", "inverse_consistency"):  # zero-ish fields at the start
+            continue
+        grads = torch.autograd.grad(value.sum(), list(network.parameters()), allow_unused=True, retain_graph=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+    with pytest.raises(ValueError, match="unknown FIRE loss terms"):
+        FIRELoss(weights={"typo": 1.0})
+
+
+def test_three_optimisers_step_in_turn_and_each_touches_only_its_own_group():
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=2, **SMALL)
+    groups = network.parameter_groups()
+    assert sum(len(g) for g in groups.values()) == len(list(network.parameters()))
+    optimizers = [torch.optim.Adam(groups[name], lr=1e-2) for name in ("affine", "nonrigid", "synthesis")]
+    data = [{"image": torch.rand(2, 32, 32) * 2 - 1} for _ in range(3)]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=torch.utils.data.DataLoader(data, batch_size=1),
+        network=network, optimizer=optimizers[2], loss_function=FIRELoss(), prepare_batch=prepare_registration_batch,
+        iteration_update=CyclicOptimizerUpdate(optimizers), decollate=False,
+    )
+    snapshots = [{name: [p.detach().clone() for p in params] for name, params in groups.items()}]
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: snapshots.append({n: [p.detach().clone() for p in ps] for n, ps in groups.items()}))
+    trainer.run()
+    for iteration, stepped in enumerate(("affine", "nonrigid", "synthesis")):
+        before, after = snapshots[iteration], snapshots[iteration + 1]
+        for name in groups:
+            changed = any(not torch.equal(a, b) for a, b in zip(before[name], after[name]))
+            assert changed == (name == stepped), (iteration, name)
+
+
+def test_inverse_field_is_written_on_the_moving_grid_and_is_consistent_with_the_forward_one(tmp_path):
+    # fixed and moving on different grids; a constant shift on the working grid and its negative
+    fixed_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    moving_affine = np.array([[0, -2.5, 0, 40], [2.5, 0, 0, -10], [0, 0, 2.5, 5], [0, 0, 0, 1.0]])
+    paths = {}
+    for name, affine, shape in (("fixed", fixed_affine, (24, 20, 16)), ("moving", moving_affine, (18, 22, 14))):
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random(shape).astype(np.float32), affine), paths[name])
+    working_affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
+    shift = torch.tensor([1.0, -0.5, 0.25]).view(3, 1, 1, 1).expand(3, 16, 16, 12)
+    outputs = register_on_native_grids(shift, working_affine, paths["fixed"], paths["moving"], inverse_ddf=-shift)
+    folder = write_registration_outputs(tmp_path / "out", outputs)
+    forward, forward_affine = load_itk_displacement_field(folder / "ddf.nii.gz")
+    inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
+    assert inverse.shape == (3, 18, 22, 14) and np.allclose(inverse_affine, moving_affine)
+    assert np.allclose(forward[:, 0, 0, 0], [3.0, -1.5, 0.75], atol=1e-5)
+    assert inverse_consistency_error(forward, forward_affine, inverse, inverse_affine) < 1e-4
+
+
+@pytest.mark.parametrize("dims_override", [[], ["--spatial_dims", "2"]], ids=["3d", "2d"])
+def test_train_config_runs_one_iteration_in_3d_and_with_one_override_in_2d(tmp_path, dims_override):
+    size = ["--working_size", "32", "--working_spacing", "6.0"] if not dims_override else []
+    result = run_bundle(
+        "--num_train_pairs", "1", "--num_val_pairs", "1", "--train#trainer#max_epochs", "1", "--batch_size", "1",
+        "--num_workers", "0", "--device", "cpu", "--ckpt_dir", str(tmp_path), "--network_def#channels", "[4,8,8]",
+        "--network_def#transform_channels", "8", *size, *dims_override,
+        config="train.json", bundle=FIRE,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "model.pt", map_location="cpu")
+    kernel = state["encoder.0.conv.weight"]
+    assert kernel.dim() == (4 if dims_override else 5)
