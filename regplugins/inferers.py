@@ -62,14 +62,14 @@ class PairOptimisationInferer(Inferer):
 
 
 class ForwardInverseInferer(Inferer):
-    """Both fields of an inverse-consistent network, stacked on channels: ``network.forward_and_inverse(inputs)``.
+    """Both fields of an inverse-consistent network, stacked on channels: ``network(inputs, with_inverse=True)``.
 
     The network's ``forward`` returns the forward field alone (the bundle contract); inference
     also writes the inverse, so it asks for both (:class:`regplugins.networks.FIRENet`).
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        return network.forward_and_inverse(inputs, *args, **kwargs)
+        return network(inputs, *args, with_inverse=True, **kwargs)
 
 
 class ValidPatchInferer(Inferer):
