@@ -83,3 +83,14 @@ def test_two_dimensional_pairs_and_user_label_maps():
     )(0)
     assert torch.equal(user["fixed_label"].long(), labels)
     assert set(user["moving_label"].unique().tolist()) <= {0, 1, 2}
+
+
+def test_a_cache_dataset_synthesises_each_pair_once():
+    from monai.data import CacheDataset
+
+    from regplugins.data import SynthesizePaird
+
+    dataset = CacheDataset([{"seed": 3}], transform=SynthesizePaird(shape=(16, 16, 16), spacing=6.0), progress=False)
+    cached = dataset._cache[0]
+    assert "fixed" in cached and "seed" not in cached  # the pair itself is held, not its seed
+    assert torch.equal(dataset[0]["fixed"], SyntheticPairGenerator(shape=(16, 16, 16), spacing=6.0)(3)["fixed"])

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.networks.blocks import DVF2DDF
+from monai.transforms import Transform
 
 from regplugins.layers import apply_affine, sample, voxel_grid
 
@@ -341,11 +342,12 @@ class SyntheticPairGenerator:
         }
 
 
-class SynthesizePaird:
+class SynthesizePaird(Transform):
     """Dictionary transform that replaces ``data["seed"]`` by the pair of that seed.
 
     Lets a plain ``monai.data.Dataset`` of ``[{"seed": s}, ...]`` serve synthetic pairs, so the
-    training and validation data of a bundle need no files.
+    training and validation data of a bundle need no files. A pair depends on its seed alone, so
+    it is a deterministic MONAI ``Transform``: a ``CacheDataset`` synthesises each pair once.
     """
 
     def __init__(self, **generator_args):
