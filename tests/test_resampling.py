@@ -1,0 +1,31 @@
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Spacingd
+
+from regplugins.transforms import AntiAliasd
+
+
+def image_at(spacing, shape=(32, 32, 32), seed=0):
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed)), affine=affine)
+
+
+@pytest.mark.parametrize("anti_alias", [False, True])
+def test_noise_averages_out_on_the_coarser_grid_only_with_anti_aliasing(anti_alias):
+    data = {"image": image_at((1.5, 1.5, 1.5))}
+    if anti_alias:
+        data = AntiAliasd("image", pixdim=3.0)(data)
+    coarse = Spacingd("image", pixdim=3.0)(data)["image"]
+    assert coarse.shape[1:] == (16, 16, 16)
+    # Spacingd alone keeps every other voxel with its full noise; averaging 2x2x2 voxels would halve it
+    assert (coarse.std() < 0.55) if anti_alias else (coarse.std() > 0.9)
+
+
+def test_axes_already_coarse_are_left_alone_and_each_axis_takes_its_ras_target():
+    at_target = image_at((3.0, 3.0, 3.0))
+    assert torch.equal(AntiAliasd("image", pixdim=3.0)({"image": at_target})["image"], at_target)
+    # array axes running along RAS z (1 mm), y (2 mm) and x (1 mm), resampled to 3 x 3 x 6 mm
+    permuted = torch.tensor([[0, 0, 1.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    sigma = AntiAliasd("image", pixdim=(3.0, 3.0, 6.0)).sigma(permuted)
+    assert sigma == pytest.approx([35**0.5 / 2, 1.25**0.5 / 2, 8**0.5 / 2])
