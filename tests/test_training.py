@@ -41,3 +41,23 @@ def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "model.pt").exists()
+
+
+def test_autocast_inferer_trains_in_bfloat16_on_the_cpu_with_float32_outputs():
+    from regplugins.inferers import AutocastInferer
+    from regplugins.networks import MultiResolutionFCN
+
+    torch.manual_seed(0)
+    network = MultiResolutionFCN().train()
+    pair = torch.rand(1, 2, 16, 16, 16)
+    inner_dtypes = []
+    network.conv1.register_forward_hook(lambda module, inputs, output: inner_dtypes.append(output.dtype))
+    fields = AutocastInferer()(pair, network)
+    assert inner_dtypes == [torch.bfloat16]  # the convolutions ran in bfloat16 ...
+    assert [f.dtype for f in fields] == [torch.float32] * 3  # ... and the fields come back in float32
+    reference = network(pair)
+    # the same fields as in float32, to bfloat16's precision (8 bits of mantissa, through five layers)
+    assert all((f - r).abs().max() < 0.05 * r.abs().max() for f, r in zip(fields, reference))
+    sum(f.square().sum() for f in fields).backward()  # gradients reach the float32 weights
+    assert network.heads[0].weight.grad is not None and network.heads[0].weight.grad.dtype == torch.float32
+    assert AutocastInferer(enabled=False)(pair, network.eval()).dtype == torch.float32
