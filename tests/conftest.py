@@ -80,19 +80,20 @@ def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def loss_before_and_after_one_step(train_config, inputs, target) -> tuple:
-    """One step of a parsed train config's optimiser on one batch: its loss before and after the step."""
+def loss_before_and_after_steps(train_config, inputs, target, steps: int = 1) -> tuple:
+    """`steps` steps of a parsed train config's optimiser on one batch: its loss before and after them."""
     import torch
 
     network, loss, optimizer = (train_config.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     network.train()
     before = loss(network(inputs), target)
-    optimizer.zero_grad()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        after = loss(network(inputs), target)
-    return before, after
+    current = before
+    for _ in range(steps):
+        optimizer.zero_grad()
+        current.backward()
+        optimizer.step()
+        current = loss(network(inputs), target)
+    return before, current.detach()
 
 
 def read_datalist(path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from conftest import ROOT, loss_before_and_after_one_step, read_datalist, run_bundle
+from conftest import ROOT, loss_before_and_after_steps, read_datalist, run_bundle
 from regplugins.engines import prepare_paired_batch
 from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.inferers import ValidPatchInferer
@@ -98,7 +98,7 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
     batch = {"image": sample["image"][None].as_tensor(), "fixed_modality": [sample["fixed_modality"]]}
     inputs, target = prepare_paired_batch(batch)
     assert inputs.shape == (1, 2, 68, 68, 68) and target["images"].shape[1] == 4
-    before, after = loss_before_and_after_one_step(parser, inputs, target)
+    before, after = loss_before_and_after_steps(parser, inputs, target)
     assert after < before
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import ROOT, loss_before_and_after_one_step
+from conftest import ROOT, loss_before_and_after_steps
 from regplugins.layers import GatedFusion, GradientMagnitude
 from regplugins.networks import GradientFusionNet
 
@@ -80,11 +80,14 @@ def test_network_returns_the_fused_field_in_eval_mode_and_both_fields_in_trainin
         network(torch.rand(1, 2, 24, 16, 16))
 
 
-def test_one_training_iteration_lowers_the_loss_on_a_fixed_synthetic_pair():
+def test_training_iterations_lower_the_loss_on_a_fixed_synthetic_pair():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs/train.json"))
-    # the motion of a raw pair (the config's default is the residual after pre-alignment), so one step has work to do
+    # the motion of a raw pair (the config's default is the residual after pre-alignment), so the steps have work to do
     parser.update({"working_shape": [16, 16, 16], "working_spacing": 12.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
     pair = parser.get_parsed_content("validate#preprocessing")({"seed": 0})["image"][None].as_tensor()
-    before, after = loss_before_and_after_one_step(parser, pair, pair)
+    # The fresh network's field is almost zero, where every warped sample sits on a kink of trilinear
+    # interpolation: the first Adam step of the paper's 1e-5 raises the loss for about one network
+    # initialisation in four, the steps after it lower it for every one we tried.
+    before, after = loss_before_and_after_steps(parser, pair, pair, steps=3)
     assert after < before
