@@ -86,8 +86,8 @@ def fit_affine(
         learning_rate: step of the rotation (radians) and of the translation (in units of the
             coarsest level's voxel) at the coarsest level; the stretch a twentieth (a free scale
             lets mutual information shrink the head). Steps shrink with the level's factor, so
-            the last level settles to a fraction of a degree: on CT/T1 heads at 3 mm, the rigid
-            error fell from 0.53 to 0.25 degrees with the third level and 8192 samples.
+            the last level settles to a fraction of a degree (the rigid-only table of
+            docs/benchmarks.md measures it).
         num_bins: histogram bins of the mutual information.
         num_samples: voxels drawn at random at each step to estimate it (as ITK and ANTs sample),
             which makes a step cost the same at any image size.

@@ -82,8 +82,6 @@ def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE
 
 def loss_before_and_after_steps(train_config, inputs, target, steps: int = 1) -> tuple:
     """`steps` steps of a parsed train config's optimiser on one batch: its loss before and after them."""
-    import torch
-
     network, loss, optimizer = (train_config.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     network.train()
     before = loss(network(inputs), target)

@@ -21,8 +21,8 @@ class AntiAliasd(MapTransform):
     MONAI's ``Spacingd`` and ``ResampleToMatchd`` interpolate: going from 1.5 mm to 3 mm they keep
     every other voxel, with its noise, and drop the rest. Smoothing first makes a working voxel
     the average of the voxels it covers, as in a scan acquired at that spacing, and similarity
-    measures such as MIND then find the true alignment far more clearly (their margin between
-    the true field and no registration on synthetic CT/MR pairs grows from 5% to 18%). Along an
+    measures such as MIND then find the true alignment far more clearly (the
+    fcn_multires_selfsup_reg model card shows what it did to training). Along an
     array axis of spacing ``s`` resampled to ``t = f * s`` the added sigma is ``sqrt(f^2 - 1) / 2``
     voxels, so that a voxel's own blur (sigma ``s / 2``) grows to a working voxel's (``t / 2``);
     ANTs smooths by about ``f / 2`` when it shrinks by ``f``. Axes already as coarse are left alone.
