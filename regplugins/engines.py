@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.engines.utils import IterationEvents
+from monai.metrics import RMSEMetric
 from monai.utils.enums import CommonKeys as Keys
 
 
@@ -83,7 +84,8 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     from ``ckpt_path``, fits ``network.ann`` on the features of ``train_dataset`` (items with the
     pair under ``image`` and the six parameters under ``label``), and saves the whole network back
     to ``ckpt_path``, so one checkpoint serves both heads. Returns and prints the fit's history
-    and the validation RMSE of both heads (degrees and mm together, as the CNN's own loss).
+    and the validation RMSE of both heads (over the six parameters of each pair, degrees and mm
+    together, averaged over pairs: the key metric of ``train.json``).
     """
     network.load_state_dict(torch.load(ckpt_path, map_location=device))
     network.eval()
@@ -93,7 +95,7 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     val_features, val_targets = _features_and_targets(network, val_dataset, device, batch_size)
     with torch.no_grad():
         rmse = {
-            head: float((layer(val_features.to(device)).cpu() - val_targets).square().mean().sqrt())
+            head: RMSEMetric()(layer(val_features.to(device)).cpu(), val_targets).mean().item()
             for head, layer in (("regression", network.regression), ("ann", network.ann))
         }
     torch.save(network.state_dict(), ckpt_path)

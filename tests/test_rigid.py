@@ -89,6 +89,18 @@ def test_augmented_copies_keep_their_original_subset_and_carry_the_composed_trut
     assert 2 * (head & moved_head).sum() / (head.sum() + moved_head.sum()) > 0.97
 
 
+def test_coordinate_channels_follow_the_grid_axes_and_keep_the_image():
+    """What the encoder's first convolution sees with ``coordinate_channels``: the image, then x, y, z in [-1, 1]."""
+    from regplugins.networks.rigid_cnn import AppendCoordinates
+
+    image = torch.rand(2, 1, 5, 3, 4)
+    with_coordinates = AppendCoordinates()(image)
+    assert with_coordinates.shape == (2, 4, 5, 3, 4) and torch.equal(with_coordinates[:, :1], image)
+    for axis, size in enumerate(image.shape[2:]):
+        along = with_coordinates[1, 1 + axis].movedim(axis, 0).reshape(size, -1)
+        assert torch.allclose(along, torch.linspace(-1, 1, size)[:, None].expand_as(along))
+
+
 def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tmp_path):
     """train.json, then train_ann.json on its CNN, and train_classifier.json, each at its smallest."""
     from monai.bundle import ConfigParser

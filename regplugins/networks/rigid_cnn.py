@@ -14,14 +14,31 @@ from torch import nn
 
 from .bayesian_ann import BayesianRegularizedANN
 
-__all__ = ["RigidRegressionCNN", "ModalityClassifierCNN", "feature_encoder"]
+__all__ = ["RigidRegressionCNN", "ModalityClassifierCNN", "AppendCoordinates", "feature_encoder"]
 
 
-def feature_encoder(spatial_dims: int, channels: Sequence[int]) -> nn.Sequential:
+class AppendCoordinates(nn.Module):
+    """Appends each voxel's normalised grid coordinates (-1 to 1 along every axis) as extra channels.
+
+    Global average pooling forgets where a feature lies, so an encoder that pools one image at a
+    time sees a shifted head almost as it sees the unshifted one. With the coordinates as input
+    channels the first convolutions can weight intensities by position, and the pooled features
+    carry moments of the head (centre and orientation, what the paper's symmetry alignment
+    computes by hand) as CoordConv does (Liu et al., NeurIPS 2018).
+    """
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        axes = [torch.linspace(-1.0, 1.0, n, device=image.device, dtype=image.dtype) for n in image.shape[2:]]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+        return torch.cat([image, grid.expand(image.shape[0], *grid.shape)], dim=1)
+
+
+def feature_encoder(spatial_dims: int, channels: Sequence[int], coordinate_channels: bool = False) -> nn.Sequential:
     """One image to ``channels[-1]`` features: blocks of convolution, batch norm and LeakyReLU (0.1),
-    max pooling between them, and global average pooling after the last convolution (the paper's Fig. 4)."""
-    layers: list[nn.Module] = []
-    in_channels = 1
+    max pooling between them, and global average pooling after the last convolution (the paper's Fig. 4).
+    With ``coordinate_channels`` the image enters with its voxel coordinates (:class:`AppendCoordinates`)."""
+    layers: list[nn.Module] = [AppendCoordinates()] if coordinate_channels else []
+    in_channels = 1 + spatial_dims * coordinate_channels
     for level, out_channels in enumerate(channels):
         if level > 0:
             layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
@@ -54,16 +71,23 @@ class RigidRegressionCNN(nn.Module):
         channels: output channels of the convolution blocks; the last gives the features per image.
         hidden_features: hidden tanh units of the ANN.
         head: ``"ann"`` or ``"regression"``.
+        coordinate_channels: give the encoder each voxel's coordinates (:class:`AppendCoordinates`);
+            off is the paper's encoder.
     """
 
     def __init__(
-        self, spatial_dims: int = 3, channels: Sequence[int] = (8, 16, 32, 64, 128), hidden_features: int = 10, head: str = "ann"
+        self,
+        spatial_dims: int = 3,
+        channels: Sequence[int] = (8, 16, 32, 64, 128),
+        hidden_features: int = 10,
+        head: str = "ann",
+        coordinate_channels: bool = False,
     ):
         super().__init__()
         if head not in ("ann", "regression"):
             raise ValueError(f'head must be "ann" or "regression", got {head!r}.')
         self.head = head
-        self.encoder = feature_encoder(spatial_dims, channels)
+        self.encoder = feature_encoder(spatial_dims, channels, coordinate_channels)
         self.regression = nn.Linear(2 * channels[-1], 6)
         self.ann = BayesianRegularizedANN(2 * channels[-1], hidden_features, 6)
 
