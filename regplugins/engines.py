@@ -84,7 +84,7 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     from ``ckpt_path``, fits ``network.ann`` on the features of ``train_dataset`` (items with the
     pair under ``image`` and the six parameters under ``label``), and saves the whole network back
     to ``ckpt_path``, so one checkpoint serves both heads. Returns and prints the fit's history
-    and the validation RMSE of both heads (over the six parameters of each pair, degrees and mm
+    and the validation RMSE of both heads and of the identity (over the six parameters of each pair, degrees and mm
     together, averaged over pairs: the key metric of ``train.json``).
     """
     network.load_state_dict(torch.load(ckpt_path, map_location=device))
@@ -94,10 +94,9 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     network.ann.to(device)
     val_features, val_targets = _features_and_targets(network, val_dataset, device, batch_size)
     with torch.no_grad():
-        rmse = {
-            head: RMSEMetric()(layer(val_features.to(device)).cpu(), val_targets).mean().item()
-            for head, layer in (("regression", network.regression), ("ann", network.ann))
-        }
+        predictions = {head: layer(val_features.to(device)).cpu() for head, layer in (("regression", network.regression), ("ann", network.ann))}
+    predictions["identity"] = torch.zeros_like(val_targets)  # the baseline both heads must beat
+    rmse = {head: RMSEMetric()(predicted, val_targets).mean().item() for head, predicted in predictions.items()}
     torch.save(network.state_dict(), ckpt_path)
     summary = {"train_samples": len(targets), "epochs": len(history["sse"]), "stop": history["stop"], "gamma": history["gamma"][-1:], "val_rmse": rmse}
     print(summary)
