@@ -21,7 +21,9 @@ class PairOptimisationInferer(Inferer):
     forward pass stays in training mode, so batch normalisation uses this pair's statistics,
     the ones the optimisation saw.
 
-    ``channels_last`` runs 3D convolutions in the channels-last layout, about 1.5x faster on CPU.
+    ``channels_last`` runs 3D convolutions in the channels-last layout, about 1.5x faster on CPU;
+    ``mixed_precision`` runs every forward pass in bfloat16 (:class:`AutocastInferer`), as the
+    bundles' training does.
     """
 
     def __init__(
@@ -30,19 +32,21 @@ class PairOptimisationInferer(Inferer):
         iterations: int = 0,
         learning_rate: float = 1e-3,
         channels_last: bool = True,
+        mixed_precision: bool = False,
     ):
         super().__init__()
         if iterations and loss is None:
             raise ValueError("pair optimisation (iterations > 0) needs a loss.")
         self.loss, self.iterations, self.learning_rate = loss, int(iterations), learning_rate
         self.channels_last = channels_last
+        self.forward = AutocastInferer(enabled=mixed_precision)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         if self.channels_last and inputs.dim() == 5:
             network = network.to(memory_format=torch.channels_last_3d)
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         if self.iterations == 0:
-            return network(inputs, *args, **kwargs).contiguous()
+            return self.forward(inputs, network, *args, **kwargs).contiguous()
         if isinstance(network, torch.jit.ScriptModule):
             raise ValueError(
                 "pair optimisation trains the network's training-mode outputs, which a TorchScript export does not "
@@ -53,12 +57,27 @@ class PairOptimisationInferer(Inferer):
         with torch.enable_grad():
             for _ in range(self.iterations):
                 optimizer.zero_grad(set_to_none=True)
-                self.loss(model(inputs, *args, **kwargs), inputs).backward()
+                self.loss(self.forward(inputs, model, *args, **kwargs), inputs).backward()
                 optimizer.step()
         with torch.no_grad():
-            fields = model(inputs, *args, **kwargs)
+            fields = self.forward(inputs, model, *args, **kwargs)
         finest = fields[0] if isinstance(fields, (list, tuple)) else fields
         return finest.contiguous()
+
+
+def bfloat16_is_fast(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
+
+    This is the default of the bundles' ``mixed_precision``. Elsewhere oneDNN runs bfloat16
+    convolutions on reference kernels, far slower than float32 (``docs/experiments/bfloat16_step_time.py``
+    and ``docs/benchmarks.md``).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
 
 
 class AutocastInferer(Inferer):
@@ -67,7 +86,8 @@ class AutocastInferer(Inferer):
     MONAI's trainers autocast on CUDA only (``amp=True``). On CPUs with AMX or AVX-512 BF16
     units, bfloat16 convolutions make a training step of the FCN about 2.3x faster (2.3 s to 1.0 s
     for two 64^3 pairs on 2 cores); the weights, the loss and the optimiser stay in float32.
-    As a trainer's inferer it leaves the network and its checkpoints unchanged.
+    As a trainer's inferer it leaves the network and its checkpoints unchanged. Enable it where
+    :func:`bfloat16_is_fast` says so: other CPUs are far slower in bfloat16 than in float32.
     """
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, enabled: bool = True):

@@ -61,3 +61,30 @@ def test_autocast_inferer_trains_in_bfloat16_on_the_cpu_with_float32_outputs():
     sum(f.square().sum() for f in fields).backward()  # gradients reach the float32 weights
     assert network.heads[0].weight.grad is not None and network.heads[0].weight.grad.dtype == torch.float32
     assert AutocastInferer(enabled=False)(pair, network.eval()).dtype == torch.float32
+
+
+def test_pair_optimisation_in_bfloat16_lowers_the_loss_and_returns_float32():
+    from regplugins.inferers import PairOptimisationInferer
+    from regplugins.losses import MINDLoss, MultiResolutionRegistrationLoss, TotalVariationLoss
+    from regplugins.networks import MultiResolutionFCN
+
+    torch.manual_seed(0)
+    network = MultiResolutionFCN().eval()
+    pair = torch.nn.functional.avg_pool3d(torch.rand(1, 2, 16, 16, 16), 3, 1, 1)
+    pair[:, 0] = torch.roll(pair[:, 1], shifts=1, dims=1)
+    loss = MultiResolutionRegistrationLoss(MINDLoss(), TotalVariationLoss(), regularizer_weight=0.02)
+    inner_dtypes = []
+    network.conv1.register_forward_hook(lambda module, inputs, output: inner_dtypes.append(output.dtype))
+    field = PairOptimisationInferer(loss=loss, iterations=5, mixed_precision=True)(pair, network)
+    assert set(inner_dtypes) == {torch.bfloat16} and len(inner_dtypes) == 6  # five steps and the answer, all in bfloat16
+    assert field.dtype == torch.float32 and field.shape == (1, 3, 16, 16, 16)
+    with torch.no_grad():
+        assert loss(field, pair) < loss(network(pair), pair)
+
+
+def test_bfloat16_is_not_chosen_for_an_absent_gpu_or_a_device_that_computes_nothing():
+    from regplugins.inferers import bfloat16_is_fast
+
+    assert bfloat16_is_fast("meta") is False
+    if not torch.cuda.is_available():
+        assert bfloat16_is_fast("cuda") is False
