@@ -192,6 +192,17 @@ def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pai
     assert np.isclose(metrics["pairs"][0]["folding_percent"], rescored["folding_percent"])
 
 
+@pytest.mark.parametrize("weights, iterations", [("models/model.pt", 5), ("models/model.ts", 0)])
+def test_fcn_fine_tunes_on_each_pair_by_default_except_from_torchscript(weights, iterations):
+    """Five steps of pair optimisation from the trained weights by default; a TorchScript export cannot train, so it runs feed-forward."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs/inference.json"))
+    parser["ckpt_path"] = str(BUNDLE / weights)
+    assert parser.get_parsed_content("inferer").iterations == iterations
+
+
 def test_pair_optimisation_mode_needs_no_weights(tmp_path, pairs):
     """The paper's direct mode: a fresh network optimised on the pair alone lowers its loss."""
     from monai.bundle import ConfigParser
