@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from regplugins.data import INTENSITY_RANGES, SyntheticPairGenerator
@@ -94,3 +95,22 @@ def test_a_cache_dataset_synthesises_each_pair_once():
     cached = dataset._cache[0]
     assert "fixed" in cached and "seed" not in cached  # the pair itself is held, not its seed
     assert torch.equal(dataset[0]["fixed"], SyntheticPairGenerator(shape=(16, 16, 16), spacing=6.0)(3)["fixed"])
+
+
+def test_intensity_spread_zero_gives_every_pair_one_protocols_contrast():
+    """Bone's brightest CT values differ from pair to pair by default and sit at its range's middle (950 HU) with spread 0."""
+    from regplugins.data.synth import SKULL
+
+    def skull_90th_percentile(spread):
+        generator = SyntheticPairGenerator(shape=(64, 64, 64), spacing=2.0, skull_probability=1.0, deformation_mm=0, rotation_deg=0,
+                                           translation_mm=0, intensity_spread=spread)
+        values = []
+        for seed in range(4):
+            pair = generator(seed)
+            values.append(pair["moving"][0][pair["moving_label"][0] == SKULL].quantile(0.9).item())
+        return np.array(values)
+
+    assert np.ptp(skull_90th_percentile(1.0)) > 300
+    assert np.abs(skull_90th_percentile(0.0) - 950).max() < 60
+    with pytest.raises(ValueError, match="intensity_spread"):
+        SyntheticPairGenerator(intensity_spread=1.5)

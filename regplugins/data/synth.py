@@ -160,6 +160,11 @@ class SyntheticPairGenerator:
         deformation_scale_mm: spacing of the velocity field's random control values.
         moving_grid: ``"same"`` as the fixed grid, or ``"random"``: another orientation, spacing
             and size, as two scans of one patient have.
+        intensity_spread: share of each tissue's intensity range that a label's mean is drawn
+            from, centred on the range's middle. 1 (the default) varies contrast from pair to
+            pair as different scanners and protocols do; near 0 every pair has one protocol's
+            contrast, so one mapping turns a modality into another, as a synthesis network
+            (FIRE) needs to learn it.
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of the generated head; ``shape``
             and ``spacing`` are then taken from it.
@@ -179,6 +184,7 @@ class SyntheticPairGenerator:
         deformation_mm: float = 3.0,
         deformation_scale_mm: float = 32.0,
         moving_grid: str = "same",
+        intensity_spread: float = 1.0,
         labels: torch.Tensor | None = None,
         labels_affine: torch.Tensor | None = None,
         tissue_of_label: dict[int, str] | None = None,
@@ -191,6 +197,8 @@ class SyntheticPairGenerator:
             raise ValueError(f"modalities must be two of {sorted(INTENSITY_RANGES)}, got {modalities}.")
         if moving_grid not in ("same", "random"):
             raise ValueError(f'moving_grid must be "same" or "random", got "{moving_grid}".')
+        if not 0.0 <= intensity_spread <= 1.0:
+            raise ValueError(f"intensity_spread must lie in [0, 1], got {intensity_spread}.")
         if labels is not None:
             if labels_affine is None or tissue_of_label is None:
                 raise ValueError("a user label map needs labels_affine and tissue_of_label as well.")
@@ -206,7 +214,7 @@ class SyntheticPairGenerator:
         self.num_structures, self.skull_probability = num_structures, skull_probability
         self.rotation_deg, self.translation_mm, self.scaling = rotation_deg, translation_mm, scaling
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
-        self.moving_grid = moving_grid
+        self.moving_grid, self.intensity_spread = moving_grid, intensity_spread
         self.user_labels, self.tissue_of_label = labels, tissue_of_label
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
@@ -291,6 +299,11 @@ class SyntheticPairGenerator:
         spacing = [spacing[int(p)] for p in permutation]
         return grid_affine(spacing, shape, rotation), shape
 
+    def _label_mean(self, modality: str, tissue: str, generator: torch.Generator) -> float:
+        low, high = INTENSITY_RANGES[modality][tissue]
+        middle, half_width = (low + high) / 2, self.intensity_spread * (high - low) / 2
+        return _uniform(middle - half_width, middle + half_width, generator)
+
     # -- one pair --------------------------------------------------------------------------
     def __call__(self, seed: int) -> dict:
         generator = torch.Generator().manual_seed(int(seed))
@@ -320,7 +333,7 @@ class SyntheticPairGenerator:
         true_ddf = (corresponding - apply_affine(self.fixed_affine, fixed_voxels[0].double())).float()
 
         means = {
-            modality: {label: _uniform(*INTENSITY_RANGES[modality][tissue], generator) for label, tissue in tissues.items()}
+            modality: {label: self._label_mean(modality, tissue, generator) for label, tissue in tissues.items()}
             for modality in (moving_modality, fixed_modality)
         }
         moving_spacing = [float(v) for v in moving_affine[:n, :n].norm(dim=0)]
