@@ -163,8 +163,7 @@ class SyntheticPairGenerator:
         intensity_spread: share of each tissue's intensity range that a label's mean is drawn
             from, centred on the range's middle. 1 (the default) varies contrast from pair to
             pair as different scanners and protocols do; near 0 every pair has one protocol's
-            contrast, so one mapping turns a modality into another, as a synthesis network
-            (FIRE) needs to learn it.
+            contrast, as in a study that scanned every subject alike (FIRE's training data).
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of the generated head; ``shape``
             and ``spacing`` are then taken from it.
