@@ -20,11 +20,13 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
+from regplugins.losses.fire import rms
+
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
 
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).square().flatten(1).mean(1).sqrt().mean().item()
+def mean_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return rms(a, b).mean().item()
 
 
 def best_lookup_rms(source: torch.Tensor, target: torch.Tensor, bins: int = 64) -> float:
@@ -58,14 +60,14 @@ def main():
     validation = config.get_parsed_content("validate#dataset")
     pairs = torch.stack([validation[i]["image"] for i in range(len(validation))])
     x_a, x_b = pairs[:, :1], pairs[:, 1:]
-    print(f"references: mean target {rms(x_b.mean(0, keepdim=True).expand_as(x_b), x_b):.3f}, "
+    print(f"references: mean target {mean_rms(x_b.mean(0, keepdim=True).expand_as(x_b), x_b):.3f}, "
           f"best intensity mapping {best_lookup_rms(x_a, x_b):.3f}")
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def report(engine):
         with torch.no_grad():
             synthesis = network.train().training_outputs(pairs)["syn_b"]
-        print(f"epoch {engine.state.epoch}: synthesis RMS {rms(synthesis, x_b):.3f}")
+        print(f"epoch {engine.state.epoch}: synthesis RMS {mean_rms(synthesis, x_b):.3f}")
 
     trainer.run()
 
