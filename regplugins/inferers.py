@@ -39,14 +39,14 @@ class PairOptimisationInferer(Inferer):
             raise ValueError("pair optimisation (iterations > 0) needs a loss.")
         self.loss, self.iterations, self.learning_rate = loss, int(iterations), learning_rate
         self.channels_last = channels_last
-        self.forward = AutocastInferer(enabled=mixed_precision)
+        self.run_network = AutocastInferer(enabled=mixed_precision)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         if self.channels_last and inputs.dim() == 5:
             network = network.to(memory_format=torch.channels_last_3d)
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         if self.iterations == 0:
-            return self.forward(inputs, network, *args, **kwargs).contiguous()
+            return self.run_network(inputs, network, *args, **kwargs).contiguous()
         if isinstance(network, torch.jit.ScriptModule):
             raise ValueError(
                 "pair optimisation trains the network's training-mode outputs, which a TorchScript export does not "
@@ -57,10 +57,10 @@ class PairOptimisationInferer(Inferer):
         with torch.enable_grad():
             for _ in range(self.iterations):
                 optimizer.zero_grad(set_to_none=True)
-                self.loss(self.forward(inputs, model, *args, **kwargs), inputs).backward()
+                self.loss(self.run_network(inputs, model, *args, **kwargs), inputs).backward()
                 optimizer.step()
         with torch.no_grad():
-            fields = self.forward(inputs, model, *args, **kwargs)
+            fields = self.run_network(inputs, model, *args, **kwargs)
         finest = fields[0] if isinstance(fields, (list, tuple)) else fields
         return finest.contiguous()
 
