@@ -13,7 +13,14 @@ from conftest import ROOT
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import load_nifti, save_nifti
 from regplugins.metrics import rigid_errors
-from regplugins.rigid import grid_centre_lps, ras_to_lps, rigid_matrix, symmetry_frame, write_ground_truth
+from regplugins.rigid import (
+    grid_centre_lps,
+    ras_to_lps,
+    rigid_matrix,
+    settle_moving_frame,
+    symmetry_frame,
+    write_ground_truth,
+)
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 # the synthetic pair of the registration tests: its head's principal axes come out alike in CT and
@@ -102,6 +109,30 @@ def test_ground_truth_recovers_a_known_rigid_motion_of_a_synthetic_head(head_pai
     record = json.loads((out / "rigid.json").read_text())
     assert record["method"] == "groundtruth" and record["symmetry_alignment"] is True
     assert np.allclose(record["center_mm"], head_pair["centre_lps"], atol=1e-3)
+
+
+def _settled_frames(head_pair, turn_moving_frame: np.ndarray):
+    """The pair's fixed frame, and the moving frame settled from its symmetry frame turned by ``turn_moving_frame``."""
+    import itk
+
+    fixed, moving = (itk.imread(head_pair[key], itk.F) for key in ("fixed", "moving"))
+    fixed_frame = symmetry_frame(fixed)
+    return fixed_frame, settle_moving_frame(fixed, fixed_frame, moving, symmetry_frame(moving) @ turn_moving_frame)
+
+
+def test_settling_the_moving_frame_undoes_any_order_of_its_axes(head_pair):
+    """CT and MR clouds of a nearly spherical head can order their principal axes differently; the settled frame follows the head."""
+    cyclic = np.eye(4)[[1, 2, 0, 3]]  # axes (x, y, z) relabelled (y, z, x): a proper rotation no sign flip undoes
+    fixed_frame, settled = _settled_frames(head_pair, cyclic)
+    # the moving head is the fixed head moved by the true motion, so its frame is the motion applied to the fixed frame
+    assert _rotation_angle_deg(settled, head_pair["true_lps"] @ fixed_frame) < 2.0
+
+
+def test_settling_falls_back_to_the_fixed_axes_when_no_relabelling_of_the_moving_frame_fits(head_pair):
+    """A principal frame turned 45 degrees off the head (ill-defined axes) loses to "the heads turned alike", which starts the registration as the plain run does."""
+    turned = rigid_matrix([45.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    fixed_frame, settled = _settled_frames(head_pair, turned)
+    assert np.allclose(settled[:3, :3], fixed_frame[:3, :3])
 
 
 def test_written_tfm_maps_points_as_the_returned_matrix_and_the_warped_ct_lies_on_the_fixed_head(head_pair, written):

@@ -12,4 +12,4 @@ from .parameters import (
     rigid_parameters,
     write_rigid_files,
 )
-from .groundtruth import generate_ground_truth, symmetry_frame, write_ground_truth
+from .groundtruth import generate_ground_truth, settle_moving_frame, symmetry_frame, write_ground_truth

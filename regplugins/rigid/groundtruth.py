@@ -21,10 +21,17 @@ import numpy as np
 
 from .parameters import write_rigid_files
 
-__all__ = ["symmetry_frame", "generate_ground_truth", "write_ground_truth"]
+__all__ = ["symmetry_frame", "settle_moving_frame", "generate_ground_truth", "write_ground_truth"]
 
-# the sign flips of the three principal axes that keep a proper rotation (determinant +1)
-_PROPER_SIGNS = [np.array(s, dtype=np.float64) for s in itertools.product((1, -1), repeat=3) if np.prod(s) > 0]
+# The 24 ways to relabel a frame's axes, with their signs, that keep it right-handed: the rotations
+# of a cube. Principal axes carry arbitrary signs, and on a nearly spherical head two variances are
+# close enough that CT and MR clouds of one head can order the axes differently.
+_AXIS_RELABELLINGS = [
+    np.diag([*signs, 1.0])[[*order, 3]]
+    for order in itertools.permutations(range(3))
+    for signs in itertools.product((1.0, -1.0), repeat=3)
+    if np.linalg.det(np.diag(signs)[list(order)]) > 0
+]
 
 
 def _read(image):
@@ -107,7 +114,7 @@ def symmetry_frame(image, spacing_mm: float | None = None) -> np.ndarray:
 
     The frame's origin is the mean of the head's point cloud and its axes are the cloud's principal
     components by decreasing variance, made right-handed; each axis keeps an arbitrary sign, which
-    :func:`generate_ground_truth` settles by similarity. ``image`` is a path or an ITK image;
+    :func:`settle_moving_frame` settles by similarity. ``image`` is a path or an ITK image;
     ``spacing_mm`` is the isotropic voxel size of the cloud (default the image's smallest spacing).
     The axes are only as well defined as the head is elongated: two close variances leave the
     frame free to turn about the third axis.
@@ -220,6 +227,23 @@ def _register(
     return _euler_matrix(transform)
 
 
+def settle_moving_frame(fixed, fixed_frame: np.ndarray, moving, moving_frame: np.ndarray, histogram_bins: int = 50) -> np.ndarray:
+    """The candidate frame of ``moving`` whose aligned image is most similar (Mattes MI) to ``fixed`` aligned by ``fixed_frame``.
+
+    The candidates are ``moving_frame`` with its axes relabelled in each of the 24 right-handed
+    ways, which settles the axes' signs and, where two principal variances are close, their order;
+    and the fixed frame's axes moved to the moving cloud's mean, which assumes the two heads turned
+    alike and keeps a nearly spherical head, whose axes are ill-defined, from starting the
+    registration further off than the plain run does. The frames are :func:`symmetry_frame`'s
+    matrices, the images float ITK images.
+    """
+    fixed_aligned = _in_frame(fixed, fixed_frame)
+    relabelled = [moving_frame @ relabelling for relabelling in _AXIS_RELABELLINGS]
+    unturned = fixed_frame.copy()
+    unturned[:3, 3] = moving_frame[:3, 3]
+    return min([*relabelled, unturned], key=lambda frame: _mattes_value(fixed_aligned, _in_frame(moving, frame), histogram_bins))
+
+
 def generate_ground_truth(
     fixed_path,
     moving_path,
@@ -237,11 +261,11 @@ def generate_ground_truth(
 ) -> np.ndarray:
     """The rigid 4x4 matrix (LPS mm) mapping a fixed physical point to the moving one, as the paper generates it.
 
-    With ``symmetry`` each image is taken to its :func:`symmetry_frame` (the moving frame with the
-    sign flips of its axes, among the four proper ones, whose aligned image is most similar to the
-    aligned fixed image), the aligned images are registered from the identity about their common
-    origin, the clouds' mean, and ``T_reg`` is composed as ``S_mov T_reg S_fix^-1`` (the pull form
-    of the paper's push ``T_fix^-1 T_reg T_mov``, with ``S = T^-1`` the frame-to-image matrices).
+    With ``symmetry`` each image is taken to its :func:`symmetry_frame` (for the moving image, the
+    candidate of :func:`settle_moving_frame` most similar to the aligned fixed image), the aligned
+    images are registered from the identity about their common origin, the clouds' mean, and
+    ``T_reg`` is composed as ``S_mov T_reg S_fix^-1`` (the pull form of the paper's push
+    ``T_fix^-1 T_reg T_mov``, with ``S = T^-1`` the frame-to-image matrices).
     Without it the original images are registered directly from the identity about the fixed
     grid's centre, as plain intensity-based registration starts: the paper's comparison.
 
@@ -263,11 +287,9 @@ def generate_ground_truth(
     )
     if not symmetry:
         return _register(fixed, moving, center_mm=_grid_centre(fixed), **settings)
-    fixed_frame, moving_frame = _principal_frame(fixed_points), symmetry_frame(moving, spacing_mm)
-    fixed_aligned = _in_frame(fixed, fixed_frame)
-    candidates = [moving_frame @ np.diag([*signs, 1.0]) for signs in _PROPER_SIGNS]
-    moving_frame = min(candidates, key=lambda frame: _mattes_value(fixed_aligned, _in_frame(moving, frame), histogram_bins))
-    registered = _register(fixed_aligned, _in_frame(moving, moving_frame), center_mm=np.zeros(3), **settings)
+    fixed_frame = _principal_frame(fixed_points)
+    moving_frame = settle_moving_frame(fixed, fixed_frame, moving, symmetry_frame(moving, spacing_mm), histogram_bins)
+    registered = _register(_in_frame(fixed, fixed_frame), _in_frame(moving, moving_frame), center_mm=np.zeros(3), **settings)
     return moving_frame @ registered @ np.linalg.inv(fixed_frame)
 
 
