@@ -27,10 +27,10 @@ __all__ = ["symmetry_frame", "settle_moving_frame", "generate_ground_truth", "wr
 # of a cube. Principal axes carry arbitrary signs, and on a nearly spherical head two variances are
 # close enough that CT and MR clouds of one head can order the axes differently.
 _AXIS_RELABELLINGS = [
-    np.diag([*signs, 1.0])[[*order, 3]]
+    relabelling
     for order in itertools.permutations(range(3))
     for signs in itertools.product((1.0, -1.0), repeat=3)
-    if np.linalg.det(np.diag(signs)[list(order)]) > 0
+    if np.linalg.det(relabelling := np.diag([*signs, 1.0])[[*order, 3]]) > 0
 ]
 
 
