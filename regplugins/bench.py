@@ -29,6 +29,8 @@ SYNTHETIC_SETS = {
     "ct_t1": {"modalities": ("ct", "t1")},
     "t1_t2": {"modalities": ("t1", "t2")},
     "rigid": {"modalities": ("ct", "t1"), "deformation_mm": 0.0},
+    # rigid pairs of MNI152 heads, one subject per seed: heads that share an anatomy, as real ones do
+    "rigid_mni152": {"modalities": ("ct", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0},
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
     "t1_t2_affine": {"modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1},
 }

@@ -26,17 +26,21 @@ def synth(
     rotation_deg: float = 5.0,
     translation_mm: float = 5.0,
     deformation_mm: float = 3.0,
+    anatomy: str = "generated",
+    subject_deformation_mm: float = 0.0,
 ) -> str:
     """Write N synthetic pairs (moving, fixed modality) as NIfTI files and OUT/datalist.json.
 
     --moving_grid random gives the moving image another orientation, spacing and size;
-    --deformation_mm 0 makes rigid-only pairs.
+    --deformation_mm 0 makes rigid-only pairs; --anatomy mni152 draws every head from the MNI152
+    template (nilearn), one subject per seed with --subject_deformation_mm above 0.
     """
     from regplugins.data import write_synthetic_set
 
     datalist = write_synthetic_set(
         out, n=n, shape=_ints(shape), modalities=_names(modalities), seed=seed, spacing=spacing, moving_grid=moving_grid,
         rotation_deg=rotation_deg, translation_mm=translation_mm, deformation_mm=deformation_mm,
+        anatomy=anatomy, subject_deformation_mm=subject_deformation_mm,
     )
     return str(datalist)
 
@@ -61,7 +65,7 @@ def bench(
     """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json, OUT/results.md and PNG plots.
 
     --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
-    held-out synthetic set of --kind ct_t1, t1_t2 or rigid (--n pairs of --shape voxels at 1.5 mm).
+    held-out synthetic set of --kind ct_t1, t1_t2, rigid, rigid_mni152 or t1_t2_affine (--n pairs of --shape voxels at 1.5 mm).
     Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra), and the
     rigid head paper's ground-truth generation, groundtruth and groundtruth_nosym (without its symmetry alignment).
     A bundle may carry config overrides as a row of its own: fcn_multires_selfsup_reg:prealign=none.

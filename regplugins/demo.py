@@ -16,24 +16,10 @@ import torch
 
 from regplugins.bundles import bundle_root
 from regplugins.data import SyntheticPairGenerator, write_synthetic_set
+from regplugins.data.anatomy import BRAIN_TISSUES, mni152_brain
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
 from regplugins.metrics import label_overlap
 from regplugins.plots import on_fixed_grid, save_slice_panels
-
-DEMO_TISSUES = {0: "background", 1: "csf", 2: "grey_matter", 3: "white_matter"}
-
-
-def mni_tissue_labels():
-    """MNI152 T1 (2 mm), its affine, and a CSF/grey/white label map from nilearn's tissue maps."""
-    from nilearn import datasets
-
-    template = datasets.load_mni152_template(resolution=2)
-    grey = datasets.load_mni152_gm_template(resolution=2).get_fdata()
-    white = datasets.load_mni152_wm_template(resolution=2).get_fdata()
-    mask = datasets.load_mni152_brain_mask(resolution=2).get_fdata() > 0.5
-    csf = np.clip(1.0 - grey - white, 0.0, None)
-    labels = (np.argmax(np.stack([csf, grey, white]), axis=0) + 1) * mask
-    return template.get_fdata().astype(np.float32), template.affine, labels.astype(np.int16)
 
 
 def build_demo_pair(out: str | Path, seed: int = 0) -> dict:
@@ -41,7 +27,7 @@ def build_demo_pair(out: str | Path, seed: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        t1, affine, labels = mni_tissue_labels()
+        t1, affine, labels = mni152_brain()
     except ImportError:
         datalist = write_synthetic_set(out, n=1, shape=(96, 96, 96), modalities=("ct", "t1"), seed=seed, moving_grid="same")
         import json
@@ -53,7 +39,7 @@ def build_demo_pair(out: str | Path, seed: int = 0) -> dict:
     generator = SyntheticPairGenerator(
         labels=torch.from_numpy(labels.astype(np.int64))[None],
         labels_affine=torch.as_tensor(affine),
-        tissue_of_label=DEMO_TISSUES,
+        tissue_of_label=BRAIN_TISSUES,
         modalities=("ct", "t1"),
         rotation_deg=4.0,
         translation_mm=4.0,

@@ -114,3 +114,29 @@ def test_intensity_spread_zero_gives_every_pair_one_protocols_contrast():
     assert np.abs(skull_90th_percentile(0.0) - 950).max() < 60
     with pytest.raises(ValueError, match="intensity_spread"):
         SyntheticPairGenerator(intensity_spread=1.5)
+
+
+def test_mni152_anatomy_is_one_head_and_a_subject_deformation_makes_one_subject_per_seed():
+    from regplugins.data.anatomy import HEAD_TISSUES
+
+    args = dict(shape=(48, 48, 48), spacing=5.0, anatomy="mni152", rotation_deg=0.0, translation_mm=0.0, deformation_mm=0.0)
+    template = SyntheticPairGenerator(**args)
+    head = template(0)["fixed_label"][0]
+    assert torch.equal(head, template(1)["fixed_label"][0])  # every seed: the same head
+    assert set(head.unique().long().tolist()) == set(HEAD_TISSUES)
+    # centred on the grid, in the template's orientation: longer front to back (y) than left to right (x)
+    inside = torch.nonzero(head > 0).float()
+    low, high = inside.min(0).values, inside.max(0).values
+    assert torch.allclose((low + high) / 2, torch.full((3,), 23.5), atol=1.0)
+    assert (high - low)[1] > (high - low)[0]
+    pair = template(0)
+    skull = pair["moving_label"][0] == {tissue: label for label, tissue in HEAD_TISSUES.items()}["bone"]
+    assert pair["moving"][0][skull].median() > 300  # the added skull is bone in the CT
+
+    subjects = SyntheticPairGenerator(**args, subject_deformation_mm=4.0, deformation_scale_mm=48.0)
+    first, second = subjects(0), subjects(1)
+    assert torch.equal(first["moving_label"], first["fixed_label"])  # a pair without motion stays aligned
+    assert not torch.equal(first["fixed_label"], second["fixed_label"])
+    spacing = np.full(3, 5.0)
+    overlap = label_overlap(first["fixed_label"][0].numpy(), head.numpy(), spacing)
+    assert 0.6 < np.mean([v["dice"] for v in overlap.values()]) < 0.99  # the same anatomy, another subject

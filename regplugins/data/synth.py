@@ -1,12 +1,14 @@
 """Synthetic multi-modal registration pairs with known deformations, in the spirit of SynthMorph.
 
-A random head-like label map (scalp, skull, CSF rim and random interior structures, or the
-user's own label map) gets a tissue class per label; each modality draws one mean intensity per
-label from its tissue's range (CT in Hounsfield units, MR in arbitrary units) and adds texture,
-partial-volume blur, bias field, gamma and noise. The moving anatomy is the fixed one seen
-through a random rigid (or, with ``scaling``, affine) motion composed with a diffeomorphism (a
-stationary velocity field integrated by scaling and squaring), so the true field, both label maps and the same anatomy in
-every modality on both grids come with each pair.
+A head-like label map (a random one per seed: scalp, skull, CSF rim and random interior
+structures; or the MNI152 head of :mod:`regplugins.data.anatomy`, optionally deformed into one
+subject per seed; or the user's own label map) gets a tissue class per label; each modality
+draws one mean intensity per label from its tissue's range (CT in Hounsfield units, MR in
+arbitrary units) and adds texture, partial-volume blur, bias field, gamma and noise. The moving
+anatomy is the fixed one seen through a random rigid (or, with ``scaling``, affine) motion
+composed with a diffeomorphism (a stationary velocity field integrated by scaling and
+squaring), so the true field, both label maps and the same anatomy in every modality on both
+grids come with each pair.
 
 All geometry is physical: each grid has its own ``(N + 1, N + 1)`` voxel-to-world (RAS) affine,
 and the true field is the contract's ``ddf``: world point ``x`` of the fixed grid corresponds
@@ -27,6 +29,8 @@ from monai.networks.blocks import DVF2DDF
 from monai.transforms import Transform
 
 from regplugins.layers import apply_affine, sample, voxel_grid
+
+from .anatomy import HEAD_TISSUES, mni152_head_labels
 
 __all__ = ["TISSUES", "INTENSITY_RANGES", "SyntheticPairGenerator", "SynthesizePaird", "synthesize_image", "grid_affine"]
 
@@ -164,9 +168,15 @@ class SyntheticPairGenerator:
             from, centred on the range's middle. 1 (the default) varies contrast from pair to
             pair as different scanners and protocols do; near 0 every pair has one protocol's
             contrast, as in a study that scanned every subject alike (FIRE's training data).
+        anatomy: ``"generated"``, a random head per seed, or ``"mni152"``: the MNI152 head
+            (:func:`regplugins.data.anatomy.mni152_head_labels`, needs nilearn) on the fixed grid,
+            one anatomy that every pair shares as real heads do.
+        subject_deformation_mm: standard deviation of a random diffeomorphism (at
+            ``deformation_scale_mm``) applied to the anatomy before the pair is made: with the
+            ``"mni152"`` anatomy or a user's label map, one subject per seed; 0 keeps it as is.
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
-            affine and the tissue name of each label, instead of the generated head; ``shape``
-            and ``spacing`` are then taken from it.
+            affine and the tissue name of each label, instead of ``anatomy``; ``shape`` and
+            ``spacing`` are then taken from it.
     """
 
     def __init__(
@@ -184,6 +194,8 @@ class SyntheticPairGenerator:
         deformation_scale_mm: float = 32.0,
         moving_grid: str = "same",
         intensity_spread: float = 1.0,
+        anatomy: str = "generated",
+        subject_deformation_mm: float = 0.0,
         labels: torch.Tensor | None = None,
         labels_affine: torch.Tensor | None = None,
         tissue_of_label: dict[int, str] | None = None,
@@ -198,6 +210,8 @@ class SyntheticPairGenerator:
             raise ValueError(f'moving_grid must be "same" or "random", got "{moving_grid}".')
         if not 0.0 <= intensity_spread <= 1.0:
             raise ValueError(f"intensity_spread must lie in [0, 1], got {intensity_spread}.")
+        if anatomy not in ("generated", "mni152"):
+            raise ValueError(f'anatomy must be "generated" or "mni152", got "{anatomy}".')
         if labels is not None:
             if labels_affine is None or tissue_of_label is None:
                 raise ValueError("a user label map needs labels_affine and tissue_of_label as well.")
@@ -214,8 +228,11 @@ class SyntheticPairGenerator:
         self.rotation_deg, self.translation_mm, self.scaling = rotation_deg, translation_mm, scaling
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
         self.moving_grid, self.intensity_spread = moving_grid, intensity_spread
-        self.user_labels, self.tissue_of_label = labels, tissue_of_label
+        self.subject_deformation_mm = subject_deformation_mm
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
+        if labels is None and anatomy == "mni152":
+            labels, tissue_of_label = mni152_head_labels(self.shape, spacing), HEAD_TISSUES
+        self.user_labels, self.tissue_of_label = labels, tissue_of_label
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
 
     # -- anatomy --------------------------------------------------------------------------
@@ -248,7 +265,7 @@ class SyntheticPairGenerator:
         return labels.unsqueeze(0), tissues
 
     # -- geometry --------------------------------------------------------------------------
-    def _displacements(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _displacements(self, generator: torch.Generator, deformation_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Voxel DDFs ``(1, N, *shape)`` of a random diffeomorphism on the fixed grid and of its inverse.
 
         The velocity field is integrated at half resolution (it is smooth at the scale of its
@@ -258,7 +275,7 @@ class SyntheticPairGenerator:
         half = [max(4, s // 2) for s in self.shape]
         voxel_size = torch.tensor([p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32)
         scale = self.deformation_scale_mm / voxel_size.min().item()
-        velocity = self.deformation_mm * _smooth_noise(half, scale, generator, channels=n)
+        velocity = deformation_mm * _smooth_noise(half, scale, generator, channels=n)
         velocity = (velocity / voxel_size.view(n, *([1] * n))).unsqueeze(0)
         mode = "bilinear" if n == 2 else "trilinear"
         factor = torch.tensor([s / h for s, h in zip(self.shape, half)]).view(1, n, *([1] * n))
@@ -315,7 +332,11 @@ class SyntheticPairGenerator:
             moving_modality, fixed_modality = fixed_modality, moving_modality
 
         n = self.spatial_dims
-        forward, backward = self._displacements(generator)
+        if self.subject_deformation_mm:  # drawn only when asked for, so other sets keep their seeds' pairs
+            subject, _ = self._displacements(generator, self.subject_deformation_mm)
+            subject_points = voxel_grid(self.shape).unsqueeze(0) + subject
+            fixed_labels = sample(fixed_labels[None].float(), subject_points, mode="nearest")[0].long()
+        forward, backward = self._displacements(generator, self.deformation_mm)
         motion = self._global_motion(generator)
         moving_affine, moving_shape = self._moving_geometry(generator)
 
