@@ -3,6 +3,7 @@ classifier and its choice of roles, and the contract run with ``rigid.tfm`` and 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import nibabel as nib
@@ -125,7 +126,8 @@ def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tm
 
 
 def test_shipped_classifier_separates_ct_from_mr():
-    """Held-out synthetic heads (seeds the training never drew), CT and T1/T2/PD MR, normalised as at inference."""
+    """Held-out synthetic heads (seeds the training never drew), generated and MNI152 ones, CT and T1/T2/PD MR,
+    normalised as at inference."""
     from monai.bundle import ConfigParser
 
     from regplugins.data import SyntheticPairGenerator
@@ -139,8 +141,11 @@ def test_shipped_classifier_separates_ct_from_mr():
     classifier.eval()
     shape, spacing = parser.get_parsed_content("working_shape"), parser.get_parsed_content("working_spacing")
     images, classes = [], []
-    for seed, mr in enumerate(("t1", "t2", "pd")):
-        pair = SyntheticPairGenerator(shape=shape, spacing=spacing[0], modalities=("ct", mr), deformation_mm=0.0)(3_000_000 + seed)
+    heads = {"generated": {}, "mni152": {"subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0}}
+    for seed, (anatomy, mr) in enumerate(itertools.product(heads, ("t1", "t2", "pd"))):
+        generator = SyntheticPairGenerator(shape=shape, spacing=spacing[0], modalities=("ct", mr), deformation_mm=0.0, anatomy=anatomy,
+                                           **heads[anatomy])
+        pair = generator(3_000_000 + seed)
         pair = NormalizeModalityd(keys=["moving", "fixed"])(pair)
         images += [pair["moving"], pair["fixed"]]
         classes += [0, 1]
