@@ -140,3 +140,5 @@ def test_mni152_anatomy_is_one_head_and_a_subject_deformation_makes_one_subject_
     spacing = np.full(3, 5.0)
     overlap = label_overlap(first["fixed_label"][0].numpy(), head.numpy(), spacing)
     assert 0.6 < np.mean([v["dice"] for v in overlap.values()]) < 0.99  # the same anatomy, another subject
+    with pytest.raises(ValueError, match="3D head"):
+        SyntheticPairGenerator(shape=(64, 64), anatomy="mni152")

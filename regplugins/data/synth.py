@@ -221,6 +221,8 @@ class SyntheticPairGenerator:
         self.spatial_dims = len(self.shape)
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"shape must have 2 or 3 axes, got {self.shape}.")
+        if anatomy == "mni152" and self.spatial_dims != 3:
+            raise ValueError(f"the mni152 anatomy is a 3D head; shape {self.shape} has {self.spatial_dims} axes.")
         spacing = [float(spacing)] * self.spatial_dims if isinstance(spacing, (int, float)) else list(spacing)
         self.spacing = spacing
         self.modalities, self.random_direction = modalities, random_direction
