@@ -205,3 +205,25 @@ def test_saver_inverts_a_swapped_pair_back_into_the_users_order(rigid_pairs, tmp
         assert np.allclose(records[swapped]["matrix"], np.linalg.inv(expected) if swapped else expected, atol=1e-6)
         assert records[swapped]["auto_order"]["swapped"] == swapped
     assert records[True]["auto_order"]["ct_image"] == pair["fixed"] and records[True]["auto_order"]["mr_image"] == pair["moving"]
+
+
+def test_shipped_regressor_recovers_the_motion_of_held_out_mni152_heads():
+    """Validation pairs of train.json from heads no training drew: both heads far below the identity's error."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(RIGID / "configs" / "train.json"))
+    parser.update({"bundle_root": str(RIGID), "device": "cpu", "num_workers": 0, "num_train_pairs": 3_000_000, "num_val_pairs": 6,
+                   "validation_augmentations": 1})
+    batch = [parser.get_parsed_content("validate#dataset")[i] for i in range(6)]
+    images, truth = torch.stack([torch.as_tensor(item["image"]) for item in batch]), torch.stack([item["label"] for item in batch])
+    state = torch.load(RIGID / "models" / "model.pt", map_location="cpu")
+    identity_rmse = truth.square().mean().sqrt()
+    for head in ("regression", "ann"):
+        parser["network_def"]["head"] = head
+        network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
+        network.load_state_dict(state)
+        network.eval()
+        with torch.no_grad():
+            rmse = (network(images) - truth).square().mean().sqrt()
+        assert rmse < 0.3 * identity_rmse, (head, rmse, identity_rmse)
