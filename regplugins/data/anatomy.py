@@ -42,40 +42,37 @@ def mni152_brain() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
-def _head_on_template_grid(csf_mm: float, skull_mm: float, scalp_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    """The brain labels with the three shells, on the template's grid padded to hold them, and its affine."""
+def _centred_head(csf_mm: float, skull_mm: float, scalp_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The brain labels with the three shells on the template's grid, padded to hold them, and that
+    grid's affine moved so that the head's bounding box is centred on the world origin."""
     from scipy.ndimage import distance_transform_edt
 
     _, affine, brain = mni152_brain()
     spacing = np.abs(np.diag(affine)[:3])
     pad = int(np.ceil((csf_mm + skull_mm + scalp_mm) / spacing.min())) + 1
     brain = np.pad(brain, pad)
-    affine = affine.copy()
-    affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
     distance_mm = distance_transform_edt(brain == 0, sampling=spacing)
     head = brain.astype(np.int64)
     outside = head == 0
     head[outside & (distance_mm <= csf_mm + skull_mm + scalp_mm)] = 5
     head[outside & (distance_mm <= csf_mm + skull_mm)] = 4
     head[outside & (distance_mm <= csf_mm)] = 1
-    return head, affine
+    inside = np.argwhere(head > 0)
+    centred = affine.copy()
+    centred[:3, 3] = -affine[:3, :3] @ ((inside.min(0) + inside.max(0)) / 2.0)
+    return torch.from_numpy(head)[None, None].float(), torch.from_numpy(centred)
 
 
 def mni152_head_labels(
-    shape: Sequence[int], spacing: Sequence[float], csf_mm: float = 2.0, skull_mm: float = 6.0, scalp_mm: float = 5.0
+    shape: Sequence[int], affine: torch.Tensor, csf_mm: float = 2.0, skull_mm: float = 6.0, scalp_mm: float = 5.0
 ) -> torch.Tensor:
-    """The MNI152 head's labels (:data:`HEAD_TISSUES`) on the grid ``grid_affine(spacing, shape)``, ``(1, *shape)``.
+    """The MNI152 head's labels (:data:`HEAD_TISSUES`) on the grid of ``shape`` and ``affine``, ``(1, *shape)``.
 
-    The head is centred on the grid (the centre of its bounding box at the world origin) in its
-    template orientation (RAS), and sampled by nearest neighbour.
+    The head's bounding box is centred on the world origin (a grid made by
+    :func:`~regplugins.data.grid_affine` is centred there too), in its template orientation
+    (RAS), sampled by nearest neighbour.
     """
-    from .synth import grid_affine
-
-    head, affine = _head_on_template_grid(float(csf_mm), float(skull_mm), float(scalp_mm))
-    inside = np.argwhere(head > 0)
-    centre = affine[:3, :3] @ ((inside.min(0) + inside.max(0)) / 2.0) + affine[:3, 3]
-    template_affine = torch.from_numpy(affine)
-    template_affine[:3, 3] -= torch.from_numpy(centre)
-    to_template_voxel = torch.linalg.inv(template_affine) @ grid_affine(spacing, shape)
-    points = apply_affine(to_template_voxel, voxel_grid(shape, dtype=torch.float64)).float().unsqueeze(0)
-    return sample(torch.from_numpy(head)[None, None].float(), points, mode="nearest")[0].long()
+    head, head_affine = _centred_head(float(csf_mm), float(skull_mm), float(scalp_mm))
+    to_head_voxel = torch.linalg.inv(head_affine) @ affine.double()
+    points = apply_affine(to_head_voxel, voxel_grid(shape, dtype=torch.float64)).float().unsqueeze(0)
+    return sample(head, points, mode="nearest")[0].long()

@@ -233,7 +233,7 @@ class SyntheticPairGenerator:
         self.subject_deformation_mm = subject_deformation_mm
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
         if labels is None and anatomy == "mni152":
-            labels, tissue_of_label = mni152_head_labels(self.shape, spacing), HEAD_TISSUES
+            labels, tissue_of_label = mni152_head_labels(self.shape, self.fixed_affine), HEAD_TISSUES
         self.user_labels, self.tissue_of_label = labels, tissue_of_label
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
 
