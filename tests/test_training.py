@@ -28,6 +28,29 @@ def test_train_config_runs_and_saves_a_checkpoint_the_inference_network_loads(bu
     parser.get_parsed_content("network_def").load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
 
 
+@pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg"])
+def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_path):
+    """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself."""
+
+    def datasets(cache_dir):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
+        parser.update({"working_shape": [16, 16, 16], "working_spacing": 8.0, "num_train_pairs": 3, "num_val_pairs": 1,
+                       "num_workers": 0, "cache_dir": cache_dir})
+        return parser.get_parsed_content("validate#dataset"), parser.get_parsed_content("train#dataset")
+
+    in_memory, _ = datasets(None)
+    on_disk, train_on_disk = datasets(str(tmp_path))
+    written, read_back = on_disk[0], on_disk[0]
+    for key, value in in_memory[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(torch.as_tensor(written[key]), torch.as_tensor(value)), key
+            assert torch.equal(torch.as_tensor(read_back[key]), torch.as_tensor(value)), key
+    for _ in train_on_disk:
+        pass
+    assert len(list(tmp_path.glob("*.pt"))) == 3 + 1
+
+
 def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
     configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json")])
     command = [

@@ -1,0 +1,29 @@
+"""Synthesise a bundle's training and validation pairs into its on-disk cache (`--cache_dir`) with
+every CPU core, once, so that several training runs of the same setting can share them.
+
+    python docs/experiments/fill_pair_cache.py BUNDLE_DIR CACHE_DIR '{"num_train_pairs": 192, ...}'
+"""
+
+import json
+import os
+import sys
+import time
+
+import torch
+from monai.bundle import ConfigParser
+
+
+def fill_pair_cache(bundle: str, cache_dir: str, overrides: dict) -> None:
+    parser = ConfigParser()
+    parser.read_config(f"{bundle}/configs/train.json")
+    parser.update({"bundle_root": bundle, "cache_dir": cache_dir, **overrides})
+    start = time.time()
+    for name in ("train#dataset", "validate#dataset"):
+        dataset = parser.get_parsed_content(name)
+        loader = torch.utils.data.DataLoader(dataset, num_workers=os.cpu_count(), collate_fn=len)
+        sum(loader)
+        print(f"{bundle} {name}: {len(dataset)} pairs cached in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    fill_pair_cache(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
