@@ -1,0 +1,125 @@
+"""Does ct_mr_dual_similarity_reg's loss lead to the true field, and how far has a network gone?
+
+On validation pairs of the train config's pipeline (seeds 1,000,000 on, labels resampled
+alongside the images), prints per pair: the mean length of the true residual field and, along
+the line from no field to 1.25 times the true one, the loss's two NCC terms over 24^3 blocks,
+its regulariser and the label Dice; then each given network's mean field length and Dice.
+``--train_steps N --optimisers sgd@0.01,adam@0.001`` first trains a network from scratch with
+each optimiser (momentum 0.9 for SGD) for N steps of the train config on a pair cache made by
+``fill_pair_cache.py``, and probes those networks too.
+
+    python docs/experiments/dual_similarity_field_probe.py --pairs 3 --working_spacing 2.0 [model.pt ...]
+"""
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+import monai
+import torch
+from monai.bundle import ConfigParser
+from monai.networks.blocks import Warp
+
+import regplugins
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_mr_dual_similarity_reg"
+KEYS = ["moving", "fixed", "moving_paired", "fixed_paired"]
+
+
+def validation_pairs(count: int, working_shape: int, working_spacing: float):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing})
+    synthesis = parser.get_parsed_content("validate#synthesis")
+    resample = monai.transforms.Compose([
+        regplugins.transforms.NormalizeModalityd(keys=KEYS),
+        regplugins.transforms.AntiAliasd(keys=KEYS, pixdim=working_spacing),
+        monai.transforms.Spacingd(keys=KEYS + ["moving_label", "fixed_label", "true_ddf"], pixdim=working_spacing,
+                                  mode=["bilinear"] * 4 + ["nearest"] * 2 + ["bilinear"]),
+    ])
+    for seed in range(1_000_000, 1_000_000 + count):
+        pair = resample(synthesis({"seed": seed}))
+        voxel_per_mm = torch.linalg.inv(torch.as_tensor(pair["fixed"].affine)[:3, :3].float())
+        pair["true_voxel_ddf"] = torch.einsum("ij,jxyz->ixyz", voxel_per_mm, pair["true_ddf"].as_tensor().float())[None]
+        pair["images"] = torch.cat([pair[k].as_tensor() for k in KEYS])[None].float()
+        yield seed, pair
+
+
+def label_dice(pair, ddf) -> float:
+    onehot = lambda labels: monai.networks.one_hot(labels.long(), 12)
+    warped = Warp(mode="nearest")(pair["moving_label"][None].float(), ddf)
+    metric = monai.metrics.DiceMetric(include_background=False)
+    metric(onehot(warped), onehot(pair["fixed_label"][None]))
+    return metric.aggregate().item()
+
+
+def blockwise_ncc(a, b, size: int = 24) -> float:
+    blocks = lambda x: x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
+    return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b)).item()
+
+
+def train_from_scratch(optimiser: str, steps: int, cache_dir: str, train_pairs: int, working_shape: int, working_spacing: float) -> str:
+    """Train the bundle's network with ``kind@learning_rate`` for ``steps`` steps; returns the checkpoint path."""
+    monai.utils.set_determinism(seed=0)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing, "cache_dir": cache_dir,
+                   "num_train_pairs": train_pairs, "num_workers": 1, "device": "cpu"})
+    network, loss_function = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
+    kind, learning_rate = optimiser.split("@")
+    if kind == "adam":
+        optimizer = torch.optim.Adam(network.parameters(), float(learning_rate))
+    else:
+        optimizer = torch.optim.SGD(network.parameters(), float(learning_rate), momentum=0.9)
+    start, losses = time.time(), []
+    for batch in itertools.islice(itertools.cycle(parser.get_parsed_content("train#dataloader")), steps):
+        inputs, target = regplugins.engines.prepare_paired_batch(batch, "cpu")
+        loss = loss_function(network(inputs), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print(f"{optimiser}: {steps} steps in {time.time() - start:.0f} s, mean loss of the last 50 {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    path = f"probe_{optimiser}.pt"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--working_shape", type=int, default=96)
+    parser.add_argument("--working_spacing", type=float, default=2.0)
+    parser.add_argument("--train_steps", type=int, default=0)
+    parser.add_argument("--optimisers", default="sgd@0.01,adam@0.001")
+    parser.add_argument("--cache_dir", default="pair_cache")
+    parser.add_argument("--train_pairs", type=int, default=24)
+    args = parser.parse_args()
+    if args.train_steps:
+        for optimiser in args.optimisers.split(","):
+            args.checkpoints.append(train_from_scratch(optimiser, args.train_steps, args.cache_dir, args.train_pairs,
+                                                       args.working_shape, args.working_spacing))
+    regulariser = regplugins.losses.LaplacianRegularizationLoss(l1=0.5, l2=0.01)
+    inferer = regplugins.inferers.ValidPatchInferer()
+    network = regplugins.networks.PatchRegistrationUNet()
+    for seed, pair in validation_pairs(args.pairs, args.working_shape, args.working_spacing):
+        images, truth = pair["images"], pair["true_voxel_ddf"]
+        print(f"pair {seed}: true field {truth.norm(dim=1).mean():.2f} voxels")
+        for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
+            ddf = alpha * truth
+            warped = Warp()(images[:, [0, 2]], ddf)
+            similarity = 0.5 * blockwise_ncc(warped[:, 1:2], images[:, 1:2]) + 0.5 * blockwise_ncc(warped[:, 0:1], images[:, 3:4])
+            penalty = regulariser(ddf).item()
+            print(f"  {alpha:.2f} x true field: NCC terms {similarity:.4f} + regulariser {penalty:.4f} = {similarity + penalty:.4f},"
+                  f" Dice {label_dice(pair, ddf):.4f}")
+        for checkpoint in args.checkpoints:
+            network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+            with torch.no_grad():
+                ddf = inferer(images[:, :2], network.eval())
+            print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.2f} voxels, Dice {label_dice(pair, ddf):.4f}")
+
+
+if __name__ == "__main__":
+    main()
