@@ -43,6 +43,22 @@ def test_itk_field_of_a_known_translation_moves_points_by_it(tmp_path):
     assert int(header["intent_code"]) == 1007 and header.get_data_shape() == (*shape, 1, 3)
 
 
+def test_itk_reads_a_2d_field_on_its_grid_with_its_lps_vectors(tmp_path):
+    import itk
+
+    affine = np.array([[0.0, -1.5, 10.0], [1.2, 0.0, -20.0], [0.0, 0.0, 1.0]])
+    field = np.random.default_rng(0).normal(size=(2, 5, 6)).astype(np.float32)
+    path = tmp_path / "ddf.nii.gz"
+    save_itk_displacement_field(path, field, affine)
+
+    image = itk.imread(str(path), pixel_type=itk.Vector[itk.F, 2])
+    assert np.allclose(np.array(image.GetOrigin()), [-10.0, 20.0])
+    assert np.allclose(np.array(image.GetSpacing()), [1.2, 1.5])
+    vectors = np.transpose(itk.array_from_image(image), (1, 0, 2))  # ITK indexes y, x
+    assert np.allclose(vectors, np.moveaxis(field, 0, -1) * [-1.0, -1.0], atol=1e-6)
+    assert np.allclose(load_itk_displacement_field(path)[0], field, atol=1e-6)
+
+
 def write_image(path, data, affine=np.eye(4)):
     save_nifti(path, np.asarray(data, dtype=np.float32), affine)
     return str(path)

@@ -105,17 +105,19 @@ def write_rigid_files(folder: str | Path, matrix_lps: np.ndarray, center_mm: Seq
     """Write the contract's ``rigid.tfm`` (an ITK Euler3DTransform) and ``rigid.json`` into ``folder``.
 
     ``matrix_lps`` maps a fixed LPS point to the moving one; ``details`` (e.g. the roles chosen by
-    the modality classifier and its probability) go into the JSON as they are.
+    the modality classifier and its probability) go into the JSON as they are. The ``.tfm`` is
+    ITK's text transform format, written directly (importing ITK takes seconds): the angles in
+    radians and the translation, then the centre and ITK's flag for the default X-Y-Z order,
+    each number in the shortest form that reads back exactly.
     """
-    import itk
-
     folder = Path(folder)
     angles, translation = rigid_parameters(matrix_lps, center_mm)
-    transform = itk.Euler3DTransform[itk.D].New()
-    transform.SetCenter([float(c) for c in center_mm])
-    transform.SetRotation(*(math.radians(a) for a in angles))
-    transform.SetTranslation([float(t) for t in translation])
-    itk.transformwrite([transform], str(folder / "rigid.tfm"))
+    parameters = [math.radians(a) for a in angles] + [float(t) for t in translation]
+    fixed_parameters = [float(c) for c in center_mm] + [0]
+    (folder / "rigid.tfm").write_text(
+        "#Insight Transform File V1.0\n#Transform 0\nTransform: Euler3DTransform_double_3_3\n"
+        f"Parameters: {' '.join(map(repr, parameters))}\nFixedParameters: {' '.join(map(repr, fixed_parameters))}\n"
+    )
     record = {
         "matrix": np.asarray(matrix_lps, dtype=np.float64).tolist(),
         "rotation_deg": [float(a) for a in angles],
