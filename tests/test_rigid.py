@@ -16,7 +16,7 @@ from conftest import ROOT, TINY, run_bundle
 from regplugins.data import grid_affine, write_synthetic_set
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.rigid import grid_centre_lps, ras_to_lps, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
-from regplugins.transforms import RandRigidMotiond
+from regplugins.transforms import RandHeadScaled, RandRigidMotiond
 
 RIGID = ROOT / "bundles" / "head_ct_mr_rigid_reg"
 
@@ -61,6 +61,32 @@ def test_random_rigid_motion_is_undone_by_its_parameters():
     inner = (slice(None), *(slice(6, -6),) * 3)
     assert torch.abs(back - fixed.as_tensor())[inner].max() < 0.05
     assert moved["label"].shape == (6,)
+
+
+def test_head_scale_keeps_the_grid_so_a_later_motion_moves_the_head_by_its_label():
+    """A 10% larger head, then a pure translation: the head moves by the label's mm on the working grid."""
+    from monai.transforms import RandZoomd
+
+    fixed = MetaTensor(torch.zeros(1, 40, 40, 40), affine=grid_affine([5.0] * 3, (40, 40, 40)))
+    fixed[:, 14:22, 16:24, 17:26] = 1.0
+    pair = {"fixed": fixed, "moving": fixed.clone()}
+    scaled = RandHeadScaled(keys=["fixed", "moving"], scale_range=(1.1, 1.1))(pair)
+    assert torch.equal(scaled["moving"].affine, fixed.affine)
+    assert scaled["moving"].sum() > 1.25 * fixed.sum()  # about 1.1^3 as much head
+    moved = RandRigidMotiond(keys="moving", parameters_key="label", max_rotation_deg=0.0).set_random_state(1)(scaled)
+    shift = (moved["moving"].affine.double()[:3, :3] @ (_centroid(moved["moving"]) - _centroid(moved["fixed"])).double()).norm()
+    assert abs(shift - moved["label"][3:].double().norm()) < 0.05
+    # MONAI's zoom rescales the grid instead: the same motion then moves the array 10% further
+    zoomed = RandZoomd(keys=["fixed", "moving"], prob=1.0, min_zoom=1.1, max_zoom=1.1, keep_size=True)(pair)
+    moved = RandRigidMotiond(keys="moving", parameters_key="label", max_rotation_deg=0.0).set_random_state(1)(zoomed)
+    shift_in_working_mm = 5.0 * (_centroid(moved["moving"]) - _centroid(moved["fixed"])).double().norm()
+    assert shift_in_working_mm > 1.05 * moved["label"][3:].double().norm()
+
+
+def _centroid(image) -> torch.Tensor:
+    weights = image[0].as_tensor() if isinstance(image, MetaTensor) else image[0]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in weights.shape), indexing="ij"))
+    return (grid * weights).flatten(1).sum(1) / weights.sum()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
 from regplugins.alignment import warp_affine
@@ -19,7 +19,29 @@ from regplugins.io import pair_output_name
 from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
 from regplugins.transforms.io import warp_native_images, write_registration_outputs
 
-__all__ = ["RandRigidMotiond", "OrderByModalityd", "SaveRigidRegistrationd"]
+__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "SaveRigidRegistrationd"]
+
+
+class RandHeadScaled(Randomizable, MapTransform):
+    """Scale the heads in ``keys`` by one random factor about the grid centre, keeping their grid.
+
+    Augments head size. MONAI's ``RandZoomd`` rescales the affine with the array (the same head on
+    a finer or coarser grid), so a motion drawn in mm after it moves the array by up to the zoom's
+    share more or fewer voxels than on the working grid, while the label stays in mm. Keeping the
+    affine makes the zoom a physically larger or smaller head, and the label exact.
+    """
+
+    def __init__(self, keys: KeysCollection, scale_range: tuple[float, float] = (0.9, 1.1), allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.scale_range = tuple(scale_range)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        zoom = Zoom(zoom=self.R.uniform(*self.scale_range), mode="bilinear", padding_mode="constant", keep_size=True)
+        for key in self.key_iterator(d):
+            scaled = zoom(d[key])
+            d[key] = MetaTensor(scaled.as_tensor(), affine=d[key].affine) if isinstance(d[key], MetaTensor) else scaled
+        return d
 
 
 class RandRigidMotiond(Randomizable, MapTransform):
