@@ -206,8 +206,7 @@ def save_itk_displacement_field(path: str | Path, field_ras: np.ndarray, affine:
     written with nibabel because importing ITK takes seconds, more than a whole registration.
     """
     n = field_ras.shape[0]
-    flip = RAS_TO_LPS[:n, :n] if n == 3 else np.diag([-1.0, -1.0])
-    field_lps = np.einsum("ij,j...->i...", flip, field_ras).astype(np.float32)
+    field_lps = np.einsum("ij,j...->i...", RAS_TO_LPS[:n, :n], field_ras).astype(np.float32)
     vectors = np.moveaxis(field_lps, 0, -1)
     vectors = vectors.reshape(*vectors.shape[:n], *([1] * (3 - n)), 1, n)
     affine = _as_3d_affine(np.asarray(affine, dtype=np.float64))
@@ -225,8 +224,7 @@ def load_itk_displacement_field(path: str | Path) -> tuple[np.ndarray, np.ndarra
     data = np.asanyarray(image.dataobj, dtype=np.float32)
     n = data.shape[-1]
     field_lps = np.moveaxis(data.reshape(*data.shape[:n], n), -1, 0)
-    flip = RAS_TO_LPS[:n, :n] if n == 3 else np.diag([-1.0, -1.0])
     affine = image.affine
     if n == 2:  # a 2D field is stored in a 3D header
         affine = np.delete(np.delete(affine, 2, axis=0), 2, axis=1)
-    return np.einsum("ij,j...->i...", flip, field_lps), affine
+    return np.einsum("ij,j...->i...", RAS_TO_LPS[:n, :n], field_lps), affine  # the flip is its own inverse
