@@ -1,7 +1,7 @@
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Spacingd
+from monai.transforms import GaussianSmooth, Spacingd
 
 from regplugins.transforms import AntiAliasd
 
@@ -29,3 +29,12 @@ def test_axes_already_coarse_are_left_alone_and_each_axis_takes_its_ras_target()
     permuted = torch.tensor([[0, 0, 1.0, 0], [0, -2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)
     sigma = AntiAliasd("image", pixdim=(3.0, 3.0, 6.0)).sigma(permuted)
     assert sigma == pytest.approx([35**0.5 / 2, 1.25**0.5 / 2, 8**0.5 / 2])
+
+
+def test_anti_aliasing_smooths_as_monai_gaussian_smooth_and_keeps_the_image_meta():
+    image = image_at((1.0, 2.0, 3.0), shape=(20, 18, 16))
+    smoothed = AntiAliasd("image", pixdim=3.0)({"image": image})["image"]
+    sigma = [8**0.5 / 2, 1.25**0.5 / 2, 0.0]  # the third axis is already at 3 mm
+    assert torch.allclose(smoothed, GaussianSmooth(sigma=sigma)(image), atol=1e-6)
+    assert not torch.equal(smoothed[..., 0], image[..., 0])
+    assert torch.equal(smoothed.affine, image.affine)

@@ -1,15 +1,17 @@
 """Layers that MONAI lacks for registration: field composition, affines, unit conversions, normalised fields,
-gradient maps and field fusion."""
+gradient maps, field fusion, and a fast Gaussian smoothing."""
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
 from .normalised import normalised_affine_flow, normalised_to_voxel, resize_normalised, warp_normalised
+from .smoothing import gaussian_smooth
 from .spatial import (
     affine_to_ddf,
     apply_affine,
     cached_warp,
     compose_ddf,
     ddf_to_physical,
+    physical_sample_points,
     resample_ddf,
     round_trip,
     sample,

@@ -27,6 +27,7 @@ __all__ = [
     "affine_to_ddf",
     "ddf_to_physical",
     "resample_ddf",
+    "physical_sample_points",
     "warp_physical",
 ]
 
@@ -51,8 +52,9 @@ def apply_affine(affine: torch.Tensor, points: torch.Tensor, channel_dim: int = 
     """Apply a homogeneous ``(N + 1, N + 1)`` matrix to points whose coordinates lie along ``channel_dim``."""
     n = affine.shape[0] - 1
     affine = affine.to(points)
-    moved = torch.movedim(points, channel_dim, -1) @ affine[:n, :n].T + affine[:n, n]
-    return torch.movedim(moved, -1, channel_dim)
+    channels_first = torch.movedim(points, channel_dim, 0)
+    moved = torch.addmm(affine[:n, n:], affine[:n, :n], channels_first.reshape(n, -1))  # one BLAS call
+    return torch.movedim(moved.reshape(channels_first.shape), 0, channel_dim)
 
 
 def sample(
@@ -126,6 +128,17 @@ def resample_ddf(
     return ddf_to_physical(voxel_displacement, source_affine)
 
 
+def physical_sample_points(field: torch.Tensor, field_affine: torch.Tensor, volume_affine: torch.Tensor) -> torch.Tensor:
+    """Voxel coordinates ``(B, N, *T)``, on the grid of ``volume_affine``, of the points ``x + field(x)``.
+
+    ``x`` runs over the world points of the field's grid (``field_affine``). Computed in double
+    precision; one set serves every volume that shares the grid, as an image and its labels do.
+    """
+    world = apply_affine(field_affine.double(), voxel_grid(field.shape[2:], device=field.device, dtype=torch.float64))
+    points = world.unsqueeze(0) + field.double()
+    return apply_affine(torch.linalg.inv(volume_affine.double()), points, channel_dim=1)
+
+
 def warp_physical(
     volume: torch.Tensor,
     volume_affine: torch.Tensor,
@@ -140,7 +153,5 @@ def warp_physical(
     outside by default, as ITK's resampler with a displacement field transform does; the two
     grids may differ in shape, spacing and orientation.
     """
-    world = apply_affine(field_affine.double(), voxel_grid(field.shape[2:], device=field.device, dtype=torch.float64))
-    points = world.unsqueeze(0) + field.double()
-    voxels = apply_affine(torch.linalg.inv(volume_affine.double()), points, channel_dim=1)
+    voxels = physical_sample_points(field, field_affine, volume_affine)
     return sample(volume, voxels.to(volume.dtype), mode=mode, padding_mode=padding_mode)

@@ -12,7 +12,7 @@ import torch
 from monai.transforms import MapTransform
 
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
-from regplugins.layers import resample_ddf, warp_physical
+from regplugins.layers import physical_sample_points, resample_ddf, sample
 from regplugins.rigid.parameters import write_rigid_files
 
 
@@ -63,11 +63,13 @@ def warp_native_images(
     sources = {"warped": (moving_path, "bilinear")}
     if moving_label_path:
         sources["warped_label"] = (moving_label_path, "nearest")
+    points = {}  # voxel coordinates per source grid: the labels usually share the image's
     for name, (path, mode) in sources.items():
         data, affine = load_nifti(path, spatial_dims)
-        volume = torch.from_numpy(data)[None, None]
-        warped = warp_physical(volume, torch.as_tensor(affine), torch.as_tensor(field)[None], torch.as_tensor(fixed_affine), mode=mode)
-        outputs[name] = warped[0, 0].numpy()
+        grid = (data.shape, affine.tobytes())
+        if grid not in points:
+            points[grid] = physical_sample_points(torch.as_tensor(field)[None], torch.as_tensor(fixed_affine), torch.as_tensor(affine)).float()
+        outputs[name] = sample(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 
 

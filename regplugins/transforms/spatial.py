@@ -8,11 +8,11 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import GaussianSmooth, MapTransform
-from monai.utils import convert_to_tensor, ensure_tuple_rep
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from regplugins.alignment import fit_affine, warp_affine
-from regplugins.layers import apply_affine, cached_warp, voxel_grid
+from regplugins.layers import apply_affine, cached_warp, gaussian_smooth, voxel_grid
 
 
 class AntiAliasd(MapTransform):
@@ -51,9 +51,11 @@ class AntiAliasd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            sigma = self.sigma(d[key].affine)
+            image = d[key]
+            sigma = self.sigma(image.affine)
             if any(sigma):
-                d[key] = GaussianSmooth(sigma=sigma)(d[key])
+                smoothed = gaussian_smooth(convert_to_tensor(image, dtype=torch.float32, track_meta=False), sigma)
+                d[key] = convert_to_dst_type(smoothed, dst=image, dtype=torch.float32)[0]
         return d
 
 
