@@ -154,8 +154,8 @@ def register_with_baseline(baseline: str, datalist: str, out: str) -> dict:
         else:
             field = _zero_field(pair)
         outputs = warp_native_images(field, pair["fixed"], pair["moving"], pair.get("moving_label"))
-        run_seconds += time.perf_counter() - start
         write_registration_outputs(Path(out) / pair_output_name(pair["moving"], pair["fixed"]), outputs, rigid=rigid)
+        run_seconds += time.perf_counter() - start
     return {"load_seconds": 0.0, "run_seconds": run_seconds}
 
 
