@@ -114,3 +114,27 @@ def test_bad_inputs_are_named_with_their_problem(tmp_path, good, problem, expect
     with pytest.raises(RegistrationInputError, match=expected) as error:
         check_registration_inputs([pair])
     assert str(error.value).startswith(pair["moving"] if problem in ("missing", "unreadable", "two_d") else str(bad))
+
+
+def test_labels_on_their_own_grid_are_warped_through_their_own_grid(tmp_path):
+    import torch
+
+    from regplugins.layers import warp_physical
+    from regplugins.transforms.io import warp_native_images
+
+    rng = np.random.default_rng(0)
+    fixed_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    save_nifti(tmp_path / "fixed.nii.gz", np.zeros((8, 9, 10)), fixed_affine)
+    image_affine, label_affine = OBLIQUE, np.diag([3.0, 3.0, 3.0, 1.0])
+    image, label = rng.random((12, 10, 9)), rng.integers(0, 4, (12, 10, 9))  # one shape, two grids
+    save_nifti(tmp_path / "moving.nii.gz", image, image_affine)
+    save_nifti(tmp_path / "label.nii.gz", label, label_affine, dtype=np.int32)
+    field = rng.normal(size=(3, 8, 9, 10)).astype(np.float32)
+
+    outputs = warp_native_images(field, str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), str(tmp_path / "label.nii.gz"))
+
+    for name, volume, affine, mode in (("warped", image, image_affine, "bilinear"), ("warped_label", label, label_affine, "nearest")):
+        alone = warp_physical(torch.tensor(volume, dtype=torch.float32)[None, None], torch.as_tensor(affine),
+                              torch.from_numpy(field)[None], torch.as_tensor(fixed_affine), mode=mode)
+        np.testing.assert_allclose(outputs[name], alone[0, 0].numpy(), atol=1e-5)
+    assert np.isin(outputs["warped_label"], np.arange(4)).all() and outputs["warped_label"].any()

@@ -63,12 +63,13 @@ def warp_native_images(
     sources = {"warped": (moving_path, "bilinear")}
     if moving_label_path:
         sources["warped_label"] = (moving_label_path, "nearest")
+    field_t, fixed_affine_t = torch.as_tensor(field)[None], torch.as_tensor(fixed_affine)
     points = {}  # voxel coordinates per source grid: the labels usually share the image's
     for name, (path, mode) in sources.items():
         data, affine = load_nifti(path, spatial_dims)
         grid = (data.shape, affine.tobytes())
         if grid not in points:
-            points[grid] = physical_sample_points(torch.as_tensor(field)[None], torch.as_tensor(fixed_affine), torch.as_tensor(affine)).float()
+            points[grid] = physical_sample_points(field_t, fixed_affine_t, torch.as_tensor(affine)).float()
         outputs[name] = sample(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 
