@@ -6,7 +6,9 @@ the line from no field to 1.25 times the true one, the loss's two NCC terms over
 its regulariser and the label Dice; then each given network's mean field length and Dice.
 ``--train_steps N --optimisers sgd@0.01,adam@0.001`` first trains a network from scratch with
 each optimiser (momentum 0.9 for SGD) for N steps of the train config on a pair cache made by
-``fill_pair_cache.py``, and probes those networks too.
+``fill_pair_cache.py``, and probes those networks too. ``--free_field_steps N`` also optimises a
+free field on each pair (no network) with Adam on the same loss, printing its loss, mean length,
+cosine with the true field and Dice as it goes: does the loss lead there from no field?
 
     python docs/experiments/dual_similarity_field_probe.py --pairs 3 --working_spacing 2.0 [model.pt ...]
 """
@@ -54,9 +56,33 @@ def label_dice(pair, ddf) -> float:
     return metric.aggregate().item()
 
 
-def blockwise_ncc(a, b, size: int = 24) -> float:
+def blockwise_ncc(a, b, size: int = 24) -> torch.Tensor:
     blocks = lambda x: x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
-    return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b)).item()
+    return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b))
+
+
+def probe_loss(images, ddf, regulariser) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundle's loss with NCC over 24^3 blocks of the whole image: its NCC terms and its regulariser."""
+    warped = Warp()(images[:, [0, 2]], ddf)
+    similarity = 0.5 * blockwise_ncc(warped[:, 1:2], images[:, 1:2]) + 0.5 * blockwise_ncc(warped[:, 0:1], images[:, 3:4])
+    return similarity, regulariser(ddf)
+
+
+def optimise_free_field(pair, steps: int, learning_rate: float, regulariser) -> None:
+    """Adam on a free voxel field from zero, with the probe's loss; prints how far it goes every 50 steps."""
+    images, truth = pair["images"], pair["true_voxel_ddf"]
+    ddf = torch.zeros_like(truth, requires_grad=True)
+    optimizer = torch.optim.Adam([ddf], lr=learning_rate)
+    for step in range(steps + 1):
+        loss = sum(probe_loss(images, ddf, regulariser))
+        if step % 50 == 0 or step == steps:
+            with torch.no_grad():
+                cosine = torch.nn.functional.cosine_similarity(ddf.flatten(), truth.flatten(), dim=0).item()
+                print(f"  free field, Adam at {learning_rate}, step {step}: loss {loss.item():.4f}, field {ddf.norm(dim=1).mean():.2f}"
+                      f" voxels, cosine with the true field {cosine:.2f}, Dice {label_dice(pair, ddf.detach()):.4f}", flush=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def train_from_scratch(optimiser: str, steps: int, cache_dir: str, train_pairs: int, working_shape: int, working_spacing: float) -> str:
@@ -96,6 +122,8 @@ def main():
     parser.add_argument("--optimisers", default="sgd@0.01,adam@0.001")
     parser.add_argument("--cache_dir", default="pair_cache")
     parser.add_argument("--train_pairs", type=int, default=24)
+    parser.add_argument("--free_field_steps", type=int, default=0)
+    parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
     args = parser.parse_args()
     if args.train_steps:
         for optimiser in args.optimisers.split(","):
@@ -109,9 +137,7 @@ def main():
         print(f"pair {seed}: true field {truth.norm(dim=1).mean():.2f} voxels")
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
             ddf = alpha * truth
-            warped = Warp()(images[:, [0, 2]], ddf)
-            similarity = 0.5 * blockwise_ncc(warped[:, 1:2], images[:, 1:2]) + 0.5 * blockwise_ncc(warped[:, 0:1], images[:, 3:4])
-            penalty = regulariser(ddf).item()
+            similarity, penalty = (term.item() for term in probe_loss(images, ddf, regulariser))
             print(f"  {alpha:.2f} x true field: NCC terms {similarity:.4f} + regulariser {penalty:.4f} = {similarity + penalty:.4f},"
                   f" Dice {label_dice(pair, ddf):.4f}")
         for checkpoint in args.checkpoints:
@@ -119,6 +145,8 @@ def main():
             with torch.no_grad():
                 ddf = inferer(images[:, :2], network.eval())
             print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.2f} voxels, Dice {label_dice(pair, ddf):.4f}")
+        if args.free_field_steps:
+            optimise_free_field(pair, args.free_field_steps, args.free_field_learning_rate, regulariser)
 
 
 if __name__ == "__main__":
