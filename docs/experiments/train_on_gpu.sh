@@ -41,7 +41,7 @@ train $GF average --fusion average --learning_rate 1e-4 &
 train $GF none --fusion none --learning_rate 1e-4 &
 train $GF gated_lr3e-4 --fusion gated --learning_rate 3e-4 &
 if (( DS_PAIRS > 0 )) && cache $DS "$DS_PAIRS"; then
-    ds_common=(--momentum 0.9 --early_stop_patience 1000 --lr_halving_epochs 8)
+    ds_common=(--momentum 0.9 --early_stop_patience 1000 --lr_halving_epochs 1000)  # as the 0.4.0 weights: no halving
     train $DS dual "${ds_common[@]}" &
     train $DS ct_only "${ds_common[@]}" --ct_weight 1 --mr_weight 0 &
     train $DS mr_only "${ds_common[@]}" --ct_weight 0 --mr_weight 1 &
