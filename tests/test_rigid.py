@@ -15,6 +15,7 @@ from monai.data import MetaTensor
 from conftest import ROOT, TINY, run_bundle
 from regplugins.data import grid_affine, write_synthetic_set
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
+from regplugins.layers import voxel_grid
 from regplugins.rigid import grid_centre_lps, ras_to_lps, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
 from regplugins.transforms import RandHeadScaled, RandRigidMotiond
 
@@ -85,8 +86,7 @@ def test_head_scale_keeps_the_grid_so_a_later_motion_moves_the_head_by_its_label
 
 def _centroid(image) -> torch.Tensor:
     weights = image[0].as_tensor() if isinstance(image, MetaTensor) else image[0]
-    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in weights.shape), indexing="ij"))
-    return (grid * weights).flatten(1).sum(1) / weights.sum()
+    return (voxel_grid(weights.shape) * weights).flatten(1).sum(1) / weights.sum()
 
 
 @pytest.fixture(scope="module")
