@@ -1,50 +1,79 @@
 #!/usr/bin/env bash
 # Trains the MIND and intra-similarity bundles' variants side by side on one GPU, at 2 mm, until a
-# common deadline, as their shipped weights were trained (see each model card). Each bundle's pairs
-# are synthesised once into a shared on-disk cache with every CPU core; the gradient-fusion runs
-# start while the dual-similarity pairs are still being made. Each run keeps its best-validation
-# weights (model.pt) and its last epoch's weights (model_epoch=N.pt), under $OUT/<bundle>/<run>.
+# common deadline, then times every bundle's inference on the GPU (`regplugins bench`). Each
+# bundle's pairs are synthesised once into a shared on-disk cache, on the GPU (on every CPU core
+# if that fails), both bundles' at once; each bundle's runs start when its pairs are ready.
+# Each run keeps its best-validation weights (model.pt) and its last epoch's weights
+# (model_epoch=N.pt) under $OUT/<bundle>/<run>; the dual-similarity run `dual_from_shipped`
+# continues from the bundle's shipped weights, the others start from scratch.
 #   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
-# Synthesis takes about 2.8 minutes per bundle on 16 cores at these settings. A gradient-fusion
-# checkpoint is 2.7 MB and each run keeps two: archive each bundle's runs on its own, without the
-# logs' per-iteration lines, where returned files are limited in size (16 MiB for the device tool).
+# Returned files are limited in size (16 MiB each for the device tool): the script packs the best
+# and the last weights of the gradient-fusion runs apart (2.7 MB each), without the logs'
+# per-iteration lines.
 set -uo pipefail
 OUT=${OUT:-gpu_runs}
-DEADLINE=$(( $(date +%s) + ${SECONDS_IN_ALL:-560} ))
+START=$(date +%s)
+BENCH_SECONDS=${BENCH_SECONDS:-100}
+DEADLINE=$(( START + ${SECONDS_IN_ALL:-560} - BENCH_SECONDS ))
 GRID=${GRID:-'"working_shape": [96, 96, 96], "working_spacing": 2.0'}
 GF_PAIRS=${GF_PAIRS:-192}
 DS_PAIRS=${DS_PAIRS:-150}
+BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
 
 train() {  # bundle, run name, then that run's own overrides; stops at the deadline
     local bundle=$1 name=$2 left=$(( DEADLINE - $(date +%s) )); shift 2
+    local configs="'bundles/$bundle/configs/train.json','docs/experiments/keep_last_epoch.json'"
+    [[ -z ${EXTRA_CONFIG:-} ]] || configs+=",'$EXTRA_CONFIG'"
     (( left > 60 )) || { echo "$bundle $name: no time left"; return 1; }
-    OMP_NUM_THREADS=2 timeout "$left" $PY -m monai.bundle run \
-        --config_file "['bundles/$bundle/configs/train.json','docs/experiments/keep_last_epoch.json']" \
+    OMP_NUM_THREADS=2 timeout "$left" $PY -m monai.bundle run --config_file "[$configs]" \
         --bundle_root "bundles/$bundle" --args_file "$OUT/$bundle/grid.json" \
         --cache_dir "$CACHE/$bundle" --val_interval 1 --train#trainer#max_epochs 1000 \
         --ckpt_dir "$OUT/$bundle/$name" "$@" >"$OUT/$bundle/$name.log" 2>&1
 }
 
 cache() {  # bundle, number of training pairs
+    local settings="{$GRID, \"num_train_pairs\": $2"
     mkdir -p "$OUT/$1"
-    echo "{$GRID, \"num_train_pairs\": $2}" >"$OUT/$1/grid.json"
-    $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$(cat "$OUT/$1/grid.json")"
+    echo "$settings}" >"$OUT/$1/grid.json"
+    $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings}" ||
+        $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings, \"synthesis_device\": \"cpu\"}"
+}
+
+pack() {  # bundle, archive name, files to keep (globs under each run)
+    local bundle=$1 archive=$2; shift 2
+    (cd "$OUT/$bundle" && for log in *.log; do grep -v -E "Iter: [0-9]+/" "$log" >"${log%.log}.summary"; done
+     tar -czf "$OUT/$archive.tar.gz" grid.json *.summary $(for pattern in "$@"; do ls -d */$pattern 2>/dev/null; done))
 }
 
 GF=ct_mr_gradient_fusion_reg
 DS=ct_mr_dual_similarity_reg
-cache $GF "$GF_PAIRS" || exit 1
+cache $GF "$GF_PAIRS" & gf_cache=$!
+(( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
+wait $gf_cache || exit 1
 train $GF gated --fusion gated --learning_rate 1e-4 &
 train $GF average --fusion average --learning_rate 1e-4 &
 train $GF none --fusion none --learning_rate 1e-4 &
 train $GF gated_lr3e-4 --fusion gated --learning_rate 3e-4 &
-if (( DS_PAIRS > 0 )) && cache $DS "$DS_PAIRS"; then
+if (( DS_PAIRS > 0 )) && wait $ds_cache; then
     ds_common=(--momentum 0.9 --early_stop_patience 1000 --lr_halving_epochs 1000)  # as the 0.4.0 weights: no halving
     train $DS dual "${ds_common[@]}" &
     train $DS ct_only "${ds_common[@]}" --ct_weight 1 --mr_weight 0 &
     train $DS mr_only "${ds_common[@]}" --ct_weight 0 --mr_weight 1 &
+    EXTRA_CONFIG=docs/experiments/start_from_shipped_weights.json train $DS dual_from_shipped "${ds_common[@]}" &
 fi
 wait
 grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40
+pack $GF gradient_fusion_best "model.pt"
+pack $GF gradient_fusion_last "model_epoch=*.pt"
+pack $DS dual_similarity "*.pt"
+rm -rf "$OUT/$GF" "$OUT/$DS"
+ls -la "$OUT"
+
+# inference time per pair on this GPU; weights do not change it, so untrained bundles are timed too
+timeout $(( BENCH_SECONDS - 10 )) $PY -m regplugins bench --baselines none $BENCH_ARGS \
+    --bundles "fcn_multires_selfsup_reg,$DS,$GF:ckpt_path=untrained,fire_inverse_consistent_reg:ckpt_path=untrained" \
+    --out /tmp/bench_gpu >"$OUT/bench_gpu.log" 2>&1
+cp /tmp/bench_gpu/results.md /tmp/bench_gpu/results.json "$OUT/" 2>/dev/null
+tail -n 12 "$OUT/bench_gpu.log"

@@ -71,10 +71,12 @@ def _uniform(low: float, high: float, generator: torch.Generator) -> float:
     return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
 
 
-def _smooth_noise(shape: Sequence[int], scale: float, generator: torch.Generator, channels: int = 1) -> torch.Tensor:
-    """Standard-normal noise on a coarse grid (``scale`` voxels apart), interpolated to ``shape``."""
+def _smooth_noise(
+    shape: Sequence[int], scale: float, generator: torch.Generator, channels: int = 1, device=None
+) -> torch.Tensor:
+    """Standard-normal noise on a coarse grid (``scale`` voxels apart), interpolated to ``shape`` on ``device``."""
     coarse = [max(2, math.ceil(s / max(scale, 1.0)) + 1) for s in shape]
-    noise = torch.randn(1, channels, *coarse, generator=generator)
+    noise = torch.randn(1, channels, *coarse, generator=generator).to(device)
     mode = "bilinear" if len(shape) == 2 else "trilinear"
     return F.interpolate(noise, size=tuple(shape), mode=mode, align_corners=True)[0]
 
@@ -107,22 +109,22 @@ def synthesize_image(
     Adds smooth texture, partial-volume blur and noise; MR images also get a multiplicative bias
     field, a random gamma and a random scale, as scanners give them.
     """
-    shape = labels.shape[1:]
-    image = torch.zeros(shape, dtype=torch.float32)
+    shape, device = labels.shape[1:], labels.device
+    image = torch.zeros(shape, dtype=torch.float32, device=device)
     for label, mean in label_means.items():
         image[labels[0] == label] = mean
     is_ct = modality == "ct"
     contrast = 10.0 if is_ct else 0.05
     inside = labels[0] > 0
-    image = image + inside * contrast * _uniform(0.1, 0.5, generator) * _smooth_noise(shape, 4.0, generator)[0]
+    image = image + inside * contrast * _uniform(0.1, 0.5, generator) * _smooth_noise(shape, 4.0, generator, device=device)[0]
     sigma = _uniform(0.3, 1.0, generator)
     image = _gaussian_blur(image, sigma)
     if not is_ct:
-        bias = torch.exp(_uniform(0.05, 0.3, generator) * _smooth_noise(shape, 64.0 / min(spacing), generator)[0])
+        bias = torch.exp(_uniform(0.05, 0.3, generator) * _smooth_noise(shape, 64.0 / min(spacing), generator, device=device)[0])
         image = (image * bias).clamp(min=0)
         image = (image / image.max().clamp(min=1e-6)) ** math.exp(_uniform(-0.25, 0.25, generator))
     noise_std = _uniform(2.0, 8.0, generator) if is_ct else _uniform(0.005, 0.03, generator)
-    image = image + noise_std * torch.randn(shape, generator=generator)
+    image = image + noise_std * torch.randn(shape, generator=generator).to(device)
     if not is_ct:
         image = image.clamp(min=0) * _uniform(500.0, 2000.0, generator)
     return image.unsqueeze(0)
@@ -131,7 +133,7 @@ def synthesize_image(
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     n = image.dim()
     radius = max(1, int(math.ceil(2.5 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=image.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     out = image[None, None]
@@ -177,6 +179,10 @@ class SyntheticPairGenerator:
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of ``anatomy``; ``shape`` and
             ``spacing`` are then taken from it.
+        device: where the volumes are computed and returned; on a GPU a pair takes milliseconds
+            instead of seconds, which matters when a training run waits for its pairs. Random
+            numbers are drawn on the CPU from the seed either way, so a seed makes the same pair
+            on every device, up to floating-point rounding.
     """
 
     def __init__(
@@ -199,6 +205,7 @@ class SyntheticPairGenerator:
         labels: torch.Tensor | None = None,
         labels_affine: torch.Tensor | None = None,
         tissue_of_label: dict[int, str] | None = None,
+        device: str | torch.device | None = None,
     ):
         if isinstance(modalities, str):
             modalities = modalities.split(",")
@@ -234,25 +241,29 @@ class SyntheticPairGenerator:
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
         if labels is None and anatomy == "mni152":
             labels, tissue_of_label = mni152_head_labels(self.shape, self.fixed_affine), HEAD_TISSUES
-        self.user_labels, self.tissue_of_label = labels, tissue_of_label
+        self.device = torch.device(device or "cpu")
+        self.user_labels = None if labels is None else labels.long().to(self.device)
+        self.tissue_of_label = tissue_of_label
         self.integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="border")
 
     # -- anatomy --------------------------------------------------------------------------
     def _head_labels(self, generator: torch.Generator) -> tuple[torch.Tensor, dict[int, str]]:
         n, shape = self.spatial_dims, self.shape
         extent = torch.tensor([s * p for s, p in zip(shape, self.spacing)])
-        world = apply_affine(self.fixed_affine.float(), voxel_grid(shape))
-        centre = torch.tensor([_uniform(-0.03, 0.03, generator) * e for e in extent.tolist()])
-        semi_axes = torch.tensor([_uniform(0.36, 0.44, generator) * e for e in extent.tolist()])
+        world = apply_affine(self.fixed_affine.float(), voxel_grid(shape, device=self.device))
+        centre = torch.tensor([_uniform(-0.03, 0.03, generator) * e for e in extent.tolist()], device=self.device)
+        semi_axes = torch.tensor([_uniform(0.36, 0.44, generator) * e for e in extent.tolist()], device=self.device)
         offset = (world - centre.view(n, *([1] * n))) / semi_axes.view(n, *([1] * n))
-        radius = offset.norm(dim=0) + 0.04 * _smooth_noise(shape, 12.0, generator)[0]
+        radius = offset.norm(dim=0) + 0.04 * _smooth_noise(shape, 12.0, generator, device=self.device)[0]
         mean_axis = semi_axes.mean().item()
         with_skull = _uniform(0, 1, generator) < self.skull_probability
         scalp = _uniform(4.0, 8.0, generator) / mean_axis if with_skull else 0.0
         skull = _uniform(4.0, 9.0, generator) / mean_axis if with_skull else 0.0
         rim = _uniform(2.0, 5.0, generator) / mean_axis
-        labels = torch.zeros(shape, dtype=torch.int64)
-        structures = _smooth_noise(shape, _uniform(6.0, 14.0, generator), generator, channels=self.num_structures)
+        labels = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        structures = _smooth_noise(
+            shape, _uniform(6.0, 14.0, generator), generator, channels=self.num_structures, device=self.device
+        )
         labels[:] = FIRST_STRUCTURE_LABEL + structures.argmax(dim=0)
         labels[radius >= 1 - scalp - skull - rim] = CSF_RIM
         labels[radius >= 1 - scalp - skull] = SKULL
@@ -275,12 +286,14 @@ class SyntheticPairGenerator:
         """
         n = self.spatial_dims
         half = [max(4, s // 2) for s in self.shape]
-        voxel_size = torch.tensor([p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32)
+        voxel_size = torch.tensor(
+            [p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32, device=self.device
+        )
         scale = self.deformation_scale_mm / voxel_size.min().item()
-        velocity = deformation_mm * _smooth_noise(half, scale, generator, channels=n)
+        velocity = deformation_mm * _smooth_noise(half, scale, generator, channels=n, device=self.device)
         velocity = (velocity / voxel_size.view(n, *([1] * n))).unsqueeze(0)
         mode = "bilinear" if n == 2 else "trilinear"
-        factor = torch.tensor([s / h for s, h in zip(self.shape, half)]).view(1, n, *([1] * n))
+        factor = torch.tensor([s / h for s, h in zip(self.shape, half)], device=self.device).view(1, n, *([1] * n))
         return tuple(
             F.interpolate(self.integrate(v), size=self.shape, mode=mode, align_corners=True) * factor
             for v in (velocity, -velocity)
@@ -326,7 +339,7 @@ class SyntheticPairGenerator:
     def __call__(self, seed: int) -> dict:
         generator = torch.Generator().manual_seed(int(seed))
         if self.user_labels is not None:
-            fixed_labels, tissues = self.user_labels.long(), dict(self.tissue_of_label)
+            fixed_labels, tissues = self.user_labels, dict(self.tissue_of_label)
         else:
             fixed_labels, tissues = self._head_labels(generator)
         moving_modality, fixed_modality = self.modalities
@@ -336,7 +349,7 @@ class SyntheticPairGenerator:
         n = self.spatial_dims
         if self.subject_deformation_mm:  # drawn only when asked for, so other sets keep their seeds' pairs
             subject, _ = self._displacements(generator, self.subject_deformation_mm)
-            subject_points = voxel_grid(self.shape).unsqueeze(0) + subject
+            subject_points = voxel_grid(self.shape, device=self.device).unsqueeze(0) + subject
             fixed_labels = sample(fixed_labels[None].float(), subject_points, mode="nearest")[0].long()
         forward, backward = self._displacements(generator, self.deformation_mm)
         motion = self._global_motion(generator)
@@ -344,12 +357,13 @@ class SyntheticPairGenerator:
 
         # moving voxel -> world -> global motion -> fixed voxel -> diffeomorphism -> anatomy
         to_fixed_voxel = torch.linalg.inv(self.fixed_affine) @ motion @ moving_affine
-        points = apply_affine(to_fixed_voxel, voxel_grid(moving_shape, dtype=torch.float64)).float().unsqueeze(0)
+        moving_voxels = voxel_grid(moving_shape, device=self.device, dtype=torch.float64)
+        points = apply_affine(to_fixed_voxel, moving_voxels).float().unsqueeze(0)
         points = points + sample(forward, points, padding_mode="border")
         moving_labels = sample(fixed_labels[None].float(), points, mode="nearest")[0].long()
 
         # true field: fixed voxel -> inverse diffeomorphism -> world -> inverse motion, minus the start
-        fixed_voxels = voxel_grid(self.shape).unsqueeze(0)
+        fixed_voxels = voxel_grid(self.shape, device=self.device).unsqueeze(0)
         anatomy = (fixed_voxels + backward)[0].double()
         corresponding = apply_affine(torch.linalg.inv(motion) @ self.fixed_affine, anatomy)
         true_ddf = (corresponding - apply_affine(self.fixed_affine, fixed_voxels[0].double())).float()
