@@ -29,22 +29,23 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_mr_dual_similarit
 KEYS = ["moving", "fixed", "moving_paired", "fixed_paired"]
 
 
-def validation_pairs(count: int, working_shape: int, working_spacing: float):
+def validation_pairs(count: int, working_shape: int, working_spacing: float, bundle: Path = BUNDLE, keys=KEYS):
+    """The validation pairs of ``bundle``'s train config, with their labels and true voxel field on the working grid."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing})
     synthesis = parser.get_parsed_content("validate#synthesis")
     resample = monai.transforms.Compose([
-        regplugins.transforms.NormalizeModalityd(keys=KEYS),
-        regplugins.transforms.AntiAliasd(keys=KEYS, pixdim=working_spacing),
-        monai.transforms.Spacingd(keys=KEYS + ["moving_label", "fixed_label", "true_ddf"], pixdim=working_spacing,
-                                  mode=["bilinear"] * 4 + ["nearest"] * 2 + ["bilinear"]),
+        regplugins.transforms.NormalizeModalityd(keys=keys),
+        regplugins.transforms.AntiAliasd(keys=keys, pixdim=working_spacing),
+        monai.transforms.Spacingd(keys=keys + ["moving_label", "fixed_label", "true_ddf"], pixdim=working_spacing,
+                                  mode=["bilinear"] * len(keys) + ["nearest"] * 2 + ["bilinear"]),
     ])
     for seed in range(1_000_000, 1_000_000 + count):
         pair = resample(synthesis({"seed": seed}))
         voxel_per_mm = torch.linalg.inv(torch.as_tensor(pair["fixed"].affine)[:3, :3].float())
         pair["true_voxel_ddf"] = torch.einsum("ij,jxyz->ixyz", voxel_per_mm, pair["true_ddf"].as_tensor().float())[None]
-        pair["images"] = torch.cat([pair[k].as_tensor() for k in KEYS])[None].float()
+        pair["images"] = torch.cat([pair[k].as_tensor() for k in keys])[None].float()
         yield seed, pair
 
 

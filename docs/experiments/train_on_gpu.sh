@@ -52,10 +52,11 @@ DS=ct_mr_dual_similarity_reg
 cache $GF "$GF_PAIRS" & gf_cache=$!
 (( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
 wait $gf_cache || exit 1
-train $GF gated --fusion gated --learning_rate 1e-4 &
-train $GF average --fusion average --learning_rate 1e-4 &
-train $GF none --fusion none --learning_rate 1e-4 &
-train $GF gated_lr3e-4 --fusion gated --learning_rate 3e-4 &
+gf_common=(--mind_smoothing_sigma 1.0)  # without it the networks learn to blur, not to register (the bundle's card)
+train $GF gated "${gf_common[@]}" --fusion gated --learning_rate 1e-4 &
+train $GF average "${gf_common[@]}" --fusion average --learning_rate 1e-4 &
+train $GF none "${gf_common[@]}" --fusion none --learning_rate 1e-4 &
+train $GF gated_lr3e-4 "${gf_common[@]}" --fusion gated --learning_rate 3e-4 &
 if (( DS_PAIRS > 0 )) && wait $ds_cache; then
     ds_common=(--momentum 0.9 --early_stop_patience 1000 --lr_halving_epochs 1000)  # as the 0.4.0 weights: no halving
     train $DS dual "${ds_common[@]}" &

@@ -179,10 +179,10 @@ class SyntheticPairGenerator:
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of ``anatomy``; ``shape`` and
             ``spacing`` are then taken from it.
-        device: where the volumes are computed and returned; on a GPU a pair takes milliseconds
-            instead of seconds, which matters when a training run waits for its pairs. Random
-            numbers are drawn on the CPU from the seed either way, so a seed makes the same pair
-            on every device, up to floating-point rounding.
+        device: where the volumes are computed and returned; a GPU takes the interpolation,
+            blurring and warping off CPU cores that training runs need. Random numbers are drawn
+            on the CPU from the seed either way, so a seed makes the same pair on every device,
+            up to floating-point rounding.
     """
 
     def __init__(
