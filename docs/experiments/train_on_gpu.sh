@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Trains the MIND and intra-similarity bundles' variants side by side on one GPU, at 2 mm, until a
-# common deadline, then times every bundle's inference on the GPU (`regplugins bench`). Each
+# common deadline; with BENCH_SECONDS > 0 it keeps that long at the end to time every bundle's
+# inference on the GPU (`regplugins bench`; about 40 s per bundle on the device tool's H200). Each
 # bundle's pairs are synthesised once into a shared on-disk cache, on the GPU (on every CPU core
 # if that fails), both bundles' at once; each bundle's runs start when its pairs are ready.
 # Each run keeps its best-validation weights (model.pt) and its last epoch's weights
 # (model_epoch=N.pt) under $OUT/<bundle>/<run>; the dual-similarity run `dual_from_shipped`
 # continues from the bundle's shipped weights, the others start from scratch.
 #   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
+# GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), without the logs'
 # per-iteration lines.
 set -uo pipefail
 OUT=${OUT:-gpu_runs}
 START=$(date +%s)
-BENCH_SECONDS=${BENCH_SECONDS:-100}
+BENCH_SECONDS=${BENCH_SECONDS:-0}
 DEADLINE=$(( START + ${SECONDS_IN_ALL:-560} - BENCH_SECONDS ))
 GRID=${GRID:-'"working_shape": [96, 96, 96], "working_spacing": 2.0'}
 GF_PAIRS=${GF_PAIRS:-192}
@@ -49,14 +51,15 @@ pack() {  # bundle, archive name, files to keep (globs under each run)
 
 GF=ct_mr_gradient_fusion_reg
 DS=ct_mr_dual_similarity_reg
-cache $GF "$GF_PAIRS" & gf_cache=$!
+(( GF_PAIRS > 0 )) && { cache $GF "$GF_PAIRS" & gf_cache=$!; }
 (( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
-wait $gf_cache || exit 1
-gf_common=(--mind_smoothing_sigma 1.0)  # without it the networks learn to blur, not to register (the bundle's card)
-train $GF gated "${gf_common[@]}" --fusion gated --learning_rate 1e-4 &
-train $GF average "${gf_common[@]}" --fusion average --learning_rate 1e-4 &
-train $GF none "${gf_common[@]}" --fusion none --learning_rate 1e-4 &
-train $GF gated_lr3e-4 "${gf_common[@]}" --fusion gated --learning_rate 3e-4 &
+if (( GF_PAIRS > 0 )) && wait $gf_cache; then
+    gf_common=(--mind_smoothing_sigma 1.0)  # without it the networks learn to blur, not to register (the bundle's card)
+    train $GF gated "${gf_common[@]}" --fusion gated --learning_rate 1e-4 &
+    train $GF average "${gf_common[@]}" --fusion average --learning_rate 1e-4 &
+    train $GF none "${gf_common[@]}" --fusion none --learning_rate 1e-4 &
+    train $GF gated_lr3e-4 "${gf_common[@]}" --fusion gated --learning_rate 3e-4 &
+fi
 if (( DS_PAIRS > 0 )) && wait $ds_cache; then
     ds_common=(--momentum 0.9 --early_stop_patience 1000 --lr_halving_epochs 1000)  # as the 0.4.0 weights: no halving
     train $DS dual "${ds_common[@]}" &
@@ -66,13 +69,13 @@ if (( DS_PAIRS > 0 )) && wait $ds_cache; then
 fi
 wait
 grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40
-pack $GF gradient_fusion_best "model.pt"
-pack $GF gradient_fusion_last "model_epoch=*.pt"
-pack $DS dual_similarity "*.pt"
+(( GF_PAIRS > 0 )) && pack $GF gradient_fusion_best "model.pt" && pack $GF gradient_fusion_last "model_epoch=*.pt"
+(( DS_PAIRS > 0 )) && pack $DS dual_similarity "*.pt"
 rm -rf "$OUT/$GF" "$OUT/$DS"
 ls -la "$OUT"
 
 # inference time per pair on this GPU; weights do not change it, so untrained bundles are timed too
+(( BENCH_SECONDS > 0 )) || exit 0
 timeout $(( BENCH_SECONDS - 10 )) $PY -m regplugins bench --baselines none $BENCH_ARGS \
     --bundles "fcn_multires_selfsup_reg,$DS,$GF:ckpt_path=untrained,fire_inverse_consistent_reg:ckpt_path=untrained" \
     --out /tmp/bench_gpu >"$OUT/bench_gpu.log" 2>&1
