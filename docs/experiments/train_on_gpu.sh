@@ -43,10 +43,12 @@ cache() {  # bundle, number of training pairs
         $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings, \"synthesis_device\": \"cpu\"}"
 }
 
-pack() {  # bundle, archive name, files to keep (globs under each run)
+pack() {  # bundle, archive name, files to keep (globs under each run); weights are saved back on the CPU
     local bundle=$1 archive=$2; shift 2
     (cd "$OUT/$bundle" && for log in *.log; do grep -v -E "Iter: [0-9]+/" "$log" >"${log%.log}.summary"; done
-     tar -czf "$OUT/$archive.tar.gz" grid.json *.summary $(for pattern in "$@"; do ls -d */$pattern 2>/dev/null; done))
+     weights=$(for pattern in "$@"; do ls -d */$pattern 2>/dev/null; done)
+     $PY -c 'import sys, torch; [torch.save(torch.load(f, map_location="cpu"), f) for f in sys.argv[1:]]' $weights
+     tar -czf "$OUT/$archive.tar.gz" grid.json *.summary $weights)
 }
 
 GF=ct_mr_gradient_fusion_reg
