@@ -26,14 +26,9 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_mr_gradient_fusio
 
 
 def loss_terms(loss, images, fused, gradient_field) -> list[torch.Tensor]:
-    """The weighted terms of the bundle's loss: image MIND, gradient-map MIND, fused and gradient-branch smoothness."""
-    warp, maps = regplugins.layers.cached_warp(), loss.gradient(images)
-    return [
-        loss.image_weight * loss.similarity(warp(images[:, :1], fused), images[:, 1:2]),
-        loss.gradient_weight * loss.similarity(warp(maps[:, :1], gradient_field), maps[:, 1:2]),
-        loss.fused_smoothness_weight * loss.smoothness(fused),
-        loss.gradient_smoothness_weight * loss.smoothness(gradient_field),
-    ]
+    """The bundle's weighted terms in the probe's order: image MIND, gradient-map MIND, fused and gradient-branch smoothness."""
+    image, fused_smoothness, gradient, gradient_smoothness = loss.terms((fused, gradient_field), images)
+    return [image, gradient, fused_smoothness, gradient_smoothness]
 
 
 def optimise_free_fields(pair, loss, steps: int, learning_rate: float) -> None:

@@ -56,13 +56,20 @@ class GradientFusionLoss(_Loss):
         self.smoothness = DiffusionLoss()
         self.gradient = GradientMagnitude(spatial_dims, difference=gradient_difference)
 
-    def forward(self, fields: torch.Tensor | tuple[torch.Tensor, torch.Tensor], pair: torch.Tensor) -> torch.Tensor:
+    def terms(self, fields: torch.Tensor | tuple[torch.Tensor, torch.Tensor], pair: torch.Tensor) -> list[torch.Tensor]:
+        """The weighted terms: image similarity, fused smoothness, then (two fields given) gradient-map
+        similarity and gradient-branch smoothness; their sum is the loss, each on its own shows what drives it."""
         fused, gradient_field = (fields, None) if isinstance(fields, torch.Tensor) else fields
         warp = cached_warp()
-        loss = self.image_weight * self.similarity(warp(pair[:, :1], fused), pair[:, 1:2])
-        loss = loss + self.fused_smoothness_weight * self.smoothness(fused)
-        if gradient_field is None:
-            return loss
-        maps = self.gradient(pair)
-        loss = loss + self.gradient_weight * self.similarity(warp(maps[:, :1], gradient_field), maps[:, 1:2])
-        return loss + self.gradient_smoothness_weight * self.smoothness(gradient_field)
+        terms = [
+            self.image_weight * self.similarity(warp(pair[:, :1], fused), pair[:, 1:2]),
+            self.fused_smoothness_weight * self.smoothness(fused),
+        ]
+        if gradient_field is not None:
+            maps = self.gradient(pair)
+            terms.append(self.gradient_weight * self.similarity(warp(maps[:, :1], gradient_field), maps[:, 1:2]))
+            terms.append(self.gradient_smoothness_weight * self.smoothness(gradient_field))
+        return terms
+
+    def forward(self, fields: torch.Tensor | tuple[torch.Tensor, torch.Tensor], pair: torch.Tensor) -> torch.Tensor:
+        return sum(self.terms(fields, pair))
