@@ -54,7 +54,7 @@ def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_pat
 def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
     configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
         "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
         "--logging_file", str(BUNDLE / "configs/logging.conf"), *TINY, "--ckpt_dir", str(tmp_path),
     ]
