@@ -7,6 +7,7 @@ from regplugins.layers import cached_warp
 from regplugins.losses import (
     MINDSSC,
     GlobalNCCLoss,
+    GradientFusionLoss,
     InverseConsistencyLoss,
     LaplacianRegularizationLoss,
     MINDLoss,
@@ -87,6 +88,15 @@ def test_total_variation_of_a_ramp():
     ramp = torch.stack([3.0 * x, torch.zeros_like(x)])[None]  # d/dx = 3 along axis 0 only
     assert torch.allclose(TotalVariationLoss()(ramp), torch.tensor(3.0))
     assert TotalVariationLoss()(torch.ones(1, 3, 4, 4, 4)) == 0
+
+
+def test_gradient_fusion_smoothness_is_voxelmorphs_mean_over_axes():
+    x = torch.arange(8.0).view(8, 1, 1).expand(8, 8, 8)
+    ramp = torch.stack([0.1 * x, torch.zeros_like(x), torch.zeros_like(x)])[None]
+    # one of 3 components grows by 0.1 along one of 3 axes: 0.01 / 3 averaged over components, / 3 over axes
+    assert torch.allclose(GradientFusionLoss().smoothness(ramp), torch.tensor(0.01 / 9))
+    weighted = GradientFusionLoss(fused_smoothness_weight=0.5).terms(ramp, torch.rand(1, 2, 8, 8, 8))[1]
+    assert torch.allclose(weighted, torch.tensor(0.5 * 0.01 / 9))
 
 
 def test_inverse_consistency_small_for_true_inverse_large_for_mismatch():

@@ -5,11 +5,13 @@ resampled alongside the images), prints per pair: the mean length of the true re
 along the line from no field to 1.25 times the true one (both fields of the loss on that line),
 the loss's two MIND terms, its two smoothness terms and the label Dice; the MIND terms for
 constant sub-voxel shifts and for a smoothed moving image, which align nothing; then each given
-network's mean field length and Dice (``fusion:path``, e.g. ``none:gpu_runs/none/model.pt``).
-``--free_field_steps N`` also optimises two free fields on each pair (no network) with Adam on the
-same loss, printing its loss, the fused field's mean length, cosine with the true field and Dice:
-does the loss lead there from no field, and how do another smoothness weight (``--smoothness``)
-and smoothing the images before MIND (``--mind_smoothing_sigma``) change that?
+network's mean field length, cosine with the true field and Dice (``fusion:path``, e.g.
+``none:gpu_runs/none/model.pt``). ``--free_field_steps N`` also optimises two free fields on each
+pair (no network) with Adam on the same loss, printing its loss, the fused field's mean length,
+cosine with the true field and Dice: does the loss lead there from no field, and how do another
+smoothness weight (``--smoothness``) and smoothing the images before MIND
+(``--mind_smoothing_sigma``) change that? ``--network_fit_steps N`` fits a fresh gated network to
+each pair alone the same way: can the network reach what the free fields reach?
 
     python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """
@@ -31,17 +33,24 @@ def loss_terms(loss, images, fused, gradient_field) -> list[torch.Tensor]:
     return [image, gradient, fused_smoothness, gradient_smoothness]
 
 
-def optimise_free_fields(pair, loss, steps: int, learning_rate: float) -> None:
-    """Adam on free voxel fields phi_ig and phi_g from zero with the bundle's loss; prints progress every 50 steps."""
+def fit_to_pair(pair, loss, steps: int, learning_rate: float, network=None) -> None:
+    """Adam on the bundle's loss for one pair, printing progress every 50 steps: on two free voxel
+    fields phi_ig and phi_g from zero, or on a fresh ``network``'s weights (does it reach what free fields reach?)."""
     images, truth = pair["images"], pair["true_voxel_ddf"]
-    fused, gradient_field = (torch.zeros_like(truth, requires_grad=True) for _ in range(2))
-    optimizer = torch.optim.Adam([fused, gradient_field], lr=learning_rate)
+    if network is None:
+        free = [torch.zeros_like(truth, requires_grad=True) for _ in range(2)]
+        fields, parameters, name = (lambda: free), free, "free fields"
+    else:
+        fields, parameters = (lambda: network.train()(images)), list(network.parameters())
+        name = f"{network.fusion_mode} network"
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     for step in range(steps + 1):
+        fused, gradient_field = fields()
         terms = loss_terms(loss, images, fused, gradient_field)
         if step % 50 == 0 or step == steps:
             with torch.no_grad():
                 cosine = torch.nn.functional.cosine_similarity(fused.flatten(), truth.flatten(), dim=0).item()
-                print(f"  free fields, Adam at {learning_rate}, step {step}: loss {' + '.join(f'{t:.4f}' for t in terms)}"
+                print(f"  {name}, Adam at {learning_rate}, step {step}: loss {' + '.join(f'{t:.4f}' for t in terms)}"
                       f" = {sum(terms):.4f}, fused field {fused.norm(dim=1).mean():.2f} voxels, cosine with the true"
                       f" field {cosine:.2f}, Dice {label_dice(pair, fused.detach()):.4f}", flush=True)
         optimizer.zero_grad()
@@ -59,6 +68,8 @@ def main():
     parser.add_argument("--mind_smoothing_sigma", type=float, default=0.0, help="as the bundle's mind_smoothing_sigma")
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
+    parser.add_argument("--network_fit_steps", type=int, default=0)
+    parser.add_argument("--network_fit_learning_rate", type=float, default=1e-3)
     args = parser.parse_args()
     loss = regplugins.losses.GradientFusionLoss(
         fused_smoothness_weight=args.smoothness,
@@ -90,10 +101,15 @@ def main():
             network.load_state_dict(torch.load(path, map_location="cpu"))
             with torch.no_grad():
                 ddf = network.eval()(images)
+            cosine = torch.nn.functional.cosine_similarity(ddf.flatten(), truth.flatten(), dim=0).item()
             print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.3f} voxels (at most {ddf.norm(dim=1).max():.3f}),"
-                  f" Dice {label_dice(pair, ddf):.4f}")
+                  f" cosine with the true field {cosine:.2f}, Dice {label_dice(pair, ddf):.4f}")
         if args.free_field_steps:
-            optimise_free_fields(pair, loss, args.free_field_steps, args.free_field_learning_rate)
+            fit_to_pair(pair, loss, args.free_field_steps, args.free_field_learning_rate)
+        if args.network_fit_steps:
+            torch.manual_seed(0)
+            network = regplugins.networks.GradientFusionNet(fusion="gated")
+            fit_to_pair(pair, loss, args.network_fit_steps, args.network_fit_learning_rate, network)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ class GradientFusionLoss(_Loss):
     ``m`` and ``f`` are the moving and the fixed image, ``G`` their gradient maps. The second term
     aligns the gradient maps by the gradient branch's own field, which is what makes that branch
     learn boundaries; the first judges the fused field on the images themselves. ``S`` is MIND
-    by default, ``R`` MONAI's :class:`~monai.losses.DiffusionLoss`, the mean squared spatial
-    gradient of the field (eq. 3).
+    by default, ``R`` the mean squared spatial gradient of the field (eq. 3): MONAI's
+    :class:`~monai.losses.DiffusionLoss`, which sums the squared derivatives along the axes, divided
+    by the number of axes as in VoxelMorph's ``Grad("l2")``, the code the paper built on, so that the
+    paper's gammas weigh it as they did there (undivided, they weigh it three times as much in 3D).
 
     ``forward(fields, pair)``: ``fields`` is ``(phi_ig, phi_g)`` from
     :class:`regplugins.networks.GradientFusionNet` in training mode, or one field (the VoxelMorph
@@ -53,8 +55,12 @@ class GradientFusionLoss(_Loss):
         self.image_weight, self.gradient_weight = image_weight, gradient_weight
         self.fused_smoothness_weight, self.gradient_smoothness_weight = fused_smoothness_weight, gradient_smoothness_weight
         self.similarity = similarity if similarity is not None else MINDLoss(spatial_dims=spatial_dims)
-        self.smoothness = DiffusionLoss()
+        self.diffusion, self.spatial_dims = DiffusionLoss(), spatial_dims
         self.gradient = GradientMagnitude(spatial_dims, difference=gradient_difference)
+
+    def smoothness(self, field: torch.Tensor) -> torch.Tensor:
+        """``R``: the mean squared spatial gradient, averaged over the axes (VoxelMorph's normalisation)."""
+        return self.diffusion(field) / self.spatial_dims
 
     def terms(self, fields: torch.Tensor | tuple[torch.Tensor, torch.Tensor], pair: torch.Tensor) -> list[torch.Tensor]:
         """The weighted terms: image similarity, fused smoothness, then (two fields given) gradient-map
