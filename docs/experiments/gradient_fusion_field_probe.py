@@ -33,6 +33,11 @@ def loss_terms(loss, images, fused, gradient_field) -> list[torch.Tensor]:
     return [image, gradient, fused_smoothness, gradient_smoothness]
 
 
+def cosine_with(field: torch.Tensor, truth: torch.Tensor) -> float:
+    """How well a field points the true field's way, over all voxels (1: same direction, 0: unrelated)."""
+    return torch.nn.functional.cosine_similarity(field.flatten(), truth.flatten(), dim=0).item()
+
+
 def fit_to_pair(pair, loss, steps: int, learning_rate: float, network=None) -> None:
     """Adam on the bundle's loss for one pair, printing progress every 50 steps: on two free voxel
     fields phi_ig and phi_g from zero, or on a fresh ``network``'s weights (does it reach what free fields reach?)."""
@@ -49,10 +54,9 @@ def fit_to_pair(pair, loss, steps: int, learning_rate: float, network=None) -> N
         terms = loss_terms(loss, images, fused, gradient_field)
         if step % 50 == 0 or step == steps:
             with torch.no_grad():
-                cosine = torch.nn.functional.cosine_similarity(fused.flatten(), truth.flatten(), dim=0).item()
                 print(f"  {name}, Adam at {learning_rate}, step {step}: loss {' + '.join(f'{t:.4f}' for t in terms)}"
                       f" = {sum(terms):.4f}, fused field {fused.norm(dim=1).mean():.2f} voxels, cosine with the true"
-                      f" field {cosine:.2f}, Dice {label_dice(pair, fused.detach()):.4f}", flush=True)
+                      f" field {cosine_with(fused, truth):.2f}, Dice {label_dice(pair, fused.detach()):.4f}", flush=True)
         optimizer.zero_grad()
         sum(terms).backward()
         optimizer.step()
@@ -101,9 +105,8 @@ def main():
             network.load_state_dict(torch.load(path, map_location="cpu"))
             with torch.no_grad():
                 ddf = network.eval()(images)
-            cosine = torch.nn.functional.cosine_similarity(ddf.flatten(), truth.flatten(), dim=0).item()
             print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.3f} voxels (at most {ddf.norm(dim=1).max():.3f}),"
-                  f" cosine with the true field {cosine:.2f}, Dice {label_dice(pair, ddf):.4f}")
+                  f" cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf):.4f}")
         if args.free_field_steps:
             fit_to_pair(pair, loss, args.free_field_steps, args.free_field_learning_rate)
         if args.network_fit_steps:
