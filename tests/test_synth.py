@@ -44,6 +44,24 @@ def test_modalities_intensities_and_paired_images():
     assert set(INTENSITY_RANGES) == {"ct", "t1", "t2", "pd"}
 
 
+def test_registered_paired_images_are_the_other_scan_through_the_true_transform():
+    """As paired training data are made (a subject's MR registered to its CT): the same scan, resampled."""
+    kwargs = dict(shape=(40, 40, 40), spacing=4.0, modalities=("ct", "t1"), moving_grid="random", rotation_deg=8, deformation_mm=4)
+    rendered, registered = (SyntheticPairGenerator(paired_images=mode, **kwargs)(2) for mode in ("rendered", "registered"))
+    for key in ("fixed", "moving", "fixed_label", "moving_label", "true_ddf"):  # only the paired images change
+        assert torch.equal(rendered[key], registered[key]), key
+    moving_on_fixed = warp_physical(
+        registered["moving"][None].as_tensor(), registered["moving"].affine, registered["true_ddf"][None].as_tensor(),
+        registered["fixed"].affine, "bilinear",
+    )[0]
+    head = registered["fixed_label"] > 0
+    assert torch.allclose(registered["fixed_paired"][head], moving_on_fixed[head], rtol=1e-3, atol=1.0)
+    for key in ("fixed_paired", "moving_paired"):  # the other modality on each grid, aligned with it
+        assert registered[key].shape == rendered[key].shape and torch.equal(registered[key].affine, rendered[key].affine)
+        correlation = torch.corrcoef(torch.stack([registered[key].flatten(), rendered[key].flatten()]))[0, 1]
+        assert correlation > 0.95, key
+
+
 def test_seeds_reproduce_and_differ_and_rigid_only_pairs():
     generator = SyntheticPairGenerator(shape=(32, 32, 32), spacing=4.0)
     assert torch.equal(generator(7)["moving"], generator(7)["moving"])

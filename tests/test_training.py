@@ -9,7 +9,9 @@ import sys
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser
+from monai.handlers import CheckpointLoader
 
 from conftest import BUNDLE, BUNDLES, ROOT, TINY, run_bundle
 
@@ -26,6 +28,33 @@ def test_train_config_runs_and_saves_a_checkpoint_the_inference_network_loads(bu
     parser.read_config(str(bundle / "configs/inference.json"))
     parser["device"] = "cpu"
     parser.get_parsed_content("network_def").load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
+
+
+@pytest.mark.parametrize("name", ["fcn_multires_selfsup_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
+def test_pretrained_weights_are_loaded_before_the_first_iteration(name, tmp_path):
+    """``pretrained_weights`` fine-tunes from a checkpoint (on a user's data, or a run continued); empty, it trains from scratch."""
+
+    def parsed(pretrained_weights):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
+        parser.update({"working_shape": [32, 32, 32], "working_spacing": 6.0, "num_train_pairs": 2, "num_val_pairs": 1,
+                       "num_workers": 0, "device": "cpu", "pretrained_weights": pretrained_weights})
+        return parser
+
+    from_scratch = parsed("")
+    assert not any(isinstance(handler, CheckpointLoader) for handler in from_scratch.get_parsed_content("train#handlers"))
+    checkpoint = from_scratch.get_parsed_content("network_def")
+    with torch.no_grad():
+        for parameter in checkpoint.parameters():
+            parameter.uniform_(-1.0, 1.0)
+    torch.save(checkpoint.state_dict(), tmp_path / "checkpoint.pt")
+
+    fine_tune = parsed(str(tmp_path / "checkpoint.pt"))
+    trainer, network = fine_tune.get_parsed_content("train#trainer"), fine_tune.get_parsed_content("network")
+    expected = checkpoint.state_dict()
+    assert not all(torch.equal(value, expected[key]) for key, value in network.state_dict().items())
+    trainer.fire_event(Events.STARTED)
+    assert all(torch.equal(value, expected[key]) for key, value in network.state_dict().items())
 
 
 @pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg"])

@@ -9,6 +9,8 @@ each optimiser (momentum 0.9 for SGD) for N steps of the train config on a pair 
 ``fill_pair_cache.py``, and probes those networks too. ``--free_field_steps N`` also optimises a
 free field on each pair (no network) with Adam on the same loss, printing its loss, mean length,
 cosine with the true field and Dice as it goes: does the loss lead there from no field?
+``--paired_images rendered`` probes the pairs as the weights up to 0.5.x were trained on (each
+paired image drawn anew, not the other scan registered).
 
     python docs/experiments/dual_similarity_field_probe.py --pairs 3 --working_spacing 2.0 [model.pt ...]
 """
@@ -29,11 +31,11 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_mr_dual_similarit
 KEYS = ["moving", "fixed", "moving_paired", "fixed_paired"]
 
 
-def validation_pairs(count: int, working_shape: int, working_spacing: float, bundle: Path = BUNDLE, keys=KEYS):
-    """The validation pairs of ``bundle``'s train config, with their labels and true voxel field on the working grid."""
+def validation_pairs(count: int, working_shape: int, working_spacing: float, bundle: Path = BUNDLE, keys=KEYS, **settings):
+    """The validation pairs of ``bundle``'s train config (with ``settings``), with their labels and true voxel field on the working grid."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
-    parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing})
+    parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing, **settings})
     synthesis = parser.get_parsed_content("validate#synthesis")
     resample = monai.transforms.Compose([
         regplugins.transforms.NormalizeModalityd(keys=keys),
@@ -125,6 +127,7 @@ def main():
     parser.add_argument("--train_pairs", type=int, default=24)
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
+    parser.add_argument("--paired_images", default="registered", choices=["registered", "rendered"])
     args = parser.parse_args()
     if args.train_steps:
         for optimiser in args.optimisers.split(","):
@@ -133,7 +136,7 @@ def main():
     regulariser = regplugins.losses.LaplacianRegularizationLoss(l1=0.5, l2=0.01)
     inferer = regplugins.inferers.ValidPatchInferer()
     network = regplugins.networks.PatchRegistrationUNet()
-    for seed, pair in validation_pairs(args.pairs, args.working_shape, args.working_spacing):
+    for seed, pair in validation_pairs(args.pairs, args.working_shape, args.working_spacing, paired_images=args.paired_images):
         images, truth = pair["images"], pair["true_voxel_ddf"]
         print(f"pair {seed}: true field {truth.norm(dim=1).mean():.2f} voxels")
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):

@@ -27,7 +27,6 @@ PY=${PY:-python3}
 train() {  # bundle, run name, then that run's own overrides; stops at the deadline
     local bundle=$1 name=$2 left=$(( DEADLINE - $(date +%s) )); shift 2
     local configs="'bundles/$bundle/configs/train.json','docs/experiments/keep_last_epoch.json'"
-    [[ -z ${EXTRA_CONFIG:-} ]] || configs+=",'$EXTRA_CONFIG'"
     (( left > 60 )) || { echo "$bundle $name: no time left"; return 1; }
     OMP_NUM_THREADS=2 timeout "$left" $PY -m monai.bundle run --config_file "[$configs]" \
         --bundle_root "bundles/$bundle" --args_file "$OUT/$bundle/grid.json" \
@@ -68,7 +67,7 @@ if (( DS_PAIRS > 0 )) && wait $ds_cache; then
     train $DS dual "${ds_common[@]}" &
     train $DS ct_only "${ds_common[@]}" --ct_weight 1 --mr_weight 0 &
     train $DS mr_only "${ds_common[@]}" --ct_weight 0 --mr_weight 1 &
-    EXTRA_CONFIG=docs/experiments/start_from_shipped_weights.json train $DS dual_from_shipped "${ds_common[@]}" &
+    train $DS dual_from_shipped "${ds_common[@]}" --pretrained_weights "bundles/$DS/models/model.pt" &
 fi
 wait
 grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40

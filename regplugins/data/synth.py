@@ -179,6 +179,12 @@ class SyntheticPairGenerator:
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of ``anatomy``; ``shape`` and
             ``spacing`` are then taken from it.
+        paired_images: how each grid's anatomy is imaged in the other modality (``fixed_paired``,
+            ``moving_paired``). ``"rendered"``: drawn anew on that grid, exactly aligned, with its
+            own bias field, texture and noise. ``"registered"``: the other image resampled onto the
+            grid through the true transform, as paired training data are made from one subject's
+            two scans (the dual-similarity paper registers each subject's MR to its CT): the same
+            scan, so the intra-modality terms compare an image with a warped copy of itself.
         device: where the volumes are computed and returned; a GPU takes the interpolation,
             blurring and warping off CPU cores that training runs need. Random numbers are drawn
             on the CPU from the seed either way, so a seed makes the same pair on every device,
@@ -205,6 +211,7 @@ class SyntheticPairGenerator:
         labels: torch.Tensor | None = None,
         labels_affine: torch.Tensor | None = None,
         tissue_of_label: dict[int, str] | None = None,
+        paired_images: str = "rendered",
         device: str | torch.device | None = None,
     ):
         if isinstance(modalities, str):
@@ -217,6 +224,8 @@ class SyntheticPairGenerator:
             raise ValueError(f'moving_grid must be "same" or "random", got "{moving_grid}".')
         if not 0.0 <= intensity_spread <= 1.0:
             raise ValueError(f"intensity_spread must lie in [0, 1], got {intensity_spread}.")
+        if paired_images not in ("rendered", "registered"):
+            raise ValueError(f'paired_images must be "rendered" or "registered", got "{paired_images}".')
         if anatomy not in ("generated", "mni152"):
             raise ValueError(f'anatomy must be "generated" or "mni152", got "{anatomy}".')
         if labels is not None:
@@ -237,7 +246,7 @@ class SyntheticPairGenerator:
         self.rotation_deg, self.translation_mm, self.scaling = rotation_deg, translation_mm, scaling
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
         self.moving_grid, self.intensity_spread = moving_grid, intensity_spread
-        self.subject_deformation_mm = subject_deformation_mm
+        self.subject_deformation_mm, self.paired_images = subject_deformation_mm, paired_images
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
         if labels is None and anatomy == "mni152":
             labels, tissue_of_label = mni152_head_labels(self.shape, self.fixed_affine), HEAD_TISSUES
@@ -377,13 +386,22 @@ class SyntheticPairGenerator:
         def image(labels, modality, affine, spacing):
             return MetaTensor(synthesize_image(labels, means[modality], modality, generator, spacing), affine=affine)
 
+        fixed = image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing)
+        moving = image(moving_labels, moving_modality, moving_affine, moving_spacing)
+        if self.paired_images == "registered":
+            moving_points = apply_affine(torch.linalg.inv(moving_affine), corresponding).float().unsqueeze(0)
+            fixed_paired = MetaTensor(sample(moving.as_tensor()[None], moving_points, padding_mode="border")[0], affine=self.fixed_affine)
+            moving_paired = MetaTensor(sample(fixed.as_tensor()[None], points, padding_mode="border")[0], affine=moving_affine)
+        else:
+            fixed_paired = image(fixed_labels, moving_modality, self.fixed_affine, self.spacing)
+            moving_paired = image(moving_labels, fixed_modality, moving_affine, moving_spacing)
         return {
-            "fixed": image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing),
-            "moving": image(moving_labels, moving_modality, moving_affine, moving_spacing),
+            "fixed": fixed,
+            "moving": moving,
             "fixed_label": MetaTensor(fixed_labels.float(), affine=self.fixed_affine),
             "moving_label": MetaTensor(moving_labels.float(), affine=moving_affine),
-            "fixed_paired": image(fixed_labels, moving_modality, self.fixed_affine, self.spacing),
-            "moving_paired": image(moving_labels, fixed_modality, moving_affine, moving_spacing),
+            "fixed_paired": fixed_paired,
+            "moving_paired": moving_paired,
             "true_ddf": MetaTensor(true_ddf, affine=self.fixed_affine),
             "true_affine": torch.linalg.inv(motion),
             "fixed_modality": fixed_modality,
