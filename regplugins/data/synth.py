@@ -386,12 +386,15 @@ class SyntheticPairGenerator:
         def image(labels, modality, affine, spacing):
             return MetaTensor(synthesize_image(labels, means[modality], modality, generator, spacing), affine=affine)
 
+        def resampled(scan, voxel_points, affine):  # the other scan at its corresponding points
+            return MetaTensor(sample(scan.as_tensor()[None], voxel_points, padding_mode="border")[0], affine=affine)
+
         fixed = image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing)
         moving = image(moving_labels, moving_modality, moving_affine, moving_spacing)
         if self.paired_images == "registered":
             moving_points = apply_affine(torch.linalg.inv(moving_affine), corresponding).float().unsqueeze(0)
-            fixed_paired = MetaTensor(sample(moving.as_tensor()[None], moving_points, padding_mode="border")[0], affine=self.fixed_affine)
-            moving_paired = MetaTensor(sample(fixed.as_tensor()[None], points, padding_mode="border")[0], affine=moving_affine)
+            fixed_paired = resampled(moving, moving_points, self.fixed_affine)
+            moving_paired = resampled(fixed, points, moving_affine)
         else:
             fixed_paired = image(fixed_labels, moving_modality, self.fixed_affine, self.spacing)
             moving_paired = image(moving_labels, fixed_modality, moving_affine, moving_spacing)
