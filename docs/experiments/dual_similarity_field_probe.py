@@ -9,6 +9,10 @@ each optimiser (momentum 0.9 for SGD) for N steps of the train config on a pair 
 ``fill_pair_cache.py``, and probes those networks too. ``--free_field_steps N`` also optimises a
 free field on each pair (no network) with Adam on the same loss, printing its loss, mean length,
 cosine with the true field and Dice as it goes: does the loss lead there from no field?
+``--network_fit_steps N`` trains a fresh network on random 68^3 patches of each pair alone
+(batch 2, as in training; ``--network_fit_optimisers`` as ``--optimisers``), printing every 100
+steps its whole-image field, cosine and Dice with batch norm's running statistics (as inference
+uses them) and with the batch's own: can the network reach what a free field reaches?
 ``--paired_images rendered`` probes the pairs as the weights up to 0.5.x were trained on (each
 paired image drawn anew, not the other scan registered).
 
@@ -59,6 +63,11 @@ def label_dice(pair, ddf) -> float:
     return metric.aggregate().item()
 
 
+def cosine_with(field: torch.Tensor, truth: torch.Tensor) -> float:
+    """How well a field points the true field's way, over all voxels (1: same direction, 0: unrelated)."""
+    return torch.nn.functional.cosine_similarity(field.flatten(), truth.flatten(), dim=0).item()
+
+
 def blockwise_ncc(a, b, size: int = 24) -> torch.Tensor:
     blocks = lambda x: x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
     return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b))
@@ -80,9 +89,39 @@ def optimise_free_field(pair, steps: int, learning_rate: float, regulariser) -> 
         loss = sum(probe_loss(images, ddf, regulariser))
         if step % 50 == 0 or step == steps:
             with torch.no_grad():
-                cosine = torch.nn.functional.cosine_similarity(ddf.flatten(), truth.flatten(), dim=0).item()
                 print(f"  free field, Adam at {learning_rate}, step {step}: loss {loss.item():.4f}, field {ddf.norm(dim=1).mean():.2f}"
-                      f" voxels, cosine with the true field {cosine:.2f}, Dice {label_dice(pair, ddf.detach()):.4f}", flush=True)
+                      f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf.detach()):.4f}", flush=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def make_optimiser(spec: str, parameters) -> torch.optim.Optimizer:
+    """``adam@1e-3`` or ``sgd@0.01`` (momentum 0.9)."""
+    kind, learning_rate = spec.split("@")
+    if kind == "adam":
+        return torch.optim.Adam(parameters, float(learning_rate))
+    return torch.optim.SGD(parameters, float(learning_rate), momentum=0.9)
+
+
+def fit_network_to_pair(pair, spec: str, steps: int, patch_size: int = 68, patches_per_step: int = 2) -> None:
+    """Train a fresh network on random patches of one pair with the bundle's loss; prints its whole-image field as it goes."""
+    torch.manual_seed(0)
+    network, loss_function = regplugins.networks.PatchRegistrationUNet(), regplugins.losses.IntraModalitySimilarityLoss()
+    optimizer, inferer = make_optimiser(spec, network.parameters()), regplugins.inferers.ValidPatchInferer()
+    margin, truth = regplugins.networks.PatchRegistrationUNet.margin, pair["true_voxel_ddf"]
+    padded = torch.nn.functional.pad(pair["images"], [margin] * 6)
+    target_ct = torch.tensor([str(pair["fixed_modality"]).lower() == "ct"] * patches_per_step)
+    for step in range(steps + 1):
+        if step % 100 == 0 or step == steps:
+            for mode in ("running", "batch"):
+                with torch.no_grad():
+                    ddf = inferer(pair["images"][:, :2], network.train(mode == "batch"))
+                print(f"  network fitted with {spec}, step {step}, {mode} statistics: field {ddf.norm(dim=1).mean():.2f}"
+                      f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf):.4f}", flush=True)
+        starts = torch.randint(0, padded.shape[2] - patch_size + 1, (patches_per_step, 3)).tolist()
+        patches = torch.cat([padded[(..., *(slice(s, s + patch_size) for s in start))] for start in starts])
+        loss = loss_function(network.train()(patches[:, :2]), {"images": patches, "fixed_is_ct": target_ct})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -96,11 +135,7 @@ def train_from_scratch(optimiser: str, steps: int, cache_dir: str, train_pairs: 
     parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing, "cache_dir": cache_dir,
                    "num_train_pairs": train_pairs, "num_workers": 1, "device": "cpu"})
     network, loss_function = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
-    kind, learning_rate = optimiser.split("@")
-    if kind == "adam":
-        optimizer = torch.optim.Adam(network.parameters(), float(learning_rate))
-    else:
-        optimizer = torch.optim.SGD(network.parameters(), float(learning_rate), momentum=0.9)
+    optimizer = make_optimiser(optimiser, network.parameters())
     start, losses = time.time(), []
     for batch in itertools.islice(itertools.cycle(parser.get_parsed_content("train#dataloader")), steps):
         inputs, target = regplugins.engines.prepare_paired_batch(batch, "cpu")
@@ -127,6 +162,8 @@ def main():
     parser.add_argument("--train_pairs", type=int, default=24)
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
+    parser.add_argument("--network_fit_steps", type=int, default=0)
+    parser.add_argument("--network_fit_optimisers", default="sgd@0.01,adam@0.001")
     parser.add_argument("--paired_images", default="registered", choices=["registered", "rendered"])
     args = parser.parse_args()
     if args.train_steps:
@@ -151,6 +188,8 @@ def main():
             print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.2f} voxels, Dice {label_dice(pair, ddf):.4f}")
         if args.free_field_steps:
             optimise_free_field(pair, args.free_field_steps, args.free_field_learning_rate, regulariser)
+        for spec in args.network_fit_optimisers.split(",") if args.network_fit_steps else []:
+            fit_network_to_pair(pair, spec, args.network_fit_steps)
 
 
 if __name__ == "__main__":
