@@ -44,12 +44,14 @@ def main():
     options = argparse.ArgumentParser()
     options.add_argument("--intensity_spread", type=float, default=1.0)
     options.add_argument("--epochs", type=int, default=12)
+    options.add_argument("--working_size", type=int, default=32)
+    options.add_argument("--working_spacing", type=float, default=6.0)
     args = options.parse_args()
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config.update({
         "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "ckpt_dir": "/tmp/fire_synthesis_probe",
-        "spatial_dims": 2, "batch_size": 4, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
+        "spatial_dims": 2, "working_size": args.working_size, "working_spacing": args.working_spacing, "batch_size": 4, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
         "modality_pairs": [["t1", "t2"]], "synthesis_args#random_direction": False,
         "synthesis_args#intensity_spread": args.intensity_spread,
         "rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0,

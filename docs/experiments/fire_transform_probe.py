@@ -7,7 +7,8 @@ validation pair the loss terms, the non-rigid field's mean length in normalised 
 the image) and the mean shift of the affine, of the non-rigid field (the part of it that moves the
 whole image, which the Laplacian smoothness term cannot see) and of the two composed.
 ``--start_from`` continues from a checkpoint, e.g. the second stage of a staged schedule, and
-``--loss_weights`` rescales loss terms as the train config's option does.
+``--loss_weights`` rescales loss terms as the train config's option does, ``--grid`` sets the working
+size and spacing, and ``--one_way`` keeps the first modality the moving one.
 
 ``--probe affine`` trains the affine sub-network alone in the easiest setting: one modality, no
 deformation, the loss the RMS between the warped moving image and the fixed one (no synthesis),
@@ -35,12 +36,13 @@ from regplugins.networks.fire import AffineNetwork, SynthesisEncoder
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
 
-def parse_config(modalities, **overrides) -> ConfigParser:
-    """The train config in 2D at its 32x32, 6 mm grid, on ``modalities`` pairs, 200 training pairs of batch 4."""
+def parse_config(modalities, grid, **overrides) -> ConfigParser:
+    """The train config in 2D at ``grid`` (size, spacing), on ``modalities`` pairs, 200 training pairs of batch 4."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "spatial_dims": 2, "batch_size": 4,
-                   "num_train_pairs": 200, "num_workers": 1, "modality_pairs": [list(modalities)], **overrides})
+                   "working_size": grid[0], "working_spacing": grid[1], "num_train_pairs": 200, "num_workers": 1,
+                   "modality_pairs": [list(modalities)], **overrides})
     return parser
 
 
@@ -55,11 +57,11 @@ def validation_dice(pairs, flow_of) -> float:
     return metric.aggregate().item()
 
 
-def probe_joint(modalities, epochs: int, learning_rates, start_from: str, loss_weights: dict | None) -> None:
+def probe_joint(modalities, grid, epochs: int, learning_rates, start_from: str, loss_weights: dict | None, one_way: bool) -> None:
     affine_rate, nonrigid_rate, synthesis_rate = learning_rates
-    parser = parse_config(modalities, affine_learning_rate=affine_rate, nonrigid_learning_rate=nonrigid_rate,
-                          synthesis_learning_rate=synthesis_rate, ckpt_dir=tempfile.mkdtemp(), pretrained_weights=start_from,
-                          loss_weights=loss_weights)
+    parser = parse_config(modalities, grid, **{"synthesis_args#random_direction": not one_way}, loss_weights=loss_weights,
+                          affine_learning_rate=affine_rate, nonrigid_learning_rate=nonrigid_rate,
+                          synthesis_learning_rate=synthesis_rate, ckpt_dir=tempfile.mkdtemp(), pretrained_weights=start_from)
     monai.utils.set_determinism(seed=0)
     trainer, network, loss = (parser.get_parsed_content(k) for k in ("train#trainer", "network", "loss"))
     if start_from:  # the trainer loads it too, but only once it starts
@@ -79,8 +81,8 @@ def probe_joint(modalities, epochs: int, learning_rates, start_from: str, loss_w
               f" of the two composed {mean_shift['flow_ab']:.3f}", flush=True)
 
 
-def probe_affine(affine_input: str, epochs: int, learning_rate: float) -> None:
-    parser = parse_config(["t1", "t1"], deformation_mm=0.0)
+def probe_affine(grid, affine_input: str, epochs: int, learning_rate: float) -> None:
+    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0)
     torch.manual_seed(0)
     train, pairs = parser.get_parsed_content("train#dataloader"), list(parser.get_parsed_content("validate#dataloader"))
     encoder = SynthesisEncoder(2, 1, (8, 16, 32)).requires_grad_(False) if affine_input == "encoder" else torch.nn.Identity()
@@ -103,6 +105,8 @@ def main():
     parser.add_argument("--probe", choices=["joint", "affine"], required=True)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--modalities", nargs=2, default=["t1", "t1"])
+    parser.add_argument("--grid", type=float, nargs=2, default=[32, 6.0], help="working size and spacing (mm)")
+    parser.add_argument("--one_way", action="store_true", help="the first modality always the moving one (runs 8-10)")
     parser.add_argument("--learning_rates", type=float, nargs=3, default=[5e-4, 5e-4, 1e-3],
                         help="affine, non-rigid, synthesis (the joint probe; ten times the paper's by default)")
     parser.add_argument("--start_from", default="", help="the joint probe's starting weights (default: a fresh network)")
@@ -111,9 +115,10 @@ def main():
     parser.add_argument("--affine_learning_rate", type=float, default=1e-3)
     args = parser.parse_args()
     if args.probe == "joint":
-        probe_joint(args.modalities, args.epochs, args.learning_rates, args.start_from, args.loss_weights)
+        grid = (int(args.grid[0]), args.grid[1])
+        probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
     else:
-        probe_affine(args.affine_input, args.epochs, args.affine_learning_rate)
+        probe_affine((int(args.grid[0]), args.grid[1]), args.affine_input, args.epochs, args.affine_learning_rate)
 
 
 if __name__ == "__main__":

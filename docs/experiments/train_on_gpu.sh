@@ -9,9 +9,13 @@
 # continues from the bundle's shipped weights, the others start from scratch.
 #   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
+# FIRE_SECONDS > 0 also trains fire_inverse_consistent_reg in 3D at FIRE_GRID, in the three stages
+# of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
+# all three optimisers; 40, 30 and 30 % of FIRE_SECONDS), each stage from the last one's weights:
+#   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
-# and the last weights of the gradient-fusion runs apart (2.7 MB each), without the logs'
-# per-iteration lines.
+# and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
+# its own archive, without the logs' per-iteration lines.
 set -uo pipefail
 OUT=${OUT:-gpu_runs}
 START=$(date +%s)
@@ -21,6 +25,9 @@ GRID=${GRID:-'"working_shape": [96, 96, 96], "working_spacing": 2.0'}
 GF_PAIRS=${GF_PAIRS:-192}
 DS_PAIRS=${DS_PAIRS:-150}
 BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
+FIRE_SECONDS=${FIRE_SECONDS:-0}
+FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
+FIRE_PAIRS=${FIRE_PAIRS:-1000}
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
 
@@ -42,16 +49,39 @@ cache() {  # bundle, number of training pairs
         $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings, \"synthesis_device\": \"cpu\"}"
 }
 
-pack() {  # bundle, archive name, files to keep (globs under each run); weights are saved back on the CPU
+pack() {  # bundle, archive name, files to keep (globs under each run, or run/glob); weights are saved back on the CPU
     local bundle=$1 archive=$2; shift 2
     (cd "$OUT/$bundle" && for log in *.log; do grep -v -E "Iter: [0-9]+/" "$log" >"${log%.log}.summary"; done
-     weights=$(for pattern in "$@"; do ls -d */$pattern 2>/dev/null; done)
+     weights=$(for pattern in "$@"; do ls -d */$pattern $pattern 2>/dev/null; done)
      $PY -c 'import sys, torch; [torch.save(torch.load(f, map_location="cpu"), f) for f in sys.argv[1:]]' $weights
      tar -czf "$OUT/$archive.tar.gz" grid.json *.summary $weights)
 }
 
+fire_stage() {  # stage name, seconds, weights to start from ("" for none), then the stage's own overrides
+    local name=$1 seconds=$2 start=$3; shift 3
+    mkdir -p "$OUT/$FIRE"
+    echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS}" >"$OUT/$FIRE/grid.json"
+    OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
+        --config_file "['bundles/$FIRE/configs/train.json','docs/experiments/keep_last_epoch.json']" \
+        --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/grid.json" --batch_size 4 --num_workers 8 \
+        --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1}" --train#trainer#max_epochs 1000 \
+        --pretrained_weights "$start" --ckpt_dir "$OUT/$FIRE/$name" "$@" >"$OUT/$FIRE/$name.log" 2>&1
+}
+
+last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
+
+fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
+    fire_stage synthesis $(( FIRE_SECONDS * 4 / 10 )) "" --rotation_deg 0 --translation_mm 0 --scaling 0 \
+        --deformation_mm 0 --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+    fire_stage affine $(( FIRE_SECONDS * 3 / 10 )) "$(last_epoch synthesis)" --affine_learning_rate 0.001 \
+        --train#iteration_update#optimizers '$[@optimizers#0]'
+    fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)"
+}
+
 GF=ct_mr_gradient_fusion_reg
 DS=ct_mr_dual_similarity_reg
+FIRE=fire_inverse_consistent_reg
+(( FIRE_SECONDS > 0 )) && fire_stages &
 (( GF_PAIRS > 0 )) && { cache $GF "$GF_PAIRS" & gf_cache=$!; }
 (( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
 if (( GF_PAIRS > 0 )) && wait $gf_cache; then
@@ -73,7 +103,11 @@ wait
 grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40
 (( GF_PAIRS > 0 )) && pack $GF gradient_fusion_best "model.pt" && pack $GF gradient_fusion_last "model_epoch=*.pt"
 (( DS_PAIRS > 0 )) && pack $DS dual_similarity "*.pt"
-rm -rf "$OUT/$GF" "$OUT/$DS"
+# one FIRE network at FIRE_GRID's default channels is 14.6 MB, so one per archive
+(( FIRE_SECONDS > 0 )) && for weights in joint/model.pt "joint/model_epoch=*.pt" affine/model.pt; do
+    pack $FIRE "fire_$(dirname "$weights")_$(basename "$weights" .pt | cut -d= -f1)" "$weights"
+done
+rm -rf "$OUT/$GF" "$OUT/$DS" "$OUT/$FIRE"
 ls -la "$OUT"
 
 # inference time per pair on this GPU; weights do not change it, so untrained bundles are timed too
