@@ -6,8 +6,9 @@ as in the model card's run 4), and after every epoch prints the RMS of the synth
 F_A->B(G(x_A)) against x_B on the validation pairs, beside two references: the mean validation
 target (a synthesis that ignores its input) and the best pixel-wise intensity mapping fitted on
 each validation image itself (the most any intensity look-up could do). `--intensity_spread`
-narrows the generator's per-pair tissue intensities (1: its default, 0: one protocol).
-About 3 minutes on 2 CPU cores:
+narrows the generator's per-pair tissue intensities (1: its default, 0: one protocol);
+`--working_size` and `--working_spacing` set the grid (32 and 6 mm, the train config's, by default).
+About 3 minutes on 2 CPU cores at the default grid:
 
     python docs/experiments/fire_synthesis_probe.py --intensity_spread 1.0
     python docs/experiments/fire_synthesis_probe.py --intensity_spread 0.1
@@ -51,7 +52,8 @@ def main():
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config.update({
         "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "ckpt_dir": "/tmp/fire_synthesis_probe",
-        "spatial_dims": 2, "working_size": args.working_size, "working_spacing": args.working_spacing, "batch_size": 4, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
+        "spatial_dims": 2, "working_size": args.working_size, "working_spacing": args.working_spacing,
+        "batch_size": 4, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
         "modality_pairs": [["t1", "t2"]], "synthesis_args#random_direction": False,
         "synthesis_args#intensity_spread": args.intensity_spread,
         "rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0,

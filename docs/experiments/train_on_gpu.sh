@@ -59,6 +59,7 @@ pack() {  # bundle, archive name, files to keep (globs under each run, or run/gl
 
 fire_stage() {  # stage name, seconds, weights to start from ("" for none), then the stage's own overrides
     local name=$1 seconds=$2 start=$3; shift 3
+    (( seconds > 60 )) || { echo "$FIRE $name: no time left"; return 1; }
     mkdir -p "$OUT/$FIRE"
     echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS}" >"$OUT/$FIRE/grid.json"
     OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
