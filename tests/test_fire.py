@@ -151,15 +151,11 @@ def test_train_config_runs_one_iteration_in_3d_and_with_one_override_in_2d(tmp_p
     assert kernel.dim() == (4 if dims_override else 5)
 
 
-def test_train_config_pairs_one_ordered_pair_of_modalities_so_the_synthesis_has_one_target():
+@pytest.mark.parametrize("override, expected", [({}, ("t1", "t2")), ({"modality_pairs": [["ct", "t1"]]}, ("ct", "t1"))])
+def test_train_config_pairs_one_ordered_pair_of_modalities_so_the_synthesis_has_one_target(override, expected):
     parser = ConfigParser()
     parser.read_config(str(FIRE / "configs" / "train.json"))
-    parser.update({"spatial_dims": 2})
+    parser.update({"spatial_dims": 2, **override})
     synthesis = parser.get_parsed_content("train#synthesis")
     directions = {(pair["moving_modality"], pair["fixed_modality"]) for pair in (synthesis({"seed": s}) for s in range(6))}
-    assert directions == {("t1", "t2")}
-    parser.update({"modality_pairs": [["ct", "t1"]]})
-    parser.parse()
-    synthesis = parser.get_parsed_content("train#synthesis")
-    directions = {(pair["moving_modality"], pair["fixed_modality"]) for pair in (synthesis({"seed": s}) for s in range(6))}
-    assert directions == {("ct", "t1")}
+    assert directions == {expected}
