@@ -20,7 +20,7 @@ from regplugins.losses import FIRELoss
 from regplugins.losses.fire import rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
-from regplugins.networks.fire import compose_affine_nonrigid
+from regplugins.networks.fire import AffineNetwork, compose_affine_nonrigid
 from regplugins.transforms import register_on_native_grids, write_registration_outputs
 
 FIRE = ROOT / "bundles" / "fire_inverse_consistent_reg"
@@ -46,6 +46,20 @@ def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims):
     assert full.shape == (2, spatial_dims, *([32] * spatial_dims)) and full.abs().max() < 0.05
     with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
         network(pair[..., :30])
+
+
+def test_the_affine_sub_network_still_depends_on_its_input_and_learns_when_every_hidden_unit_is_negative():
+    # in a 3D CPU run every hidden unit of a plain ReLU layer fell silent at once, fixing the affine for good
+    torch.manual_seed(0)
+    affine = AffineNetwork(spatial_dims=2, feature_channels=4, channels=8, hidden=8)
+    torch.nn.init.normal_(affine.fully_connected[-1].weight, std=0.1)  # as after some training
+    with torch.no_grad():
+        affine.fully_connected[0].bias.fill_(-100.0)
+    features_a, features_b = torch.rand(2, 1, 4, 16, 16)
+    theta = affine(features_a, features_b)
+    assert not torch.allclose(theta, affine(features_b, features_a))
+    theta[:, :, -1].sum().backward()
+    assert affine.features[0].conv.weight.grad.abs().sum() > 0
 
 
 def test_an_affine_composed_with_a_zero_field_is_the_affine_and_warps_as_it_says():

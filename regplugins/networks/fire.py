@@ -94,7 +94,11 @@ class AffineNetwork(nn.Module):
             _conv(spatial_dims, 2 * feature_channels, channels, strides=2),
             _conv(spatial_dims, channels, 2 * channels, strides=2),
         )
-        self.fully_connected = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, spatial_dims * (spatial_dims + 1)))
+        # leaky: the pooled features barely differ between pairs, so one bias step can silence every ReLU unit
+        # at once (all 64 did in a 3D CPU run), leaving an affine that no longer depends on its input
+        self.fully_connected = nn.Sequential(
+            nn.Linear(2 * channels, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, spatial_dims * (spatial_dims + 1))
+        )
         nn.init.zeros_(self.fully_connected[-1].weight)
         identity = torch.eye(spatial_dims, spatial_dims + 1)
         with torch.no_grad():
