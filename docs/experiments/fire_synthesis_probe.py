@@ -7,8 +7,9 @@ F_A->B(G(x_A)) against x_B on the validation pairs, beside two references: the m
 target (a synthesis that ignores its input) and the best pixel-wise intensity mapping fitted on
 each validation image itself (the most any intensity look-up could do). `--intensity_spread`
 narrows the generator's per-pair tissue intensities (1: its default, 0: one protocol);
-`--working_size` and `--working_spacing` set the grid (32 and 6 mm, the train config's, by default).
-About 3 minutes on 2 CPU cores at the default grid:
+`--working_size` and `--working_spacing` set the grid (32 and 6 mm, the train config's, by default),
+`--spatial_dims 3` makes it 3D, and `--start_from` continues from a checkpoint (with `--epochs 0`
+it only measures that checkpoint's synthesis). About 3 minutes on 2 CPU cores at the default grid:
 
     python docs/experiments/fire_synthesis_probe.py --intensity_spread 1.0
     python docs/experiments/fire_synthesis_probe.py --intensity_spread 0.1
@@ -47,13 +48,16 @@ def main():
     options.add_argument("--epochs", type=int, default=12)
     options.add_argument("--working_size", type=int, default=32)
     options.add_argument("--working_spacing", type=float, default=6.0)
+    options.add_argument("--spatial_dims", type=int, default=2)
+    options.add_argument("--batch_size", type=int, default=4)
+    options.add_argument("--start_from", default="", help="a checkpoint of the network (default: a fresh one)")
     args = options.parse_args()
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config.update({
         "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "ckpt_dir": "/tmp/fire_synthesis_probe",
-        "spatial_dims": 2, "working_size": args.working_size, "working_spacing": args.working_spacing,
-        "batch_size": 4, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
+        "spatial_dims": args.spatial_dims, "working_size": args.working_size, "working_spacing": args.working_spacing,
+        "batch_size": args.batch_size, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
         "modality_pairs": [["t1", "t2"]], "synthesis_args#random_direction": False,
         "synthesis_args#intensity_spread": args.intensity_spread,
         "rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0,
@@ -61,19 +65,23 @@ def main():
         "loss_weights": {"synthesis_feature": 0.1, "synthesis_alignment": 0.1}, "train#trainer#max_epochs": args.epochs,
     })
     trainer, network = config.get_parsed_content("train#trainer"), config.get_parsed_content("network")
+    if args.start_from:
+        network.load_state_dict(torch.load(args.start_from, map_location="cpu"))
     validation = config.get_parsed_content("validate#dataset")
     pairs = torch.stack([validation[i]["image"] for i in range(len(validation))])
     x_a, x_b = pairs[:, :1], pairs[:, 1:]
     print(f"references: mean target {mean_rms(x_b.mean(0, keepdim=True).expand_as(x_b), x_b):.3f}, "
           f"best intensity mapping {best_lookup_rms(x_a, x_b):.3f}")
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def report(engine):
+    def report(epoch: int) -> None:
         with torch.no_grad():
             synthesis = network.train().training_outputs(pairs)["syn_b"]
-        print(f"epoch {engine.state.epoch}: synthesis RMS {mean_rms(synthesis, x_b):.3f}")
+        print(f"epoch {epoch}: synthesis RMS {mean_rms(synthesis, x_b):.3f}", flush=True)
 
-    trainer.run()
+    report(0)
+    if args.epochs:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: report(engine.state.epoch))
+        trainer.run()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""How do FIRE's transformation networks learn on the generator's pairs? Two 2D probes.
+"""How do FIRE's transformation networks learn on the generator's pairs? Three probes.
 
 ``--probe joint`` trains the whole of `fire_inverse_consistent_reg` as its train config does (the
 three optimisers in turn) on 2D pairs of ``--modalities`` (default T1 to T1: one modality, so the
@@ -12,10 +12,15 @@ size and spacing, and ``--one_way`` keeps the first modality the moving one.
 
 ``--probe affine`` trains the affine sub-network alone in the easiest setting: one modality, no
 deformation, the loss the RMS between the warped moving image and the fixed one (no synthesis),
-on the images themselves or on the features of a fresh, frozen synthesis encoder
-(``--affine_input encoder``), printing the validation Dice every 3 epochs.
+on the images themselves or on the features of a frozen synthesis encoder (``--affine_input
+encoder``), fresh or a checkpoint's (``--encoder_weights``), printing the validation Dice every 3
+epochs, in 2D or 3D (``--spatial_dims``).
 
-About 3 minutes each on 2 CPU cores:
+``--probe head CHECKPOINT...`` asks whether a trained network's affine sub-network ``T_A->B`` can
+still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
+its hidden units are ever positive, and the spread of the affines it predicts.
+
+About 3 minutes each on 2 CPU cores (2D):
 
     python docs/experiments/fire_transform_probe.py --probe joint --epochs 25
     python docs/experiments/fire_transform_probe.py --probe affine --affine_input image
@@ -36,13 +41,13 @@ from regplugins.networks.fire import AffineNetwork, SynthesisEncoder
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
 
-def parse_config(modalities, grid, **overrides) -> ConfigParser:
-    """The train config in 2D at ``grid`` (size, spacing), on ``modalities`` pairs, 200 training pairs of batch 4."""
+def parse_config(modalities, grid, spatial_dims=2, batch_size=4, num_train_pairs=200, **overrides) -> ConfigParser:
+    """The train config at ``grid`` (size, spacing), on ``modalities`` pairs; by default 2D, 200 training pairs of batch 4."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "spatial_dims": 2, "batch_size": 4,
-                   "working_size": grid[0], "working_spacing": grid[1], "num_train_pairs": 200, "num_workers": 1,
-                   "modality_pairs": [list(modalities)], **overrides})
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "spatial_dims": spatial_dims,
+                   "batch_size": batch_size, "working_size": grid[0], "working_spacing": grid[1],
+                   "num_train_pairs": num_train_pairs, "num_workers": 1, "modality_pairs": [list(modalities)], **overrides})
     return parser
 
 
@@ -81,12 +86,19 @@ def probe_joint(modalities, grid, epochs: int, learning_rates, start_from: str, 
               f" of the two composed {mean_shift['flow_ab']:.3f}", flush=True)
 
 
-def probe_affine(grid, affine_input: str, epochs: int, learning_rate: float) -> None:
-    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0)
+def probe_affine(grid, affine_input: str, epochs: int, learning_rate: float, encoder_weights: str, **data) -> None:
+    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
     torch.manual_seed(0)
     train, pairs = parser.get_parsed_content("train#dataloader"), list(parser.get_parsed_content("validate#dataloader"))
-    encoder = SynthesisEncoder(2, 1, (8, 16, 32)).requires_grad_(False) if affine_input == "encoder" else torch.nn.Identity()
-    network = AffineNetwork(2, 32 if affine_input == "encoder" else 1, 16)
+    dims = parser["spatial_dims"]
+    encoder = torch.nn.Identity()
+    if affine_input == "encoder":
+        encoder = SynthesisEncoder(dims, 1, (8, 16, 32))
+        if encoder_weights:
+            state = torch.load(encoder_weights, map_location="cpu")
+            encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+        encoder.requires_grad_(False)
+    network = AffineNetwork(dims, 32 if affine_input == "encoder" else 1, 16)
     optimizer = torch.optim.Adam(network.parameters(), learning_rate)
     flow_of = lambda image: normalised_affine_flow(network(encoder(image[:, :1]), encoder(image[:, 1:])), image.shape[2:])
     for epoch in range(epochs + 1):
@@ -100,9 +112,25 @@ def probe_affine(grid, affine_input: str, epochs: int, learning_rate: float) -> 
             optimizer.step()
 
 
+def probe_head(checkpoints, grid, **data) -> None:
+    parser = parse_config(["t1", "t2"], grid, **data)
+    network, pairs = parser.get_parsed_content("network"), list(parser.get_parsed_content("validate#dataloader"))
+    affine = network.transform_ab.affine
+    for checkpoint in checkpoints:
+        network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        with torch.no_grad():
+            pooled = torch.cat([affine.features(torch.cat([network.encoder(p["image"][:, :1]), network.encoder(p["image"][:, 1:])], 1))
+                                .flatten(2).mean(2) for p in pairs])
+            hidden, theta = affine.fully_connected[0](pooled), affine.fully_connected(pooled)
+        print(f"{checkpoint}: pooled features {pooled.mean():.3f}, spread over {len(pairs)} pairs {pooled.std(0).mean():.4f};"
+              f" hidden units ever positive {int((hidden > 0).any(0).sum())} of {hidden.shape[1]};"
+              f" largest spread of an affine entry {theta.std(0).max():.2e}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", choices=["joint", "affine"], required=True)
+    parser.add_argument("--probe", choices=["joint", "affine", "head"], required=True)
+    parser.add_argument("checkpoints", nargs="*", help="the head probe's networks")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--modalities", nargs=2, default=["t1", "t1"])
     parser.add_argument("--grid", type=float, nargs=2, default=[32, 6.0], help="working size and spacing (mm)")
@@ -113,12 +141,19 @@ def main():
     parser.add_argument("--loss_weights", type=json.loads, default=None, help="the joint probe's, as the train config's")
     parser.add_argument("--affine_input", choices=["image", "encoder"], default="image")
     parser.add_argument("--affine_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--encoder_weights", default="", help="the affine probe's encoder from this checkpoint (default: fresh)")
+    parser.add_argument("--spatial_dims", type=int, default=2, help="the affine and head probes'")
+    parser.add_argument("--batch_size", type=int, default=4, help="the affine probe's")
+    parser.add_argument("--num_train_pairs", type=int, default=200, help="the affine probe's")
     args = parser.parse_args()
+    grid = (int(args.grid[0]), args.grid[1])
     if args.probe == "joint":
-        grid = (int(args.grid[0]), args.grid[1])
         probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
+    elif args.probe == "affine":
+        probe_affine(grid, args.affine_input, args.epochs, args.affine_learning_rate, args.encoder_weights,
+                     spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs)
     else:
-        probe_affine((int(args.grid[0]), args.grid[1]), args.affine_input, args.epochs, args.affine_learning_rate)
+        probe_head(args.checkpoints, grid, spatial_dims=args.spatial_dims, num_train_pairs=4)
 
 
 if __name__ == "__main__":
