@@ -119,8 +119,7 @@ def probe_head(checkpoints, grid, **data) -> None:
     for checkpoint in checkpoints:
         network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
         with torch.no_grad():
-            pooled = torch.cat([affine.features(torch.cat([network.encoder(p["image"][:, :1]), network.encoder(p["image"][:, 1:])], 1))
-                                .flatten(2).mean(2) for p in pairs])
+            pooled = torch.cat([affine.pooled_features(network.encoder(p["image"][:, :1]), network.encoder(p["image"][:, 1:])) for p in pairs])
             hidden, theta = affine.fully_connected[0](pooled), affine.fully_connected(pooled)
         print(f"{checkpoint}: pooled features {pooled.mean():.3f}, spread over {len(pairs)} pairs {pooled.std(0).mean():.4f};"
               f" hidden units ever positive {int((hidden > 0).any(0).sum())} of {hidden.shape[1]};"

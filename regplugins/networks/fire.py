@@ -104,9 +104,12 @@ class AffineNetwork(nn.Module):
         with torch.no_grad():
             self.fully_connected[-1].bias.copy_(identity.flatten())
 
+    def pooled_features(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+        """``(B, 2 * channels)``: the globally averaged convolution features that the fully connected layers read."""
+        return self.features(torch.cat([features_a, features_b], dim=1)).flatten(2).mean(dim=2)
+
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(torch.cat([features_a, features_b], dim=1)).flatten(2).mean(dim=2)
-        return self.fully_connected(pooled).view(-1, self.spatial_dims, self.spatial_dims + 1)
+        return self.fully_connected(self.pooled_features(features_a, features_b)).view(-1, self.spatial_dims, self.spatial_dims + 1)
 
 
 class NonRigidNetwork(nn.Module):
