@@ -13,6 +13,7 @@
 # of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
 # all three optimisers; 40, 30 and 30 % of FIRE_SECONDS), each stage from the last one's weights:
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
+# Run FIRE alone: beside the dual-similarity runs its loader workers starved it (its card, run 12).
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
 # its own archive, without the logs' per-iteration lines.
@@ -28,6 +29,7 @@ BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
 FIRE_SECONDS=${FIRE_SECONDS:-0}
 FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
+FIRE_WORKERS=${FIRE_WORKERS:-12}  # its pairs are synthesised on the fly, 0.4 s each at 64^3 on one core
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
 
@@ -64,7 +66,7 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), then
     echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS}" >"$OUT/$FIRE/grid.json"
     OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
         --config_file "['bundles/$FIRE/configs/train.json','docs/experiments/keep_last_epoch.json']" \
-        --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/grid.json" --batch_size 4 --num_workers 8 \
+        --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/grid.json" --batch_size 4 --num_workers "$FIRE_WORKERS" \
         --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1}" --train#trainer#max_epochs 1000 \
         --pretrained_weights "$start" --ckpt_dir "$OUT/$FIRE/$name" "$@" >"$OUT/$FIRE/$name.log" 2>&1
 }
