@@ -8,7 +8,8 @@ target (a synthesis that ignores its input) and the best pixel-wise intensity ma
 each validation image itself (the most any intensity look-up could do). `--intensity_spread`
 narrows the generator's per-pair tissue intensities (1: its default, 0: one protocol);
 `--working_size` and `--working_spacing` set the grid (32 and 6 mm, the train config's, by default),
-`--spatial_dims 3` makes it 3D, and `--start_from` continues from a checkpoint (with `--epochs 0`
+`--spatial_dims 3` makes it 3D, `--channels` and `--transform_channels` set the network's widths
+(the train config's by default), and `--start_from` continues from a checkpoint (with `--epochs 0`
 it only measures that checkpoint's synthesis). About 3 minutes on 2 CPU cores at the default grid:
 
     python docs/experiments/fire_synthesis_probe.py --intensity_spread 1.0
@@ -51,12 +52,15 @@ def main():
     options.add_argument("--spatial_dims", type=int, default=2)
     options.add_argument("--batch_size", type=int, default=4)
     options.add_argument("--start_from", default="", help="a checkpoint of the network (default: a fresh one)")
+    options.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32], help="the synthesis networks' (the train config's)")
+    options.add_argument("--transform_channels", type=int, default=16, help="the transformation networks' (the train config's)")
     args = options.parse_args()
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
     config.update({
         "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "ckpt_dir": "/tmp/fire_synthesis_probe",
         "spatial_dims": args.spatial_dims, "working_size": args.working_size, "working_spacing": args.working_spacing,
+        "network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels,
         "batch_size": args.batch_size, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
         "modality_pairs": [["t1", "t2"]], "synthesis_args#random_direction": False,
         "synthesis_args#intensity_spread": args.intensity_spread,

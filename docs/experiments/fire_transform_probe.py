@@ -20,6 +20,12 @@ epochs, in 2D or 3D (``--spatial_dims``).
 still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
 its hidden units are ever positive, and the spread of the affines it predicts.
 
+``--probe landscape CHECKPOINT...`` asks whether stage two's loss rewards alignment at all: on the
+validation pairs it warps the moving image by a share ``t`` of the true field (0 the identity, 1
+the truth) and prints, for each ``t``, the label Dice and the RMS against ``x_B`` of the
+registration term ``F_A->B(G(x_A o phi))``, of the synthesis term ``F_A->B(G(x_A) o phi)``, and of
+the warped image itself (the direct loss of the affine probe, meaningful for one modality alone).
+
 About 3 minutes each on 2 CPU cores (2D):
 
     python docs/experiments/fire_transform_probe.py --probe joint --epochs 25
@@ -126,10 +132,35 @@ def probe_head(checkpoints, grid, **data) -> None:
               f" largest spread of an affine entry {theta.std(0).max():.2e}", flush=True)
 
 
+def probe_landscape(checkpoints, grid, modalities, shares, **data) -> None:
+    parser = parse_config(modalities, grid, **{"synthesis_args#random_direction": False,
+                          "pair_transforms#3#keys": ["image", "moving_label", "fixed_label", "true_ddf"]}, **data)
+    network, pairs = parser.get_parsed_content("network"), list(parser.get_parsed_content("validate#dataloader"))
+    # the generator's grids are axis-aligned, so its true field in mm over the spacing is the voxel DDF
+    voxel_ddfs = [pair["true_ddf"].as_tensor() / parser["working_spacing"] for pair in pairs]
+    true_flows = {id(pair["image"]): ddf / normalised_to_voxel(torch.ones_like(ddf)) for pair, ddf in zip(pairs, voxel_ddfs)}
+    for checkpoint in checkpoints:
+        network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        encoder, synthesise = network.encoder.eval(), network.decoder_ab.eval()
+        for share in shares:
+            flow_of = lambda image, share=share: share * true_flows[id(image)]
+            errors = torch.zeros(3)
+            with torch.no_grad():
+                for pair in pairs:
+                    x_a, x_b = pair["image"][:, :1].as_tensor(), pair["image"][:, 1:].as_tensor()
+                    flow = flow_of(pair["image"])
+                    warped = warp_normalised(x_a, flow)
+                    terms = (synthesise(encoder(warped)), synthesise(warp_normalised(encoder(x_a), flow)), warped)
+                    errors += torch.stack([(term - x_b).square().mean().sqrt() for term in terms])
+            registration, synthesis, image = (errors / len(pairs)).tolist()
+            print(f"{checkpoint}, t = {share}: Dice {validation_dice(pairs, flow_of):.4f}; RMS against x_B of F(G(x_A o phi))"
+                  f" {registration:.4f}, of F(G(x_A) o phi) {synthesis:.4f}, of x_A o phi {image:.4f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", choices=["joint", "affine", "head"], required=True)
-    parser.add_argument("checkpoints", nargs="*", help="the head probe's networks")
+    parser.add_argument("--probe", choices=["joint", "affine", "head", "landscape"], required=True)
+    parser.add_argument("checkpoints", nargs="*", help="the head and landscape probes' networks")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--modalities", nargs=2, default=["t1", "t1"])
     parser.add_argument("--grid", type=float, nargs=2, default=[32, 6.0], help="working size and spacing (mm)")
@@ -144,6 +175,9 @@ def main():
     parser.add_argument("--spatial_dims", type=int, default=2, help="the affine and head probes'")
     parser.add_argument("--batch_size", type=int, default=4, help="the affine probe's")
     parser.add_argument("--num_train_pairs", type=int, default=200, help="the affine probe's")
+    parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="the landscape probe's shares of the true field")
+    parser.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32], help="the head and landscape probes' network (the train config's)")
+    parser.add_argument("--transform_channels", type=int, default=16, help="the head and landscape probes' network (the train config's)")
     args = parser.parse_args()
     grid = (int(args.grid[0]), args.grid[1])
     if args.probe == "joint":
@@ -152,7 +186,11 @@ def main():
         probe_affine(grid, args.affine_input, args.epochs, args.affine_learning_rate, args.encoder_weights,
                      spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs)
     else:
-        probe_head(args.checkpoints, grid, spatial_dims=args.spatial_dims, num_train_pairs=4)
+        widths = {"network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels}
+        if args.probe == "head":
+            probe_head(args.checkpoints, grid, spatial_dims=args.spatial_dims, num_train_pairs=4, **widths)
+        else:
+            probe_landscape(args.checkpoints, grid, args.modalities, args.shares, spatial_dims=args.spatial_dims, num_train_pairs=4, **widths)
 
 
 if __name__ == "__main__":
