@@ -11,7 +11,8 @@
 # GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
 # FIRE_SECONDS > 0 also trains fire_inverse_consistent_reg in 3D at FIRE_GRID, in the three stages
 # of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
-# all three optimisers; 40, 30 and 30 % of FIRE_SECONDS), each stage from the last one's weights:
+# all three optimisers; by default 40, 30 and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine
+# stage the rest and skips the joint one), each stage from the last one's weights:
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # Run FIRE alone: beside the dual-similarity runs its loader workers starved it (its card, run 12).
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
@@ -29,6 +30,7 @@ BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
 FIRE_SECONDS=${FIRE_SECONDS:-0}
 FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
+read -r FIRE_SYNTHESIS_PERCENT FIRE_AFFINE_PERCENT <<<"${FIRE_SPLIT:-40 30}"
 FIRE_WORKERS=${FIRE_WORKERS:-12}  # its pairs are synthesised on the fly, 0.4 s each at 64^3 on one core
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
@@ -74,9 +76,9 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), then
 last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 
 fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
-    fire_stage synthesis $(( FIRE_SECONDS * 4 / 10 )) "" --rotation_deg 0 --translation_mm 0 --scaling 0 \
+    fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 )) "" --rotation_deg 0 --translation_mm 0 --scaling 0 \
         --deformation_mm 0 --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
-    fire_stage affine $(( FIRE_SECONDS * 3 / 10 )) "$(last_epoch synthesis)" --affine_learning_rate 0.001 \
+    fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) "$(last_epoch synthesis)" --affine_learning_rate 0.001 \
         --train#iteration_update#optimizers '$[@optimizers#0]'
     fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)"
 }
@@ -107,7 +109,7 @@ grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40
 (( GF_PAIRS > 0 )) && pack $GF gradient_fusion_best "model.pt" && pack $GF gradient_fusion_last "model_epoch=*.pt"
 (( DS_PAIRS > 0 )) && pack $DS dual_similarity "*.pt"
 # one FIRE network at FIRE_GRID's default channels is 14.6 MB, so one per archive
-(( FIRE_SECONDS > 0 )) && for weights in joint/model.pt "joint/model_epoch=*.pt" affine/model.pt; do
+(( FIRE_SECONDS > 0 )) && for weights in joint/model.pt "joint/model_epoch=*.pt" affine/model.pt "affine/model_epoch=*.pt"; do
     pack $FIRE "fire_$(dirname "$weights")_$(basename "$weights" .pt | cut -d= -f1)" "$weights"
 done
 rm -rf "$OUT/$GF" "$OUT/$DS" "$OUT/$FIRE"
