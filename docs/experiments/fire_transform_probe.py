@@ -14,7 +14,9 @@ size and spacing, and ``--one_way`` keeps the first modality the moving one.
 deformation, the loss the RMS between the warped moving image and the fixed one (no synthesis),
 on the images themselves or on the features of a frozen synthesis encoder (``--affine_input
 encoder``), fresh or a checkpoint's (``--encoder_weights``), printing the validation Dice every 3
-epochs, in 2D or 3D (``--spatial_dims``).
+epochs, in 2D or 3D (``--spatial_dims``). ``--affine_loss registration`` compares instead the
+checkpoint's synthesis of the warped image, ``F_A->B(G(x_A o phi))``, with the fixed image, as
+stage two's registration term does.
 
 ``--probe head CHECKPOINT...`` asks whether a trained network's affine sub-network ``T_A->B`` can
 still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
@@ -42,7 +44,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from regplugins.layers import cached_warp, normalised_affine_flow, normalised_to_voxel, warp_normalised
-from regplugins.networks.fire import AffineNetwork, SynthesisEncoder
+from regplugins.networks.fire import AffineNetwork, SynthesisDecoder, SynthesisEncoder
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
@@ -92,27 +94,36 @@ def probe_joint(modalities, grid, epochs: int, learning_rates, start_from: str, 
               f" of the two composed {mean_shift['flow_ab']:.3f}", flush=True)
 
 
-def probe_affine(grid, affine_input: str, epochs: int, learning_rate: float, encoder_weights: str, **data) -> None:
+def frozen_part(module: torch.nn.Module, checkpoint: str, prefix: str) -> torch.nn.Module:
+    """``module`` with the weights of the FIRE checkpoint's sub-network ``prefix`` (fresh without a checkpoint), frozen."""
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu")
+        module.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    return module.requires_grad_(False)
+
+
+def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learning_rate: float, encoder_weights: str, **data) -> None:
     parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
     torch.manual_seed(0)
     train, pairs = parser.get_parsed_content("train#dataloader"), list(parser.get_parsed_content("validate#dataloader"))
     dims = parser["spatial_dims"]
     encoder = torch.nn.Identity()
-    if affine_input == "encoder":
-        encoder = SynthesisEncoder(dims, 1, (8, 16, 32))
-        if encoder_weights:
-            state = torch.load(encoder_weights, map_location="cpu")
-            encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-        encoder.requires_grad_(False)
+    if affine_input == "encoder" or affine_loss == "registration":
+        encoder = frozen_part(SynthesisEncoder(dims, 1, (8, 16, 32)), encoder_weights, "encoder.")
+    # the direct loss compares the warped image itself; stage two's registration term compares its synthesis F_A->B(G(.))
+    compared = torch.nn.Identity()
+    if affine_loss == "registration":
+        compared = torch.nn.Sequential(encoder, frozen_part(SynthesisDecoder(dims, 1, (8, 16, 32)), encoder_weights, "decoder_ab."))
+    affine_features = encoder if affine_input == "encoder" else torch.nn.Identity()
     network = AffineNetwork(dims, 32 if affine_input == "encoder" else 1, 16)
     optimizer = torch.optim.Adam(network.parameters(), learning_rate)
-    flow_of = lambda image: normalised_affine_flow(network(encoder(image[:, :1]), encoder(image[:, 1:])), image.shape[2:])
+    flow_of = lambda image: normalised_affine_flow(network(affine_features(image[:, :1]), affine_features(image[:, 1:])), image.shape[2:])
     for epoch in range(epochs + 1):
         if epoch % 3 == 0 or epoch == epochs:
             print(f"epoch {epoch} ({epoch * len(train)} steps): validation Dice {validation_dice(pairs, flow_of):.4f}", flush=True)
         for batch in train if epoch < epochs else []:
             image = batch["image"]
-            loss = (warp_normalised(image[:, :1], flow_of(image)) - image[:, 1:]).square().mean()
+            loss = (compared(warp_normalised(image[:, :1], flow_of(image))) - image[:, 1:]).square().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -170,6 +181,8 @@ def main():
     parser.add_argument("--start_from", default="", help="the joint probe's starting weights (default: a fresh network)")
     parser.add_argument("--loss_weights", type=json.loads, default=None, help="the joint probe's, as the train config's")
     parser.add_argument("--affine_input", choices=["image", "encoder"], default="image")
+    parser.add_argument("--affine_loss", choices=["image", "registration"], default="image",
+                        help="the affine probe's: the warped image against the fixed one, or its synthesis F_A->B(G(.)) (needs --encoder_weights)")
     parser.add_argument("--affine_learning_rate", type=float, default=1e-3)
     parser.add_argument("--encoder_weights", default="", help="the affine probe's encoder from this checkpoint (default: fresh)")
     parser.add_argument("--spatial_dims", type=int, default=2, help="the affine and head probes'")
@@ -183,7 +196,7 @@ def main():
     if args.probe == "joint":
         probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
     elif args.probe == "affine":
-        probe_affine(grid, args.affine_input, args.epochs, args.affine_learning_rate, args.encoder_weights,
+        probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights,
                      spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs)
     else:
         widths = {"network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels}

@@ -11,8 +11,9 @@
 # GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
 # FIRE_SECONDS > 0 also trains fire_inverse_consistent_reg in 3D at FIRE_GRID, in the three stages
 # of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
-# all three optimisers; by default 40, 30 and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine
-# stage the rest and skips the joint one), each stage from the last one's weights:
+# all three optimisers; the affine stage without the inverse-consistency term; by default 40, 30
+# and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine stage the rest and skips the
+# joint one), each stage from the last one's weights:
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # Run FIRE alone: beside the dual-similarity runs its loader workers starved it (its card, run 12).
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
@@ -31,6 +32,7 @@ FIRE_SECONDS=${FIRE_SECONDS:-0}
 FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
 read -r FIRE_SYNTHESIS_PERCENT FIRE_AFFINE_PERCENT <<<"${FIRE_SPLIT:-40 30}"
+FIRE_EXTRA_WEIGHTS=""  # loss weights of one stage beside the feature and alignment terms' 0.1
 FIRE_WORKERS=${FIRE_WORKERS:-12}  # its pairs are synthesised on the fly, 0.4 s each at 64^3 on one core
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
@@ -69,7 +71,7 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), then
     OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
         --config_file "['bundles/$FIRE/configs/train.json','docs/experiments/keep_last_epoch.json']" \
         --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/grid.json" --batch_size 4 --num_workers "$FIRE_WORKERS" \
-        --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1}" --train#trainer#max_epochs 1000 \
+        --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1$FIRE_EXTRA_WEIGHTS}" --train#trainer#max_epochs 1000 \
         --pretrained_weights "$start" --ckpt_dir "$OUT/$FIRE/$name" "$@" >"$OUT/$FIRE/$name.log" 2>&1
 }
 
@@ -78,8 +80,9 @@ last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
     fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 )) "" --rotation_deg 0 --translation_mm 0 --scaling 0 \
         --deformation_mm 0 --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
-    fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) "$(last_epoch synthesis)" --affine_learning_rate 0.001 \
-        --train#iteration_update#optimizers '$[@optimizers#0]'
+    # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (card, item 14)
+    FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
+        "$(last_epoch synthesis)" --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]'
     fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)"
 }
 
