@@ -59,13 +59,16 @@ def parse_config(modalities, grid, spatial_dims=2, batch_size=4, num_train_pairs
     return parser
 
 
-def validation_dice(pairs, flow_of) -> float:
-    """Mean label Dice over ``pairs`` of the moving labels warped by the normalised field ``flow_of(image)``."""
+def validation_dice(pairs, flows) -> float:
+    """Mean label Dice over ``pairs`` of the moving labels warped by ``flows``, one normalised field per pair.
+
+    ``flows`` may be a generator: it is drawn under ``torch.no_grad``.
+    """
     metric = monai.metrics.DiceMetric(include_background=False)
     onehot = lambda labels: monai.networks.one_hot(labels.long(), 12)
     with torch.no_grad():
-        for pair in pairs:
-            ddf = normalised_to_voxel(flow_of(pair["image"]))
+        for pair, flow in zip(pairs, flows):
+            ddf = normalised_to_voxel(flow)
             metric(onehot(cached_warp("nearest")(pair["moving_label"].float(), ddf)), onehot(pair["fixed_label"]))
     return metric.aggregate().item()
 
@@ -84,7 +87,7 @@ def probe_joint(modalities, grid, epochs: int, learning_rates, start_from: str, 
         if epoch:
             trainer.state.max_epochs = epoch
             trainer.run()
-        dice = validation_dice(pairs, lambda image: network.train()(image)["flow_ab"])
+        dice = validation_dice(pairs, (network.train()(pair["image"])["flow_ab"] for pair in pairs))
         with torch.no_grad():
             out = network.train()(pairs[0]["image"])
         terms = ", ".join(f"{name} {value.item():.3f}" for name, value in loss.terms(out).items())
@@ -120,7 +123,8 @@ def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learnin
     flow_of = lambda image: normalised_affine_flow(network(affine_features(image[:, :1]), affine_features(image[:, 1:])), image.shape[2:])
     for epoch in range(epochs + 1):
         if epoch % 3 == 0 or epoch == epochs:
-            print(f"epoch {epoch} ({epoch * len(train)} steps): validation Dice {validation_dice(pairs, flow_of):.4f}", flush=True)
+            dice = validation_dice(pairs, (flow_of(pair["image"]) for pair in pairs))
+            print(f"epoch {epoch} ({epoch * len(train)} steps): validation Dice {dice:.4f}", flush=True)
         for batch in train if epoch < epochs else []:
             image = batch["image"]
             loss = (compared(warp_normalised(image[:, :1], flow_of(image))) - image[:, 1:]).square().mean()
@@ -149,22 +153,21 @@ def probe_landscape(checkpoints, grid, modalities, shares, **data) -> None:
     network, pairs = parser.get_parsed_content("network"), list(parser.get_parsed_content("validate#dataloader"))
     # the generator's grids are axis-aligned, so its true field in mm over the spacing is the voxel DDF
     voxel_ddfs = [pair["true_ddf"].as_tensor() / parser["working_spacing"] for pair in pairs]
-    true_flows = {id(pair["image"]): ddf / normalised_to_voxel(torch.ones_like(ddf)) for pair, ddf in zip(pairs, voxel_ddfs)}
+    true_flows = [ddf / normalised_to_voxel(torch.ones_like(ddf)) for ddf in voxel_ddfs]
     for checkpoint in checkpoints:
         network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
         encoder, synthesise = network.encoder.eval(), network.decoder_ab.eval()
         for share in shares:
-            flow_of = lambda image, share=share: share * true_flows[id(image)]
+            flows = [share * flow for flow in true_flows]
             errors = torch.zeros(3)
             with torch.no_grad():
-                for pair in pairs:
+                for pair, flow in zip(pairs, flows):
                     x_a, x_b = pair["image"][:, :1].as_tensor(), pair["image"][:, 1:].as_tensor()
-                    flow = flow_of(pair["image"])
                     warped = warp_normalised(x_a, flow)
                     terms = (synthesise(encoder(warped)), synthesise(warp_normalised(encoder(x_a), flow)), warped)
                     errors += torch.stack([(term - x_b).square().mean().sqrt() for term in terms])
             registration, synthesis, image = (errors / len(pairs)).tolist()
-            print(f"{checkpoint}, t = {share}: Dice {validation_dice(pairs, flow_of):.4f}; RMS against x_B of F(G(x_A o phi))"
+            print(f"{checkpoint}, t = {share}: Dice {validation_dice(pairs, flows):.4f}; RMS against x_B of F(G(x_A o phi))"
                   f" {registration:.4f}, of F(G(x_A) o phi) {synthesis:.4f}, of x_A o phi {image:.4f}", flush=True)
 
 
