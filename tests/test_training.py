@@ -57,7 +57,7 @@ def test_pretrained_weights_are_loaded_before_the_first_iteration(name, tmp_path
     assert all(torch.equal(value, expected[key]) for key, value in network.state_dict().items())
 
 
-@pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg"])
+@pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
 def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_path):
     """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself."""
 

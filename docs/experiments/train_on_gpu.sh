@@ -13,9 +13,11 @@
 # of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
 # all three optimisers; the affine stage without the inverse-consistency term; by default 40, 30
 # and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine stage the rest and skips the
-# joint one), each stage from the last one's weights:
+# joint one), each stage from the last one's weights. Its pairs, aligned for the synthesis stage and
+# misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
+# (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved run 12 of its card):
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
-# Run FIRE alone: beside the dual-similarity runs its loader workers starved it (its card, run 12).
+# Run FIRE alone: beside the other bundles' runs it gets a share of the CPU cores and the GPU.
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
 # its own archive, without the logs' per-iteration lines.
@@ -33,7 +35,8 @@ FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
 read -r FIRE_SYNTHESIS_PERCENT FIRE_AFFINE_PERCENT <<<"${FIRE_SPLIT:-40 30}"
 FIRE_EXTRA_WEIGHTS=""  # loss weights of one stage beside the feature and alignment terms' 0.1
-FIRE_WORKERS=${FIRE_WORKERS:-12}  # its pairs are synthesised on the fly, 0.4 s each at 64^3 on one core
+FIRE_WORKERS=${FIRE_WORKERS:-12}
+FIRE_ALIGNED='"rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0'
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
 
@@ -60,17 +63,22 @@ pack() {  # bundle, archive name, files to keep (globs under each run, or run/gl
     (cd "$OUT/$bundle" && for log in *.log; do grep -v -E "Iter: [0-9]+/" "$log" >"${log%.log}.summary"; done
      weights=$(for pattern in "$@"; do ls -d */$pattern $pattern 2>/dev/null; done)
      $PY -c 'import sys, torch; [torch.save(torch.load(f, map_location="cpu"), f) for f in sys.argv[1:]]' $weights
-     tar -czf "$OUT/$archive.tar.gz" grid.json *.summary $weights)
+     tar -czf "$OUT/$archive.tar.gz" *.json *.summary $weights)
 }
 
-fire_stage() {  # stage name, seconds, weights to start from ("" for none), then the stage's own overrides
-    local name=$1 seconds=$2 start=$3; shift 3
-    (( seconds > 60 )) || { echo "$FIRE $name: no time left"; return 1; }
+fire_cache() {  # pair setting (aligned, misaligned), then its data overrides; on every CPU core
     mkdir -p "$OUT/$FIRE"
-    echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS}" >"$OUT/$FIRE/grid.json"
+    echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS, \"synthesis_device\": \"cpu\"$2}" >"$OUT/$FIRE/$1.json"
+    $PY docs/experiments/fill_pair_cache.py "bundles/$FIRE" "$CACHE/$FIRE/$1" "$(<"$OUT/$FIRE/$1.json")"
+}
+
+fire_stage() {  # stage name, seconds, weights to start from ("" for none), pair setting, then the stage's own overrides
+    local name=$1 seconds=$2 start=$3 pairs=$4; shift 4
+    (( seconds > 60 )) || { echo "$FIRE $name: no time left"; return 1; }
     OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
         --config_file "['bundles/$FIRE/configs/train.json','docs/experiments/keep_last_epoch.json']" \
-        --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/grid.json" --batch_size 4 --num_workers "$FIRE_WORKERS" \
+        --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/$pairs.json" --cache_dir "$CACHE/$FIRE/$pairs" \
+        --batch_size 4 --num_workers "$FIRE_WORKERS" \
         --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1$FIRE_EXTRA_WEIGHTS}" --train#trainer#max_epochs 1000 \
         --pretrained_weights "$start" --ckpt_dir "$OUT/$FIRE/$name" "$@" >"$OUT/$FIRE/$name.log" 2>&1
 }
@@ -78,12 +86,16 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), then
 last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 
 fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
-    fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 )) "" --rotation_deg 0 --translation_mm 0 --scaling 0 \
-        --deformation_mm 0 --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+    local synthesis_seconds=$(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 ))
+    fire_cache aligned ", $FIRE_ALIGNED"
+    fire_cache misaligned "" & local misaligned=$!
+    fire_stage synthesis $(( synthesis_seconds - ($(date +%s) - START) )) "" aligned \
+        --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+    wait $misaligned
     # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (card, item 14)
     FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
-        "$(last_epoch synthesis)" --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]'
-    fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)"
+        "$(last_epoch synthesis)" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]'
+    fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)" misaligned
 }
 
 GF=ct_mr_gradient_fusion_reg
