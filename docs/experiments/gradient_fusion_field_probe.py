@@ -12,15 +12,18 @@ cosine with the true field and Dice: does the loss lead there from no field, and
 smoothness weight (``--smoothness``) and smoothing the images before MIND
 (``--mind_smoothing_sigma``) change that? ``--network_fit_steps N`` fits a fresh gated network to
 each pair alone the same way: can the network reach what the free fields reach?
+``--synthesis_args '{"anatomy": "mni152", "subject_deformation_mm": 4.0}'`` changes the pairs'
+generator settings (here: MNI152 heads, one subject per seed, in place of random blob heads).
 
     python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
-from dual_similarity_field_probe import label_dice, validation_pairs
+from dual_similarity_field_probe import cosine_with, label_dice, validation_pairs
 
 import regplugins
 
@@ -31,11 +34,6 @@ def loss_terms(loss, images, fused, gradient_field) -> list[torch.Tensor]:
     """The bundle's weighted terms in the probe's order: image MIND, gradient-map MIND, fused and gradient-branch smoothness."""
     image, fused_smoothness, gradient, gradient_smoothness = loss.terms((fused, gradient_field), images)
     return [image, gradient, fused_smoothness, gradient_smoothness]
-
-
-def cosine_with(field: torch.Tensor, truth: torch.Tensor) -> float:
-    """How well a field points the true field's way, over all voxels (1: same direction, 0: unrelated)."""
-    return torch.nn.functional.cosine_similarity(field.flatten(), truth.flatten(), dim=0).item()
 
 
 def fit_to_pair(pair, loss, steps: int, learning_rate: float, network=None) -> None:
@@ -74,13 +72,15 @@ def main():
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
     parser.add_argument("--network_fit_steps", type=int, default=0)
     parser.add_argument("--network_fit_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--synthesis_args", type=json.loads, default={}, help="generator settings over the train config's")
     args = parser.parse_args()
     loss = regplugins.losses.GradientFusionLoss(
         fused_smoothness_weight=args.smoothness,
         gradient_smoothness_weight=args.smoothness,
         similarity=regplugins.losses.MINDLoss(smoothing_sigma=args.mind_smoothing_sigma),
     )
-    pairs = validation_pairs(args.pairs, args.working_shape, args.working_spacing, BUNDLE, ["moving", "fixed"])
+    synthesis = {f"synthesis_args#{key}": value for key, value in args.synthesis_args.items()}
+    pairs = validation_pairs(args.pairs, args.working_shape, args.working_spacing, BUNDLE, ["moving", "fixed"], **synthesis)
     for seed, pair in pairs:
         images, truth = pair["images"], pair["true_voxel_ddf"]
         print(f"pair {seed}: true field {truth.norm(dim=1).mean():.2f} voxels")
