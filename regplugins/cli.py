@@ -119,10 +119,14 @@ def groundtruth(fixed: str, moving: str, out: str, symmetry: bool = True, seed: 
     PCA symmetry alignment of both heads, then One-Plus-One Mattes MI registration with the rigid
     head paper's settings; --symmetry False registers the original images directly, for comparison.
     """
+    from regplugins.bundles import as_flag
     from regplugins.io import RegistrationInputError
     from regplugins.rigid import write_ground_truth
 
-    symmetry = str(symmetry).lower() not in ("false", "0", "no")  # fire passes "--symmetry false" as a string
+    try:
+        symmetry = as_flag(symmetry, "--symmetry")
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     try:
         write_ground_truth(fixed, moving, out, symmetry=symmetry, seed=seed)
     except RegistrationInputError as error:

@@ -128,6 +128,28 @@ def test_coordinate_channels_follow_the_grid_axes_and_keep_the_image():
         assert torch.allclose(along, torch.linspace(-1, 1, size)[:, None].expand_as(along))
 
 
+@pytest.mark.parametrize("typed", ["false", "False"])
+def test_auto_order_and_coordinate_channels_typed_false_on_the_command_line_are_off(typed):
+    """``monai.bundle run`` hands ``--auto_order false`` over as the string "false", which Python reads as true."""
+    from monai.bundle import ConfigParser
+
+    from regplugins.networks.rigid_cnn import AppendCoordinates
+
+    def parsed(value):
+        parser = ConfigParser()
+        parser.read_config(str(RIGID / "configs/inference.json"))
+        parser.update({"bundle_root": str(RIGID), "device": "cpu", "auto_order": value, "coordinate_channels": value})
+        return parser.get_parsed_content("classifier"), parser.get_parsed_content("network_def")
+
+    classifier, network = parsed(typed)
+    assert classifier is None and not any(isinstance(module, AppendCoordinates) for module in network.modules())
+    classifier, network = parsed("true")
+    assert classifier is not None and any(isinstance(module, AppendCoordinates) for module in network.modules())
+    with pytest.raises(RuntimeError) as error:  # MONAI's config parser wraps the expression's error
+        parsed("no")
+    assert str(error.value.__cause__) == "auto_order must be true or false, got 'no'."
+
+
 def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tmp_path):
     """train.json, then train_ann.json on its CNN, and train_classifier.json, each at its smallest."""
     from monai.bundle import ConfigParser

@@ -74,6 +74,16 @@ def test_seeds_reproduce_and_differ_and_rigid_only_pairs():
     assert errors["rotation_error_deg"] < 0.05 and errors["translation_error_mm"] < 0.05
 
 
+def test_random_direction_typed_false_on_the_command_line_is_off():
+    """``monai.bundle run`` hands ``--synthesis_args#random_direction false`` over as the string "false", which Python reads as true."""
+    settings = {"shape": (16, 16, 16), "spacing": 8.0, "modalities": ("t1", "t2")}
+    off, on = (SyntheticPairGenerator(**settings, random_direction=value)(5)["moving"] for value in (False, True))
+    assert not torch.equal(on, off)  # the direction's coin is drawn from the seed's generator only when asked for
+    assert torch.equal(SyntheticPairGenerator(**settings, random_direction="false")(5)["moving"], off)
+    with pytest.raises(ValueError, match="random_direction must be true or false"):
+        SyntheticPairGenerator(**settings, random_direction="off")
+
+
 def test_scaling_makes_the_global_motion_affine_and_keeps_rigid_seeds():
     args = dict(shape=(32, 32, 32), spacing=4.0, deformation_mm=0.0, rotation_deg=10.0)
     rigid = SyntheticPairGenerator(**args)(3)

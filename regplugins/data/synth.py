@@ -28,6 +28,7 @@ from monai.data import MetaTensor
 from monai.networks.blocks import DVF2DDF
 from monai.transforms import Transform
 
+from regplugins.bundles import as_flag
 from regplugins.layers import apply_affine, sample, voxel_grid
 
 from .anatomy import HEAD_TISSUES, mni152_head_labels
@@ -241,7 +242,7 @@ class SyntheticPairGenerator:
             raise ValueError(f"the mni152 anatomy is a 3D head; shape {self.shape} has {self.spatial_dims} axes.")
         spacing = [float(spacing)] * self.spatial_dims if isinstance(spacing, (int, float)) else list(spacing)
         self.spacing = spacing
-        self.modalities, self.random_direction = modalities, random_direction
+        self.modalities, self.random_direction = modalities, as_flag(random_direction, "random_direction")
         self.num_structures, self.skull_probability = num_structures, skull_probability
         self.rotation_deg, self.translation_mm, self.scaling = rotation_deg, translation_mm, scaling
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm

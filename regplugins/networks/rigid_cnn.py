@@ -12,6 +12,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 from torch import nn
 
+from regplugins.bundles import as_flag
+
 from .bayesian_ann import BayesianRegularizedANN
 
 __all__ = ["RigidRegressionCNN", "ModalityClassifierCNN", "AppendCoordinates", "feature_encoder"]
@@ -37,6 +39,7 @@ def feature_encoder(spatial_dims: int, channels: Sequence[int], coordinate_chann
     """One image to ``channels[-1]`` features: blocks of convolution, batch norm and LeakyReLU (0.1),
     max pooling between them, and global average pooling after the last convolution (the paper's Fig. 4).
     With ``coordinate_channels`` the image enters with its voxel coordinates (:class:`AppendCoordinates`)."""
+    coordinate_channels = as_flag(coordinate_channels, "coordinate_channels")
     layers: list[nn.Module] = [AppendCoordinates()] if coordinate_channels else []
     in_channels = 1 + spatial_dims * coordinate_channels
     for level, out_channels in enumerate(channels):
