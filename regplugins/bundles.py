@@ -1,4 +1,5 @@
-"""Finding our bundles and running their inference config in this process, as ``monai.bundle run`` does."""
+"""Our bundles: finding them, running their inference config in this process as ``monai.bundle run``
+does, and reading a yes/no setting the way that command line hands it over."""
 
 from __future__ import annotations
 
