@@ -1,3 +1,4 @@
+import pytest
 import torch
 from monai.networks.blocks import DVF2DDF
 from monai.transforms import Compose, Spacingd
@@ -5,11 +6,11 @@ from monai.transforms import Compose, Spacingd
 from regplugins.data import SyntheticPairGenerator
 from regplugins.layers import cached_warp
 from regplugins.losses import (
-    MINDSSC,
     GlobalNCCLoss,
     GradientFusionLoss,
     InverseConsistencyLoss,
     LaplacianRegularizationLoss,
+    MINDDescriptor,
     MINDLoss,
     MultiResolutionRegistrationLoss,
     TotalVariationLoss,
@@ -24,9 +25,10 @@ def ct_t1_same_anatomy():
     return pair["fixed_paired"][None].as_tensor(), pair["fixed"][None].as_tensor()
 
 
-def test_mind_is_lower_for_aligned_ct_t1_than_shifted():
+@pytest.mark.parametrize("descriptor", ["mind", "mind_ssc"])
+def test_mind_is_lower_for_aligned_ct_t1_than_shifted(descriptor):
     ct, t1 = ct_t1_same_anatomy()
-    loss = MINDLoss(radius=1, dilation=2)
+    loss = MINDLoss(radius=1, dilation=2, descriptor=descriptor)
     values = [loss(torch.roll(ct, shifts=shift, dims=2), t1) for shift in (0, 1, 2, 4, 8)]
     # the further the CT is moved off the T1, the larger the loss
     assert all(a < b for a, b in zip(values, values[1:]))
@@ -46,13 +48,28 @@ def test_mind_smoothing_takes_away_the_reward_for_blurring_by_a_subvoxel_warp():
         assert MINDLoss(smoothing_sigma=1.0)(shifted, fixed) > MINDLoss(smoothing_sigma=1.0)(moving, fixed)
 
 
-def test_mind_descriptor_shapes_and_invariance_to_contrast():
+@pytest.mark.parametrize("descriptor, channels_3d", [("mind", 6), ("mind_ssc", 12)])
+def test_mind_descriptor_shapes_and_invariance_to_contrast(descriptor, channels_3d):
     image = torch.rand(2, 1, 16, 16, 16)
-    assert MINDSSC(spatial_dims=3)(image).shape == (2, 12, 16, 16, 16)
-    assert MINDSSC(spatial_dims=2, radius=2, dilation=1)(image[:, :, 0]).shape == (2, 4, 16, 16)
+    assert MINDDescriptor(spatial_dims=3, descriptor=descriptor)(image).shape == (2, channels_3d, 16, 16, 16)
+    planar = MINDDescriptor(spatial_dims=2, radius=2, dilation=1, descriptor=descriptor)(image[:, :, 0])
+    assert planar.shape == (2, 4, 16, 16)
     # a linear intensity change leaves the descriptor unchanged
-    descriptor = MINDSSC()(image)
-    assert torch.allclose(MINDSSC()(3.0 * image + 7.0), descriptor, atol=1e-4)
+    values = MINDDescriptor(descriptor=descriptor)(image)
+    assert torch.allclose(MINDDescriptor(descriptor=descriptor)(3.0 * image + 7.0), values, atol=1e-4)
+    with pytest.raises(ValueError, match="descriptor must be one of"):
+        MINDDescriptor(descriptor="mind_dense")
+
+
+def test_mind_compares_the_voxels_own_patch_and_mind_ssc_only_its_neighbours():
+    """A single outlier voxel changes the MIND descriptor at that voxel but not the MIND-SSC one there."""
+    image = torch.rand(1, 1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    spiked = image.clone()
+    spiked[0, 0, 6, 6, 6] += 5.0
+    for descriptor, changed in (("mind", True), ("mind_ssc", False)):
+        extractor = MINDDescriptor(radius=0, dilation=2, descriptor=descriptor)
+        largest = (extractor(spiked) - extractor(image))[0, :, 6, 6, 6].abs().max().item()
+        assert largest > 0.05 if changed else largest < 1e-5, (descriptor, largest)
 
 
 def test_losses_are_differentiable_in_2d_and_3d():

@@ -4,7 +4,7 @@ diffusion) are used from ``monai.losses`` directly."""
 from .fire import FIRELoss
 from .gradient_fusion import GradientFusionLoss
 from .inverse_consistency import InverseConsistencyLoss
-from .mind import MINDSSC, MINDLoss
+from .mind import MINDDescriptor, MINDLoss
 from .multiresolution import MultiResolutionRegistrationLoss
 from .ncc import GlobalNCCLoss
 from .paired import IntraModalitySimilarityLoss

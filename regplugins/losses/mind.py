@@ -1,8 +1,8 @@
-"""MIND-SSC: the modality independent neighbourhood descriptor in its self-similarity-context form.
+"""MIND, the modality independent neighbourhood descriptor, and its self-similarity-context form.
 
 Heinrich et al., "MIND: Modality independent neighbourhood descriptor for multi-modal deformable
-registration", MedIA 2012, and "Towards realtime multimodal fusion for image-guided interventions
-using self-similarities", MICCAI 2013 (the SSC variant). MONAI has no MIND, so it lives here.
+registration", MedIA 2012 (MIND), and "Towards realtime multimodal fusion for image-guided
+interventions using self-similarities", MICCAI 2013 (MIND-SSC). MONAI has no MIND, so it lives here.
 """
 
 from __future__ import annotations
@@ -18,30 +18,43 @@ from regplugins.layers import gaussian_smooth
 
 from .utils import reduce_per_sample
 
+DESCRIPTORS = ("mind", "mind_ssc")
 
-class MINDSSC(nn.Module):
-    """MIND-SSC descriptor of ``(B, C, *spatial)``: ``(B, C * P, *spatial)``, P = 12 in 3D and 4 in 2D.
 
-    The six (3D) neighbours at ``dilation`` voxels along each axis are compared in pairs that lie
-    on different axes; each channel is the patch distance of one pair (box patch of half-width
-    ``radius``), turned into a similarity by ``exp(-D / V)`` with ``V`` the mean distance over
+class MINDDescriptor(nn.Module):
+    """MIND or MIND-SSC descriptor of ``(B, C, *spatial)``: ``(B, C * P, *spatial)``.
+
+    Each channel is the distance between two image patches (box patches of half-width ``radius``)
+    near a voxel, turned into a similarity by ``exp(-D / V)`` with ``V`` the mean distance over
     the channels, then scaled so the largest channel is 1. Contrast differences between
-    modalities change ``D`` and ``V`` together, which is why the descriptor is comparable across them.
+    modalities change ``D`` and ``V`` together, which is why the descriptor is comparable across
+    them. ``descriptor`` says which patches are compared, with the 2N neighbours at ``dilation``
+    voxels along each axis:
+
+    - ``"mind"`` (2012): the voxel's own patch with each neighbour's, P = 6 in 3D and 4 in 2D;
+    - ``"mind_ssc"`` (2013): the neighbours' patches with each other, in pairs that lie on
+      different axes, P = 12 in 3D and 4 in 2D. The voxel's own patch, noise included, enters
+      no channel, and each channel's distance is taken relative to the smallest.
     """
 
-    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2):
+    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, descriptor: str = "mind_ssc"):
         super().__init__()
         if spatial_dims not in (2, 3):
-            raise ValueError(f"MIND-SSC is defined for 2D and 3D images, got spatial_dims={spatial_dims}.")
+            raise ValueError(f"MIND is defined for 2D and 3D images, got spatial_dims={spatial_dims}.")
+        if descriptor not in DESCRIPTORS:
+            raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}.")
         self.spatial_dims, self.radius, self.dilation = spatial_dims, radius, dilation
+        self.self_similarity_context = descriptor == "mind_ssc"
         neighbours = []
         for axis in range(spatial_dims):
             for sign in (-1, 1):
                 offset = [0] * spatial_dims
                 offset[axis] = sign * dilation
                 neighbours.append((axis, tuple(offset)))
-        # pairs of neighbours on different axes are the self-similarity context (12 in 3D, 4 in 2D)
-        self.pairs = [(p, q) for (ap, p), (aq, q) in itertools.combinations(neighbours, 2) if ap != aq]
+        if self.self_similarity_context:
+            self.pairs = [(p, q) for (ap, p), (aq, q) in itertools.combinations(neighbours, 2) if ap != aq]
+        else:
+            self.pairs = [((0,) * spatial_dims, q) for _, q in neighbours]
         self.avg_pool = (F.avg_pool2d, F.avg_pool3d)[spatial_dims - 2]
 
     def _shifted(self, padded: torch.Tensor, offset: tuple[int, ...], shape) -> torch.Tensor:
@@ -54,13 +67,14 @@ class MINDSSC(nn.Module):
         image = image.reshape(batch * channels, 1, *shape)
         pad = [self.dilation] * (2 * self.spatial_dims)
         padded = F.pad(image, pad, mode="replicate")
-        squared = torch.cat(
+        distance = torch.cat(
             [(self._shifted(padded, p, shape) - self._shifted(padded, q, shape)) ** 2 for p, q in self.pairs], dim=1
         )
         if self.radius > 0:
-            squared = F.pad(squared, [self.radius] * (2 * self.spatial_dims), mode="replicate")
-            squared = self.avg_pool(squared, kernel_size=2 * self.radius + 1, stride=1)
-        distance = squared - squared.min(dim=1, keepdim=True).values
+            distance = F.pad(distance, [self.radius] * (2 * self.spatial_dims), mode="replicate")
+            distance = self.avg_pool(distance, kernel_size=2 * self.radius + 1, stride=1)
+        if self.self_similarity_context:
+            distance = distance - distance.min(dim=1, keepdim=True).values
         variance = distance.mean(dim=1, keepdim=True)
         mean_variance = variance.mean(dim=list(range(1, variance.dim())), keepdim=True)
         variance = torch.maximum(torch.minimum(variance, mean_variance * 1000.0), mean_variance * 0.001 + 1e-8)
@@ -70,10 +84,11 @@ class MINDSSC(nn.Module):
 
 
 class MINDLoss(_Loss):
-    """Mean squared difference of the MIND-SSC descriptors of the warped and the fixed image.
+    """Mean squared difference of the MIND descriptors of the warped and the fixed image.
 
     ``forward(pred, target)``: ``pred`` is the warped moving image, ``target`` the fixed image,
     both ``(B, 1, *spatial)``. Lower is better; zero for identical structure whatever the contrast.
+    ``descriptor``, ``radius`` and ``dilation`` are :class:`MINDDescriptor`'s.
 
     ``smoothing_sigma`` smooths both images with a Gaussian of that many voxels before their
     descriptors are taken. Warping by a sub-voxel field interpolates, which blurs the moving
@@ -84,10 +99,16 @@ class MINDLoss(_Loss):
     """
 
     def __init__(
-        self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, smoothing_sigma: float = 0.0, reduction: str = "mean"
+        self,
+        spatial_dims: int = 3,
+        radius: int = 1,
+        dilation: int = 2,
+        smoothing_sigma: float = 0.0,
+        descriptor: str = "mind_ssc",
+        reduction: str = "mean",
     ):
         super().__init__(reduction=reduction)
-        self.descriptor = MINDSSC(spatial_dims=spatial_dims, radius=radius, dilation=dilation)
+        self.descriptor = MINDDescriptor(spatial_dims=spatial_dims, radius=radius, dilation=dilation, descriptor=descriptor)
         self.smoothing = [float(smoothing_sigma)] * spatial_dims
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -97,4 +118,3 @@ class MINDLoss(_Loss):
         squared = (self.descriptor(pred) - self.descriptor(target)) ** 2
         per_sample = squared.flatten(1).mean(dim=1)
         return reduce_per_sample(per_sample, self.reduction)
-
