@@ -14,6 +14,8 @@ smoothness weight (``--smoothness``) and smoothing the images before MIND
 each pair alone the same way: can the network reach what the free fields reach?
 ``--synthesis_args '{"anatomy": "mni152", "subject_deformation_mm": 4.0}'`` changes the pairs'
 generator settings (here: MNI152 heads, one subject per seed, in place of random blob heads).
+``--mind_descriptor`` is the bundle's (the paper's ``mind`` since 0.5.0); the model card's runs
+before 0.5.0 used ``mind_ssc``, which repeats them.
 
     python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """
@@ -68,6 +70,9 @@ def main():
     parser.add_argument("--working_spacing", type=float, default=2.0)
     parser.add_argument("--smoothness", type=float, default=0.5, help="gamma_1 = gamma_2; the paper's is 0.5")
     parser.add_argument("--mind_smoothing_sigma", type=float, default=0.0, help="as the bundle's mind_smoothing_sigma")
+    parser.add_argument("--mind_descriptor", default="mind", help="as the bundle's mind_descriptor")
+    parser.add_argument("--mind_dilation", type=int, default=2, help="MINDLoss's dilation")
+    parser.add_argument("--mind_radius", type=int, default=1, help="MINDLoss's patch radius")
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
     parser.add_argument("--network_fit_steps", type=int, default=0)
@@ -77,7 +82,10 @@ def main():
     loss = regplugins.losses.GradientFusionLoss(
         fused_smoothness_weight=args.smoothness,
         gradient_smoothness_weight=args.smoothness,
-        similarity=regplugins.losses.MINDLoss(smoothing_sigma=args.mind_smoothing_sigma),
+        similarity=regplugins.losses.MINDLoss(
+            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor,
+            dilation=args.mind_dilation, radius=args.mind_radius,
+        ),
     )
     synthesis = {f"synthesis_args#{key}": value for key, value in args.synthesis_args.items()}
     pairs = validation_pairs(args.pairs, args.working_shape, args.working_spacing, BUNDLE, ["moving", "fixed"], **synthesis)
