@@ -37,7 +37,7 @@ class GradientFusionLoss(_Loss):
         gradient_weight: beta.
         fused_smoothness_weight: gamma_1, on ``phi_ig``.
         gradient_smoothness_weight: gamma_2, on ``phi_g``.
-        similarity: a loss ``(warped, fixed) -> scalar``, lower is better; MIND-SSC when None.
+        similarity: a loss ``(warped, fixed) -> scalar``, lower is better; the paper's MIND (eq. 4) when None.
         gradient_difference: finite difference of the gradient maps, as in the network.
     """
 
@@ -54,7 +54,7 @@ class GradientFusionLoss(_Loss):
         super().__init__()
         self.image_weight, self.gradient_weight = image_weight, gradient_weight
         self.fused_smoothness_weight, self.gradient_smoothness_weight = fused_smoothness_weight, gradient_smoothness_weight
-        self.similarity = similarity if similarity is not None else MINDLoss(spatial_dims=spatial_dims)
+        self.similarity = similarity if similarity is not None else MINDLoss(spatial_dims=spatial_dims, descriptor="mind")
         self.diffusion, self.spatial_dims = DiffusionLoss(), spatial_dims
         self.gradient = GradientMagnitude(spatial_dims, difference=gradient_difference)
 
