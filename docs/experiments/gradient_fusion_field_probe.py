@@ -72,7 +72,6 @@ def main():
     parser.add_argument("--mind_smoothing_sigma", type=float, default=0.0, help="as the bundle's mind_smoothing_sigma")
     parser.add_argument("--mind_descriptor", default="mind", help="as the bundle's mind_descriptor")
     parser.add_argument("--mind_dilation", type=int, default=2, help="MINDLoss's dilation")
-    parser.add_argument("--mind_radius", type=int, default=1, help="MINDLoss's patch radius")
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
     parser.add_argument("--network_fit_steps", type=int, default=0)
@@ -83,8 +82,7 @@ def main():
         fused_smoothness_weight=args.smoothness,
         gradient_smoothness_weight=args.smoothness,
         similarity=regplugins.losses.MINDLoss(
-            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor,
-            dilation=args.mind_dilation, radius=args.mind_radius,
+            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor, dilation=args.mind_dilation
         ),
     )
     synthesis = {f"synthesis_args#{key}": value for key, value in args.synthesis_args.items()}
