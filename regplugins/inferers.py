@@ -110,6 +110,12 @@ class ForwardInverseInferer(Inferer):
     """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        if isinstance(network, torch.jit.ScriptModule):
+            raise ValueError(
+                "the inverse field comes from the network's second transformation network, which a TorchScript export "
+                "(the forward field alone, as network_def's contract) does not keep: load models/model.pt (ckpt_path), "
+                "not models/model.ts."
+            )
         return network(inputs, *args, with_inverse=True, **kwargs)
 
 
