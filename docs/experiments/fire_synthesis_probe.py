@@ -7,7 +7,7 @@ F_A->B(G(x_A)) against x_B on the validation pairs, beside two references: the m
 target (a synthesis that ignores its input) and the best pixel-wise intensity mapping fitted on
 each validation image itself (the most any intensity look-up could do). `--intensity_spread`
 narrows the generator's per-pair tissue intensities (1: its default, 0: one protocol);
-`--working_size` and `--working_spacing` set the grid (32 and 6 mm, the train config's, by default),
+`--working_size` and `--working_spacing` set the grid (32 and 6 mm by default, the train config's before 0.4.0),
 `--spatial_dims 3` makes it 3D, `--channels` and `--transform_channels` set the network's widths
 (the train config's by default), and `--start_from` continues from a checkpoint (with `--epochs 0`
 it only measures that checkpoint's synthesis). About 3 minutes on 2 CPU cores at the default grid:
