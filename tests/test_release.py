@@ -87,14 +87,12 @@ def test_release_refuses_a_bundle_without_weights_or_with_a_stale_regplugins_pin
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_forward_inverse_inference_refuses_a_torchscript_network():
+@pytest.mark.parametrize(
+    "inferer",
+    [ForwardInverseInferer(), PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2)],
+    ids=["forward_inverse", "pair_optimisation"],
+)
+def test_inferers_that_need_more_than_the_forward_field_refuse_a_torchscript_network(inferer):
     traced = torch.jit.trace(torch.nn.Conv3d(2, 3, 3, padding=1).eval(), torch.rand(1, 2, 8, 8, 8))
-    with pytest.raises(ValueError, match="model.pt"):
-        ForwardInverseInferer()(torch.rand(1, 2, 8, 8, 8), traced)
-
-
-def test_pair_optimisation_refuses_a_torchscript_network():
-    traced = torch.jit.trace(torch.nn.Conv3d(2, 3, 3, padding=1).eval(), torch.rand(1, 2, 8, 8, 8))
-    inferer = PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2)
     with pytest.raises(ValueError, match="model.pt"):
         inferer(torch.rand(1, 2, 8, 8, 8), traced)
