@@ -60,15 +60,17 @@ def test_downloaded_release_registers_with_model_pt_and_model_ts_alike(release, 
         if weights == "model.ts" and writes_inverse_field(bundle):
             # the export holds network_def's forward field alone, not the inverse that FIRE's inference writes
             assert result.returncode != 0 and "not models/model.ts" in result.stderr, result.stderr[-3000:]
+            assert not list(out.rglob("*.nii.gz"))  # and no partial output
             break
         assert result.returncode == 0, result.stderr[-3000:]
         folder = out / pair_output_name(moving, fixed)
         written.append(sorted(p.name for p in folder.iterdir()))
         fields.append(load_itk_displacement_field(folder / "ddf.nii.gz")[0])
-    # the contract's two files, and the bundle's own beside them (rigid.tfm, rigid.json) from either export
-    assert {"ddf.nii.gz", "warped.nii.gz"} <= set(written[0]) and written[-1] == written[0]
+    assert {"ddf.nii.gz", "warped.nii.gz"} <= set(written[0])
     assert np.abs(fields[0]).max() > 1.0  # a real registration, not the identity
-    np.testing.assert_allclose(fields[-1], fields[0], atol=1e-3)
+    if len(fields) == 2:  # both exports registered: the same files (rigid.tfm, rigid.json too) and the same field
+        assert written[1] == written[0]
+        np.testing.assert_allclose(fields[1], fields[0], atol=1e-3)
 
 
 def test_release_refuses_a_bundle_without_weights_or_with_a_stale_regplugins_pin(tmp_path):
