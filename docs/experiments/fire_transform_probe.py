@@ -18,6 +18,10 @@ epochs, in 2D or 3D (``--spatial_dims``). ``--affine_loss registration`` compare
 checkpoint's synthesis of the warped image, ``F_A->B(G(x_A o phi))``, with the fixed image, as
 stage two's registration term does.
 
+``--probe affine_fit`` asks what the affine probe's loss allows at best: on its validation pairs it
+optimises one affine per pair directly (no network; Adam at 1e-2 from the identity, 300 steps) and
+prints the validation Dice of those affines beside the identity's.
+
 ``--probe head CHECKPOINT...`` asks whether a trained network's affine sub-network ``T_A->B`` can
 still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
 its hidden units are ever positive, and the spread of the affines it predicts.
@@ -133,6 +137,26 @@ def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learnin
             optimizer.step()
 
 
+def probe_affine_fit(grid, steps: int = 300, learning_rate: float = 1e-2, **data) -> None:
+    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
+    pairs, dims = list(parser.get_parsed_content("validate#dataloader")), parser["spatial_dims"]
+    identity = torch.eye(dims, dims + 1).unsqueeze(0)
+    fitted = []
+    for pair in pairs:
+        image = pair["image"].as_tensor()
+        theta = identity.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([theta], learning_rate)
+        for _ in range(steps):
+            loss = (warp_normalised(image[:, :1], normalised_affine_flow(theta, image.shape[2:])) - image[:, 1:]).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        fitted.append(theta.detach())
+    flows = lambda thetas: (normalised_affine_flow(t, p["image"].shape[2:]) for p, t in zip(pairs, thetas))
+    print(f"validation Dice: identity {validation_dice(pairs, flows([identity] * len(pairs))):.4f},"
+          f" one affine fitted to each pair {validation_dice(pairs, flows(fitted)):.4f}", flush=True)
+
+
 def probe_head(checkpoints, grid, **data) -> None:
     parser = parse_config(["t1", "t2"], grid, **data)
     network, pairs = parser.get_parsed_content("network"), list(parser.get_parsed_content("validate#dataloader"))
@@ -173,7 +197,7 @@ def probe_landscape(checkpoints, grid, modalities, shares, **data) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe", choices=["joint", "affine", "head", "landscape"], required=True)
+    parser.add_argument("--probe", choices=["joint", "affine", "affine_fit", "head", "landscape"], required=True)
     parser.add_argument("checkpoints", nargs="*", help="the head and landscape probes' networks")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--modalities", nargs=2, default=["t1", "t1"])
@@ -201,6 +225,8 @@ def main():
     elif args.probe == "affine":
         probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights,
                      spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs)
+    elif args.probe == "affine_fit":
+        probe_affine_fit(grid, spatial_dims=args.spatial_dims)
     else:
         widths = {"network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels}
         if args.probe == "head":
