@@ -20,7 +20,8 @@ stage two's registration term does.
 
 ``--probe affine_fit`` asks what the affine probe's loss allows at best: on its validation pairs it
 optimises one affine per pair directly (no network; Adam at 1e-2 from the identity, 300 steps) and
-prints the validation Dice of those affines beside the identity's.
+prints the validation Dice of those affines beside the identity's. ``--synthesis_args`` changes the
+generator's settings for both (e.g. ``'{"anatomy": "mni152"}'``: heads of one shared anatomy).
 
 ``--probe head CHECKPOINT...`` asks whether a trained network's affine sub-network ``T_A->B`` can
 still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
@@ -216,17 +217,20 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4, help="the affine probe's")
     parser.add_argument("--num_train_pairs", type=int, default=200, help="the affine probe's")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="the landscape probe's shares of the true field")
+    parser.add_argument("--synthesis_args", type=json.loads, default={},
+                        help="the affine and affine_fit probes' generator settings over the train config's, e.g. '{\"anatomy\": \"mni152\"}'")
     parser.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32], help="the head and landscape probes' network (the train config's)")
     parser.add_argument("--transform_channels", type=int, default=16, help="the head and landscape probes' network (the train config's)")
     args = parser.parse_args()
     grid = (int(args.grid[0]), args.grid[1])
+    synthesis = {f"synthesis_args#{key}": value for key, value in args.synthesis_args.items()}
     if args.probe == "joint":
         probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
     elif args.probe == "affine":
         probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights,
-                     spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs)
+                     spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs, **synthesis)
     elif args.probe == "affine_fit":
-        probe_affine_fit(grid, spatial_dims=args.spatial_dims)
+        probe_affine_fit(grid, spatial_dims=args.spatial_dims, **synthesis)
     else:
         widths = {"network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels}
         if args.probe == "head":
