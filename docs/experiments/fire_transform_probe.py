@@ -22,6 +22,8 @@ stage two's registration term does.
 optimises one affine per pair directly (no network; Adam at 1e-2 from the identity, 300 steps) and
 prints the validation Dice of those affines beside the identity's. ``--synthesis_args`` changes the
 generator's settings for both (e.g. ``'{"anatomy": "mni152"}'``: heads of one shared anatomy).
+``--compare_with_fit`` ends the affine probe by comparing its affines with those fitted per pair,
+part by part (translation, rotation, scaling and shear): which parts has the sub-network learnt?
 
 ``--probe head CHECKPOINT...`` asks whether a trained network's affine sub-network ``T_A->B`` can
 still tell pairs apart: over the validation pairs, the spread of its pooled features, how many of
@@ -110,7 +112,8 @@ def frozen_part(module: torch.nn.Module, checkpoint: str, prefix: str) -> torch.
     return module.requires_grad_(False)
 
 
-def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learning_rate: float, encoder_weights: str, **data) -> None:
+def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learning_rate: float, encoder_weights: str,
+                 compare_with_fit: bool, **data) -> None:
     parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
     torch.manual_seed(0)
     train, pairs = parser.get_parsed_content("train#dataloader"), list(parser.get_parsed_content("validate#dataloader"))
@@ -136,16 +139,20 @@ def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learnin
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    if compare_with_fit:
+        with torch.no_grad():
+            predicted = torch.cat([network(affine_features(p["image"][:, :1]), affine_features(p["image"][:, 1:])) for p in pairs])
+        print("the trained sub-network's affines against one fitted to each validation pair:")
+        print_affine_parts(fit_affines(pairs), predicted)
 
 
-def probe_affine_fit(grid, steps: int = 300, learning_rate: float = 1e-2, **data) -> None:
-    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
-    pairs, dims = list(parser.get_parsed_content("validate#dataloader")), parser["spatial_dims"]
-    identity = torch.eye(dims, dims + 1).unsqueeze(0)
+def fit_affines(pairs, steps: int = 300, learning_rate: float = 1e-2) -> torch.Tensor:
+    """One affine ``(N, N + 1)`` per pair, fitted by Adam from the identity on the direct image loss; stacked."""
     fitted = []
     for pair in pairs:
         image = pair["image"].as_tensor()
-        theta = identity.clone().requires_grad_(True)
+        dims = image.dim() - 2
+        theta = torch.eye(dims, dims + 1).unsqueeze(0).requires_grad_(True)
         optimizer = torch.optim.Adam([theta], learning_rate)
         for _ in range(steps):
             loss = (warp_normalised(image[:, :1], normalised_affine_flow(theta, image.shape[2:])) - image[:, 1:]).square().mean()
@@ -153,9 +160,31 @@ def probe_affine_fit(grid, steps: int = 300, learning_rate: float = 1e-2, **data
             loss.backward()
             optimizer.step()
         fitted.append(theta.detach())
-    flows = lambda thetas: (normalised_affine_flow(t, p["image"].shape[2:]) for p, t in zip(pairs, thetas))
-    print(f"validation Dice: identity {validation_dice(pairs, flows([identity] * len(pairs))):.4f},"
-          f" one affine fitted to each pair {validation_dice(pairs, flows(fitted)):.4f}", flush=True)
+    return torch.cat(fitted)
+
+
+def print_affine_parts(fitted: torch.Tensor, predicted: torch.Tensor) -> None:
+    """How much of each part of the fitted affines the predicted ones recover: least-squares slope and correlation over the pairs."""
+    dims = fitted.shape[1]
+    linear = lambda t: t[:, :, :dims]
+    parts = {
+        "translation": lambda t: t[:, :, dims],
+        "rotation (antisymmetric part)": lambda t: (linear(t) - linear(t).transpose(1, 2)) / 2,
+        "scaling and shear (symmetric part less the identity)": lambda t: (linear(t) + linear(t).transpose(1, 2)) / 2 - torch.eye(dims),
+    }
+    for name, part in parts.items():
+        x, y = part(fitted).flatten(), part(predicted).flatten()
+        print(f"  {name}: RMS fitted {x.square().mean().sqrt():.4f}, predicted {y.square().mean().sqrt():.4f};"
+              f" slope {(x * y).sum() / (x * x).sum():.2f}, correlation {torch.corrcoef(torch.stack([x, y]))[0, 1]:.2f}", flush=True)
+
+
+def probe_affine_fit(grid, **data) -> None:
+    parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
+    pairs, dims = list(parser.get_parsed_content("validate#dataloader")), parser["spatial_dims"]
+    identity = torch.eye(dims, dims + 1).unsqueeze(0)
+    flows = lambda thetas: (normalised_affine_flow(t[None], p["image"].shape[2:]) for p, t in zip(pairs, thetas))
+    print(f"validation Dice: identity {validation_dice(pairs, flows(identity.expand(len(pairs), -1, -1))):.4f},"
+          f" one affine fitted to each pair {validation_dice(pairs, flows(fit_affines(pairs))):.4f}", flush=True)
 
 
 def probe_head(checkpoints, grid, **data) -> None:
@@ -217,6 +246,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4, help="the affine probe's")
     parser.add_argument("--num_train_pairs", type=int, default=200, help="the affine probe's")
     parser.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.5, 1.0], help="the landscape probe's shares of the true field")
+    parser.add_argument("--compare_with_fit", action="store_true",
+                        help="after the affine probe, compare its affines part by part with one fitted to each validation pair")
     parser.add_argument("--synthesis_args", type=json.loads, default={},
                         help="the affine and affine_fit probes' generator settings over the train config's, e.g. '{\"anatomy\": \"mni152\"}'")
     parser.add_argument("--channels", type=int, nargs=3, default=[8, 16, 32], help="the head and landscape probes' network (the train config's)")
@@ -227,7 +258,7 @@ def main():
     if args.probe == "joint":
         probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
     elif args.probe == "affine":
-        probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights,
+        probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights, args.compare_with_fit,
                      spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs, **synthesis)
     elif args.probe == "affine_fit":
         probe_affine_fit(grid, spatial_dims=args.spatial_dims, **synthesis)
