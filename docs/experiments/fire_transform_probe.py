@@ -112,6 +112,12 @@ def frozen_part(module: torch.nn.Module, checkpoint: str, prefix: str) -> torch.
     return module.requires_grad_(False)
 
 
+def image_loss(image: torch.Tensor, flow: torch.Tensor, compared: torch.nn.Module = torch.nn.Identity()) -> torch.Tensor:
+    """The affine probes' loss: mean squared difference of ``compared`` (the warped moving image itself, or its
+    synthesis) and the fixed image, for a (moving, fixed) pair ``image`` and a normalised field ``flow``."""
+    return (compared(warp_normalised(image[:, :1], flow)) - image[:, 1:]).square().mean()
+
+
 def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learning_rate: float, encoder_weights: str,
                  compare_with_fit: bool, **data) -> None:
     parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
@@ -135,7 +141,7 @@ def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learnin
             print(f"epoch {epoch} ({epoch * len(train)} steps): validation Dice {dice:.4f}", flush=True)
         for batch in train if epoch < epochs else []:
             image = batch["image"]
-            loss = (compared(warp_normalised(image[:, :1], flow_of(image))) - image[:, 1:]).square().mean()
+            loss = image_loss(image, flow_of(image), compared)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -155,7 +161,7 @@ def fit_affines(pairs, steps: int = 300, learning_rate: float = 1e-2) -> torch.T
         theta = torch.eye(dims, dims + 1).unsqueeze(0).requires_grad_(True)
         optimizer = torch.optim.Adam([theta], learning_rate)
         for _ in range(steps):
-            loss = (warp_normalised(image[:, :1], normalised_affine_flow(theta, image.shape[2:])) - image[:, 1:]).square().mean()
+            loss = image_loss(image, normalised_affine_flow(theta, image.shape[2:]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
