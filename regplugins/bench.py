@@ -99,6 +99,12 @@ def bundle_and_overrides(method: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def method_folder(out: Path, method: str) -> Path:
+    """The folder of ``method``'s outputs under ``out``, named after it with each ``#`` of a config id as ``.``:
+    MONAI's config parser turns a ``#`` in the output path given to a bundle into ``::``."""
+    return out / method.replace("#", ".")
+
+
 def register_with_bundle(method: str, datalist: str, out: str, device: str) -> dict:
     """The contract run of a bundle (with the overrides of ``method``) on a datalist, in this process; returns its timings.
 
@@ -309,7 +315,7 @@ def run_bench(
         if method in ANTS_BASELINES and not _has_ants():
             notes.append(f"{method} skipped: antspyx is not installed (pip install 'regplugins[baselines]').")
             continue
-        folder = out_path / method
+        folder = method_folder(out_path, method)
         timing = measure_method(method, str(datalist), folder, device, len(pairs))
         results[method] = score_method(pairs, folder, timing)
     report = {"datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
@@ -334,7 +340,7 @@ def save_plots(pairs: Sequence[dict], results: dict, out: Path) -> None:
     pair = pairs[0]
     name = pair_output_name(pair["moving"], pair["fixed"])
     panels = [(load_nifti(pair["fixed"])[0], "fixed"), (on_fixed_grid(pair["moving"], pair["fixed"]), "moving")]
-    panels += [(load_nifti(str(out / method / name / "warped.nii.gz"))[0], method) for method in results]
+    panels += [(load_nifti(str(method_folder(out, method) / name / "warped.nii.gz"))[0], method) for method in results]
     outline = load_nifti(pair["fixed_label"])[0] > 0 if pair.get("fixed_label") else np.zeros_like(panels[0][0])
     save_slice_panels(panels, outline, out / "overlay.png", title=f"{name}; red: the fixed image's head outline")
 
@@ -359,7 +365,7 @@ def run_scaling(
         datalist = synthetic_datalist(folder, kind, n=1, shape=(size, size, size))
         for method in methods:
             try:
-                timing = measure_method(method, str(datalist), folder / method, device, num_pairs=1)
+                timing = measure_method(method, str(datalist), method_folder(folder, method), device, num_pairs=1)
             except RuntimeError as error:
                 print(f"[bench] {method} at {size}^3: {error}", flush=True)
                 cells[method].append("failed")

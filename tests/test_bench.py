@@ -13,7 +13,8 @@ from regplugins.metrics import read_rigid_matrix
 
 
 def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pairs, pairs, tmp_path):
-    bundles = ["fcn_multires_selfsup_reg", "fcn_multires_selfsup_reg:prealign=none"]
+    # a variant with a config id ("#"), which MONAI would rewrite in an output folder named after it
+    bundles = ["fcn_multires_selfsup_reg", "fcn_multires_selfsup_reg:prealign=none:loss#level_weights=[1.0,0.5,0.0]"]
     ballast = np.ones(200_000_000)  # 1.6 GB in this process, which no method's child may report as its own
     report = run_bench(bundles=bundles, data=str(synthetic_pairs), baselines=["none"], device="cpu", out=str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
