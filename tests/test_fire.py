@@ -20,7 +20,7 @@ from regplugins.losses import FIRELoss
 from regplugins.losses.fire import rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
-from regplugins.networks.fire import AffineNetwork, compose_affine_nonrigid
+from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, compose_affine_nonrigid
 from regplugins.transforms import register_on_native_grids, write_registration_outputs
 
 FIRE = ROOT / "bundles" / "fire_inverse_consistent_reg"
@@ -33,16 +33,17 @@ def smooth_volume(shape) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims):
+@pytest.mark.parametrize("affine_head, tolerance", [("regression", 0.0), ("keypoints", 1e-3)])
+def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims, affine_head, tolerance):
     torch.manual_seed(0)
-    network = FIRENet(spatial_dims=spatial_dims, output="affine", **SMALL).eval()
+    network = FIRENet(spatial_dims=spatial_dims, output="affine", affine_head=affine_head, **SMALL).eval()
     pair = torch.rand(2, 2, *([32] * spatial_dims)) * 2 - 1
     features = network.encoder(pair[:, :1])
     theta = network.transform_ab.affine(features, network.encoder(pair[:, 1:]))
-    assert torch.equal(theta, torch.eye(spatial_dims, spatial_dims + 1).expand(2, -1, -1))
+    assert torch.allclose(theta, torch.eye(spatial_dims, spatial_dims + 1).expand(2, -1, -1), rtol=0.0, atol=tolerance)
     with torch.no_grad():
-        assert torch.count_nonzero(network(pair)) == 0
-        full = FIRENet(spatial_dims=spatial_dims, **SMALL).eval()(pair)
+        assert network(pair).abs().max() <= tolerance * 32
+        full = FIRENet(spatial_dims=spatial_dims, affine_head=affine_head, **SMALL).eval()(pair)
     assert full.shape == (2, spatial_dims, *([32] * spatial_dims)) and full.abs().max() < 0.05
     with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
         network(pair[..., :30])
@@ -60,6 +61,26 @@ def test_the_affine_sub_network_still_depends_on_its_input_and_learns_when_every
     assert not torch.allclose(theta, affine(features_b, features_a))
     theta[:, :, -1].sum().backward()
     assert affine.features[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_the_keypoint_affine_head_trained_on_one_pair_recovers_its_rotation_and_shift():
+    # the paper's regressor learns the shift alone (model card, item 19); fitted keypoints follow a rotation too
+    torch.manual_seed(0)
+    moving = torch.nn.functional.interpolate(torch.randn(1, 1, 6, 6), size=(32, 32), mode="bicubic", align_corners=True)
+    angle = math.radians(10.0)
+    truth = torch.tensor([[[math.cos(angle), -math.sin(angle), 0.1], [math.sin(angle), math.cos(angle), -0.05]]])
+    fixed = warp_normalised(moving, normalised_affine_flow(truth, (32, 32)))
+    head = KeypointAffineNetwork(spatial_dims=2, feature_channels=1, channels=8, num_keypoints=16)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = (warp_normalised(moving, normalised_affine_flow(head(moving, fixed), (32, 32))) - fixed)[..., 6:-6, 6:-6].square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    theta = head(moving, fixed).detach()
+    assert torch.allclose(theta, truth, atol=0.02)
+    with pytest.raises(ValueError, match="affine_head"):
+        FIRENet(spatial_dims=2, affine_head="points", **SMALL)
 
 
 def test_an_affine_composed_with_a_zero_field_is_the_affine_and_warps_as_it_says():

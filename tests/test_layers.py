@@ -8,8 +8,10 @@ from regplugins.layers import (
     cached_warp,
     compose_ddf,
     ddf_to_physical,
+    fit_affine,
     resample_ddf,
     sample,
+    soft_argmax_points,
     voxel_grid,
     warp_physical,
 )
@@ -94,3 +96,25 @@ def test_gradient_magnitude_of_a_ramp_is_its_slope():
     assert torch.allclose(magnitude[0, 0, :-1], torch.full((9, 5, 5), 2.0), atol=1e-4)
     flat = GradientMagnitude(spatial_dims=2)(torch.ones(1, 1, 6, 6))
     assert flat.abs().max() < 1e-4
+
+
+def test_soft_argmax_of_peaked_heat_maps_is_their_peaks_in_normalised_coordinates():
+    heatmaps = torch.full((1, 2, 5, 9), -50.0)
+    heatmaps[0, 0, 0, 0] = heatmaps[0, 1, 3, 6] = 50.0
+    points = soft_argmax_points(heatmaps)
+    assert torch.allclose(points, torch.tensor([[[-1.0, -1.0], [0.5, 0.5]]]), atol=1e-5)
+    # flat heat maps average the whole grid: its centre
+    assert torch.allclose(soft_argmax_points(torch.zeros(1, 3, 4, 6, 8)), torch.zeros(1, 3, 3), atol=1e-6)
+
+
+def test_fit_affine_recovers_the_affine_between_points_and_is_the_identity_for_points_that_do_not_spread():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.rand(2, 12, 3, generator=generator) * 2 - 1
+    angle = math.radians(8.0)
+    theta = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0, 0.1], [math.sin(angle), math.cos(angle), 0.0, -0.2], [0.0, 0.05, 1.1, 0.0]])
+    target = source @ theta[:, :3].T + theta[:, 3]
+    assert torch.allclose(fit_affine(source, target, ridge=1e-6), theta.expand(2, -1, -1), atol=1e-4)
+    # every point at one place: no spread to fit a linear part to, so only the shift between the two sets
+    shift = torch.tensor([0.3, 0.0, -0.1])
+    fitted = fit_affine(torch.zeros(1, 12, 3), shift.expand(1, 12, 3))
+    assert torch.allclose(fitted, torch.cat([torch.eye(3), shift[:, None]], dim=1)[None])

@@ -16,7 +16,8 @@ on the images themselves or on the features of a frozen synthesis encoder (``--a
 encoder``), fresh or a checkpoint's (``--encoder_weights``), printing the validation Dice every 3
 epochs, in 2D or 3D (``--spatial_dims``). ``--affine_loss registration`` compares instead the
 checkpoint's synthesis of the warped image, ``F_A->B(G(x_A o phi))``, with the fixed image, as
-stage two's registration term does.
+stage two's registration term does. ``--affine_head keypoints`` trains the keypoint detector and
+least-squares fit (``KeypointAffineNetwork``) in place of the paper's regressor.
 
 ``--probe affine_fit`` asks what the affine probe's loss allows at best: on its validation pairs it
 optimises one affine per pair directly (no network; Adam at 1e-2 from the identity, 300 steps) and
@@ -51,7 +52,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from regplugins.layers import cached_warp, normalised_affine_flow, normalised_to_voxel, warp_normalised
-from regplugins.networks.fire import AffineNetwork, SynthesisDecoder, SynthesisEncoder
+from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, SynthesisDecoder, SynthesisEncoder
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
@@ -118,8 +119,8 @@ def image_loss(image: torch.Tensor, flow: torch.Tensor, compared: torch.nn.Modul
     return (compared(warp_normalised(image[:, :1], flow)) - image[:, 1:]).square().mean()
 
 
-def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learning_rate: float, encoder_weights: str,
-                 compare_with_fit: bool, **data) -> None:
+def probe_affine(grid, affine_input: str, affine_loss: str, affine_head: str, epochs: int, learning_rate: float,
+                 encoder_weights: str, compare_with_fit: bool, **data) -> None:
     parser = parse_config(["t1", "t1"], grid, deformation_mm=0.0, **data)
     torch.manual_seed(0)
     train, pairs = parser.get_parsed_content("train#dataloader"), list(parser.get_parsed_content("validate#dataloader"))
@@ -132,7 +133,8 @@ def probe_affine(grid, affine_input: str, affine_loss: str, epochs: int, learnin
     if affine_loss == "registration":
         compared = torch.nn.Sequential(encoder, frozen_part(SynthesisDecoder(dims, 1, (8, 16, 32)), encoder_weights, "decoder_ab."))
     affine_features = encoder if affine_input == "encoder" else torch.nn.Identity()
-    network = AffineNetwork(dims, 32 if affine_input == "encoder" else 1, 16)
+    head = AffineNetwork if affine_head == "regression" else KeypointAffineNetwork
+    network = head(dims, 32 if affine_input == "encoder" else 1, 16)
     optimizer = torch.optim.Adam(network.parameters(), learning_rate)
     flow_of = lambda image: normalised_affine_flow(network(affine_features(image[:, :1]), affine_features(image[:, 1:])), image.shape[2:])
     for epoch in range(epochs + 1):
@@ -246,6 +248,8 @@ def main():
     parser.add_argument("--affine_input", choices=["image", "encoder"], default="image")
     parser.add_argument("--affine_loss", choices=["image", "registration"], default="image",
                         help="the affine probe's: the warped image against the fixed one, or its synthesis F_A->B(G(.)) (needs --encoder_weights)")
+    parser.add_argument("--affine_head", choices=["regression", "keypoints"], default="regression",
+                        help="the affine probe's sub-network: the paper's regressor or the keypoint detector and fit (item 20)")
     parser.add_argument("--affine_learning_rate", type=float, default=1e-3)
     parser.add_argument("--encoder_weights", default="", help="the affine probe's encoder from this checkpoint (default: fresh)")
     parser.add_argument("--spatial_dims", type=int, default=2, help="the affine and head probes'")
@@ -264,8 +268,8 @@ def main():
     if args.probe == "joint":
         probe_joint(args.modalities, grid, args.epochs, args.learning_rates, args.start_from, args.loss_weights, args.one_way)
     elif args.probe == "affine":
-        probe_affine(grid, args.affine_input, args.affine_loss, args.epochs, args.affine_learning_rate, args.encoder_weights, args.compare_with_fit,
-                     spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs, **synthesis)
+        probe_affine(grid, args.affine_input, args.affine_loss, args.affine_head, args.epochs, args.affine_learning_rate, args.encoder_weights,
+                     args.compare_with_fit, spatial_dims=args.spatial_dims, batch_size=args.batch_size, num_train_pairs=args.num_train_pairs, **synthesis)
     elif args.probe == "affine_fit":
         probe_affine_fit(grid, spatial_dims=args.spatial_dims, **synthesis)
     else:

@@ -17,6 +17,9 @@
 # misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
 # (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved run 12 of its card):
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
+# FIRE_START=weights skips the synthesis stage: the affine stage starts from those weights, keeping
+# what matches, so a FIRE_GRID with another affine head ("network_def#affine_head") starts that head
+# fresh on a trained synthesis (FIRE_SPLIT's first number is then unused).
 # Run FIRE alone: beside the other bundles' runs it gets a share of the CPU cores and the GPU.
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
@@ -33,6 +36,7 @@ BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
 FIRE_SECONDS=${FIRE_SECONDS:-0}
 FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
+FIRE_START=${FIRE_START:-}
 read -r FIRE_SYNTHESIS_PERCENT FIRE_AFFINE_PERCENT <<<"${FIRE_SPLIT:-40 30}"
 FIRE_EXTRA_WEIGHTS=""  # loss weights of one stage beside the feature and alignment terms' 0.1
 FIRE_WORKERS=${FIRE_WORKERS:-12}
@@ -86,15 +90,19 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), pair
 last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 
 fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
-    local synthesis_seconds=$(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 ))
-    fire_cache aligned ", $FIRE_ALIGNED"
+    local start=$FIRE_START
+    [[ -n $start ]] || fire_cache aligned ", $FIRE_ALIGNED"
     fire_cache misaligned "" & local misaligned=$!
-    fire_stage synthesis $(( synthesis_seconds - ($(date +%s) - START) )) "" aligned \
-        --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+    if [[ -z $start ]]; then
+        fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 - ($(date +%s) - START) )) "" aligned \
+            --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+        start=$(last_epoch synthesis)
+    fi
     wait $misaligned
     # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (card, item 14)
     FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
-        "$(last_epoch synthesis)" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]'
+        "$start" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]' \
+        --train#handlers#0#strict False
     fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)" misaligned
 }
 

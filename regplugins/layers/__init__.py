@@ -1,8 +1,9 @@
 """Layers that MONAI lacks for registration: field composition, affines, unit conversions, normalised fields,
-gradient maps, field fusion, and a fast Gaussian smoothing."""
+gradient maps, field fusion, keypoints and their affine fit, and a fast Gaussian smoothing."""
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
+from .keypoints import fit_affine, soft_argmax_points
 from .normalised import normalised_affine_flow, normalised_to_voxel, resize_normalised, warp_normalised
 from .smoothing import gaussian_smooth
 from .spatial import (

@@ -20,14 +20,24 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from regplugins.layers import (
+    fit_affine,
     normalised_affine_flow,
     normalised_to_voxel,
     resize_normalised,
     round_trip,
+    soft_argmax_points,
     warp_normalised,
 )
 
-__all__ = ["SynthesisEncoder", "SynthesisDecoder", "AffineNetwork", "NonRigidNetwork", "TransformationNetwork", "FIRENet"]
+__all__ = [
+    "SynthesisEncoder",
+    "SynthesisDecoder",
+    "AffineNetwork",
+    "KeypointAffineNetwork",
+    "NonRigidNetwork",
+    "TransformationNetwork",
+    "FIRENet",
+]
 
 
 def _conv(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> Convolution:
@@ -112,6 +122,36 @@ class AffineNetwork(nn.Module):
         return self.fully_connected(self.pooled_features(features_a, features_b)).view(-1, self.spatial_dims, self.spatial_dims + 1)
 
 
+class KeypointAffineNetwork(nn.Module):
+    """``T_af`` as a keypoint detector, a departure from the paper: ``num_keypoints`` soft-argmax points of each
+    feature map, and the affine that takes the fixed image's points onto the moving one's by least squares.
+
+    The paper's STN-like regressor (:class:`AffineNetwork`) learns the translation and next to
+    nothing of the rotation or scaling (the bundle's model card, item 19). Points that the
+    detector finds on the anatomy move with it, so the affine fitted to them follows every part of
+    the motion. One detector reads both feature maps, which the shared encoder makes
+    modality-independent. Its last convolution starts near zero: every point near the centre, so
+    the fit's ridge gives an affine near the identity; not at zero, where every point would get
+    the same gradient and the points could never spread.
+    """
+
+    def __init__(self, spatial_dims: int, feature_channels: int, channels: int = 32, num_keypoints: int = 32):
+        super().__init__()
+        self.detector = nn.Sequential(
+            _conv(spatial_dims, feature_channels, channels),
+            _conv(spatial_dims, channels, 2 * channels),
+            _conv(spatial_dims, 2 * channels, 2 * channels),
+            Convolution(spatial_dims, 2 * channels, num_keypoints, kernel_size=1, conv_only=True),
+        )
+        out = self.detector[-1].conv
+        nn.init.normal_(out.weight, std=1e-3)
+        nn.init.zeros_(out.bias)
+
+    def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
+        """Affines ``(B, N, N + 1)`` taking points of ``B`` to points of ``A``, as :class:`AffineNetwork`'s."""
+        return fit_affine(soft_argmax_points(self.detector(features_b)), soft_argmax_points(self.detector(features_a)))
+
+
 class NonRigidNetwork(nn.Module):
     """``T_nr``: parallel convolutions on the two feature maps, concatenated, ending in Tanh (a normalised field).
 
@@ -138,9 +178,20 @@ class NonRigidNetwork(nn.Module):
 class TransformationNetwork(nn.Module):
     """``T``: the affine sub-network, then the non-rigid one on the affinely warped features; see :class:`FIRENet`."""
 
-    def __init__(self, spatial_dims: int, feature_channels: int, channels: int = 32, affine_hidden: int = 64):
+    def __init__(
+        self,
+        spatial_dims: int,
+        feature_channels: int,
+        channels: int = 32,
+        affine_hidden: int = 64,
+        affine_head: str = "regression",
+        num_keypoints: int = 32,
+    ):
         super().__init__()
-        self.affine = AffineNetwork(spatial_dims, feature_channels, channels, affine_hidden)
+        if affine_head == "regression":
+            self.affine = AffineNetwork(spatial_dims, feature_channels, channels, affine_hidden)
+        else:
+            self.affine = KeypointAffineNetwork(spatial_dims, feature_channels, channels, num_keypoints)
         self.nonrigid = NonRigidNetwork(spatial_dims, feature_channels, channels)
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +221,9 @@ class FIRENet(nn.Module):
         num_res_blocks: ResNet blocks in the encoder and in each decoder.
         transform_channels: convolution channels of the transformation networks.
         affine_hidden: units of the affine sub-network's first fully connected layer.
+        affine_head: ``"regression"``, the paper's STN-like affine sub-network (:class:`AffineNetwork`), or
+            ``"keypoints"``, a keypoint detector and a least-squares fit (:class:`KeypointAffineNetwork`).
+        num_keypoints: points per image of the ``"keypoints"`` head.
         output: ``"full"`` or ``"affine"``, which field ``forward`` returns in eval mode.
     """
 
@@ -181,6 +235,8 @@ class FIRENet(nn.Module):
         num_res_blocks: int = 4,
         transform_channels: int = 32,
         affine_hidden: int = 64,
+        affine_head: str = "regression",
+        num_keypoints: int = 32,
         output: str = "full",
     ):
         super().__init__()
@@ -188,12 +244,15 @@ class FIRENet(nn.Module):
             raise ValueError(f"FIRE registers one image to another: in_channels must be 2, got {in_channels}.")
         if output not in ("full", "affine"):
             raise ValueError(f'output must be "full" or "affine", got {output!r}.')
+        if affine_head not in ("regression", "keypoints"):
+            raise ValueError(f'affine_head must be "regression" or "keypoints", got {affine_head!r}.')
         self.output = output
         self.encoder = SynthesisEncoder(spatial_dims, 1, channels, num_res_blocks)
         self.decoder_ab = SynthesisDecoder(spatial_dims, 1, channels, num_res_blocks)
         self.decoder_ba = SynthesisDecoder(spatial_dims, 1, channels, num_res_blocks)
-        self.transform_ab = TransformationNetwork(spatial_dims, channels[-1], transform_channels, affine_hidden)
-        self.transform_ba = TransformationNetwork(spatial_dims, channels[-1], transform_channels, affine_hidden)
+        transform = (spatial_dims, channels[-1], transform_channels, affine_hidden, affine_head, num_keypoints)
+        self.transform_ab = TransformationNetwork(*transform)
+        self.transform_ba = TransformationNetwork(*transform)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The paper's three optimisers' parameters: both affine sub-networks, both non-rigid ones, the rest."""

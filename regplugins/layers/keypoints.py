@@ -1,0 +1,39 @@
+"""Keypoints as soft-argmax points of heat maps, and the affine that best takes one set of points onto another.
+
+Both work in normalised coordinates (:mod:`regplugins.layers.normalised`), so an affine fitted to
+points of a quarter-resolution feature map acts on the full-resolution image as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .spatial import voxel_grid
+
+__all__ = ["soft_argmax_points", "fit_affine"]
+
+
+def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
+    """``(B, K, N)``: each channel's softmax over space, averaged over the normalised voxel coordinates."""
+    shape = heatmaps.shape[2:]
+    n = len(shape)
+    half_extent = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=heatmaps.dtype, device=heatmaps.device).view(n, 1)
+    points = voxel_grid(shape, device=heatmaps.device, dtype=heatmaps.dtype).flatten(1) / half_extent - 1
+    return torch.einsum("bkv,nv->bkn", heatmaps.flatten(2).softmax(dim=2), points)
+
+
+def fit_affine(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
+
+    ``ridge`` pulls the linear part towards the identity, so points that barely spread (an
+    untrained detector puts them all at the centre) give the identity rather than a singular fit;
+    the translation is not pulled.
+    """
+    n = source.shape[-1]
+    source_mean, target_mean = source.mean(dim=1, keepdim=True), target.mean(dim=1, keepdim=True)
+    centred_source, centred_target = source - source_mean, target - target_mean
+    identity = torch.eye(n, dtype=source.dtype, device=source.device)
+    normal_matrix = centred_source.mT @ centred_source + ridge * identity
+    linear = torch.linalg.solve(normal_matrix, centred_source.mT @ centred_target + ridge * identity).mT
+    translation = target_mean.mT - linear @ source_mean.mT
+    return torch.cat([linear, translation], dim=2)
