@@ -33,16 +33,16 @@ def smooth_volume(shape) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
-@pytest.mark.parametrize("affine_head, tolerance", [("regression", 0.0), ("keypoints", 1e-3)])
-def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims, affine_head, tolerance):
+@pytest.mark.parametrize("affine_head", ["regression", "keypoints"])
+def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims, affine_head):
     torch.manual_seed(0)
     network = FIRENet(spatial_dims=spatial_dims, output="affine", affine_head=affine_head, **SMALL).eval()
     pair = torch.rand(2, 2, *([32] * spatial_dims)) * 2 - 1
     features = network.encoder(pair[:, :1])
     theta = network.transform_ab.affine(features, network.encoder(pair[:, 1:]))
-    assert torch.allclose(theta, torch.eye(spatial_dims, spatial_dims + 1).expand(2, -1, -1), rtol=0.0, atol=tolerance)
+    assert torch.allclose(theta, torch.eye(spatial_dims, spatial_dims + 1).expand(2, -1, -1), rtol=0.0, atol=1e-6)
     with torch.no_grad():
-        assert network(pair).abs().max() <= tolerance * 32
+        assert network(pair).abs().max() < 1e-5
         full = FIRENet(spatial_dims=spatial_dims, affine_head=affine_head, **SMALL).eval()(pair)
     assert full.shape == (2, spatial_dims, *([32] * spatial_dims)) and full.abs().max() < 0.05
     with pytest.raises(ValueError, match="multiples of 4 and at least 32"):
@@ -70,7 +70,7 @@ def test_the_keypoint_affine_head_trained_on_one_pair_recovers_its_rotation_and_
     angle = math.radians(10.0)
     truth = torch.tensor([[[math.cos(angle), -math.sin(angle), 0.1], [math.sin(angle), math.cos(angle), -0.05]]])
     fixed = warp_normalised(moving, normalised_affine_flow(truth, (32, 32)))
-    head = KeypointAffineNetwork(spatial_dims=2, feature_channels=1, channels=8, num_keypoints=16)
+    head = KeypointAffineNetwork(spatial_dims=2, feature_channels=1, channels=8)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(150):
         loss = (warp_normalised(moving, normalised_affine_flow(head(moving, fixed), (32, 32))) - fixed)[..., 6:-6, 6:-6].square().mean()

@@ -4,7 +4,7 @@ gradient maps, field fusion, keypoints and their affine fit, and a fast Gaussian
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
 from .keypoints import fit_affine, soft_argmax_points
-from .normalised import normalised_affine_flow, normalised_to_voxel, resize_normalised, warp_normalised
+from .normalised import normalised_affine_flow, normalised_grid, normalised_to_voxel, resize_normalised, warp_normalised
 from .smoothing import gaussian_smooth
 from .spatial import (
     affine_to_ddf,

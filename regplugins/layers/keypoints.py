@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import torch
 
-from .spatial import voxel_grid
+from .normalised import normalised_grid
 
 __all__ = ["soft_argmax_points", "fit_affine"]
 
 
 def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
     """``(B, K, N)``: each channel's softmax over space, averaged over the normalised voxel coordinates."""
-    shape = heatmaps.shape[2:]
-    n = len(shape)
-    half_extent = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=heatmaps.dtype, device=heatmaps.device).view(n, 1)
-    points = voxel_grid(shape, device=heatmaps.device, dtype=heatmaps.dtype).flatten(1) / half_extent - 1
+    points = normalised_grid(heatmaps.shape[2:], heatmaps).flatten(1)
     return torch.einsum("bkv,nv->bkn", heatmaps.flatten(2).softmax(dim=2), points)
 
 
-def fit_affine(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+def fit_affine(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
 
     ``ridge`` pulls the linear part towards the identity, so points that barely spread (an

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .spatial import cached_warp, voxel_grid
 
-__all__ = ["normalised_to_voxel", "resize_normalised", "warp_normalised", "normalised_affine_flow"]
+__all__ = ["normalised_grid", "normalised_to_voxel", "resize_normalised", "warp_normalised", "normalised_affine_flow"]
 
 
 def _half_extent(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
@@ -40,9 +40,14 @@ def warp_normalised(volume: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return cached_warp()(volume, normalised_to_voxel(resize_normalised(flow, volume.shape[2:])))
 
 
+def normalised_grid(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates ``(N, *spatial_shape)`` of the grid's points, on ``like``'s device and dtype."""
+    return voxel_grid(spatial_shape, device=like.device, dtype=like.dtype) / _half_extent(spatial_shape, like) - 1
+
+
 def normalised_affine_flow(theta: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Normalised displacement ``theta p - p`` of affines ``(B, N, N + 1)`` acting on normalised points."""
     n = len(spatial_shape)
-    points = voxel_grid(spatial_shape, device=theta.device, dtype=theta.dtype) / _half_extent(spatial_shape, theta) - 1
+    points = normalised_grid(spatial_shape, theta)
     moved = torch.einsum("bij,j...->bi...", theta[:, :, :n], points) + theta[:, :, n].reshape(-1, n, *([1] * n))
     return moved - points

@@ -22,6 +22,7 @@ from torch import nn
 from regplugins.layers import (
     fit_affine,
     normalised_affine_flow,
+    normalised_grid,
     normalised_to_voxel,
     resize_normalised,
     round_trip,
@@ -123,33 +124,54 @@ class AffineNetwork(nn.Module):
 
 
 class KeypointAffineNetwork(nn.Module):
-    """``T_af`` as a keypoint detector, a departure from the paper: ``num_keypoints`` soft-argmax points of each
-    feature map, and the affine that takes the fixed image's points onto the moving one's by least squares.
+    """``T_af`` as a keypoint detector, a departure from the paper: soft-argmax points of each feature map, and the
+    affine that takes the fixed image's points onto the moving one's by least squares.
 
     The paper's STN-like regressor (:class:`AffineNetwork`) learns the translation and next to
-    nothing of the rotation or scaling (the bundle's model card, item 19). Points that the
-    detector finds on the anatomy move with it, so the affine fitted to them follows every part of
-    the motion. One detector reads both feature maps, which the shared encoder makes
-    modality-independent. Its last convolution starts near zero: every point near the centre, so
-    the fit's ridge gives an affine near the identity; not at zero, where every point would get
-    the same gradient and the points could never spread.
+    nothing of the rotation or scaling (the bundle's model card, item 19). Here one detector
+    reads both feature maps, which the shared encoder makes modality-independent, and gives one
+    heat map per point. Each map is weighted by a Gaussian around its own anchor, the anchors a
+    ``keypoints_per_axis``-wide lattice over the image, so that each point looks for a feature
+    near its anchor; a convolution's peak moves with the feature under it, so points follow the
+    local motion everywhere, and a rotation or scaling is a motion that differs from place to
+    place. The detector's last convolution starts at zero: every point at its anchor in both
+    images, the identity affine.
+
+    Args:
+        spatial_dims: 2 or 3.
+        feature_channels: channels of the feature maps.
+        channels: the detector's convolution channels (twice as many after its first convolution).
+        keypoints_per_axis: anchors along each axis, at ``-0.5``, ..., ``0.5`` in normalised coordinates.
+        anchor_width: the Gaussian's standard deviation, in normalised units (1 is half the image).
     """
 
-    def __init__(self, spatial_dims: int, feature_channels: int, channels: int = 32, num_keypoints: int = 32):
+    def __init__(
+        self, spatial_dims: int, feature_channels: int, channels: int = 32, keypoints_per_axis: int = 3, anchor_width: float = 0.25
+    ):
         super().__init__()
         self.detector = nn.Sequential(
             _conv(spatial_dims, feature_channels, channels),
             _conv(spatial_dims, channels, 2 * channels),
             _conv(spatial_dims, 2 * channels, 2 * channels),
-            Convolution(spatial_dims, 2 * channels, num_keypoints, kernel_size=1, conv_only=True),
+            Convolution(spatial_dims, 2 * channels, keypoints_per_axis**spatial_dims, kernel_size=1, conv_only=True),
         )
-        out = self.detector[-1].conv
-        nn.init.normal_(out.weight, std=1e-3)
-        nn.init.zeros_(out.bias)
+        nn.init.zeros_(self.detector[-1].conv.weight)
+        nn.init.zeros_(self.detector[-1].conv.bias)
+        axis = torch.linspace(-0.5, 0.5, keypoints_per_axis)
+        anchors = torch.stack(torch.meshgrid(*[axis] * spatial_dims, indexing="ij"), dim=-1).reshape(-1, spatial_dims)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.anchor_width = anchor_width
+
+    def points(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, K, N)``: the soft-argmax points of the detector's heat maps, each weighted around its anchor."""
+        heatmaps = self.detector(features)
+        grid = normalised_grid(heatmaps.shape[2:], heatmaps).flatten(1)  # (N, V)
+        log_prior = -(grid[None] - self.anchors[..., None]).square().sum(dim=1) / (2 * self.anchor_width**2)  # (K, V)
+        return soft_argmax_points(heatmaps + log_prior.view(1, *heatmaps.shape[1:]))
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         """Affines ``(B, N, N + 1)`` taking points of ``B`` to points of ``A``, as :class:`AffineNetwork`'s."""
-        return fit_affine(soft_argmax_points(self.detector(features_b)), soft_argmax_points(self.detector(features_a)))
+        return fit_affine(self.points(features_b), self.points(features_a))
 
 
 class NonRigidNetwork(nn.Module):
@@ -185,13 +207,13 @@ class TransformationNetwork(nn.Module):
         channels: int = 32,
         affine_hidden: int = 64,
         affine_head: str = "regression",
-        num_keypoints: int = 32,
+        keypoints_per_axis: int = 3,
     ):
         super().__init__()
         if affine_head == "regression":
             self.affine = AffineNetwork(spatial_dims, feature_channels, channels, affine_hidden)
         else:
-            self.affine = KeypointAffineNetwork(spatial_dims, feature_channels, channels, num_keypoints)
+            self.affine = KeypointAffineNetwork(spatial_dims, feature_channels, channels, keypoints_per_axis)
         self.nonrigid = NonRigidNetwork(spatial_dims, feature_channels, channels)
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +245,7 @@ class FIRENet(nn.Module):
         affine_hidden: units of the affine sub-network's first fully connected layer.
         affine_head: ``"regression"``, the paper's STN-like affine sub-network (:class:`AffineNetwork`), or
             ``"keypoints"``, a keypoint detector and a least-squares fit (:class:`KeypointAffineNetwork`).
-        num_keypoints: points per image of the ``"keypoints"`` head.
+        keypoints_per_axis: anchors along each axis of the ``"keypoints"`` head (27 points in 3D by default).
         output: ``"full"`` or ``"affine"``, which field ``forward`` returns in eval mode.
     """
 
@@ -236,7 +258,7 @@ class FIRENet(nn.Module):
         transform_channels: int = 32,
         affine_hidden: int = 64,
         affine_head: str = "regression",
-        num_keypoints: int = 32,
+        keypoints_per_axis: int = 3,
         output: str = "full",
     ):
         super().__init__()
@@ -250,7 +272,7 @@ class FIRENet(nn.Module):
         self.encoder = SynthesisEncoder(spatial_dims, 1, channels, num_res_blocks)
         self.decoder_ab = SynthesisDecoder(spatial_dims, 1, channels, num_res_blocks)
         self.decoder_ba = SynthesisDecoder(spatial_dims, 1, channels, num_res_blocks)
-        transform = (spatial_dims, channels[-1], transform_channels, affine_hidden, affine_head, num_keypoints)
+        transform = (spatial_dims, channels[-1], transform_channels, affine_hidden, affine_head, keypoints_per_axis)
         self.transform_ab = TransformationNetwork(*transform)
         self.transform_ba = TransformationNetwork(*transform)
 
