@@ -22,9 +22,8 @@ def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
 def fit_affine(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
 
-    ``ridge`` pulls the linear part towards the identity, so points that barely spread (an
-    untrained detector puts them all at the centre) give the identity rather than a singular fit;
-    the translation is not pulled.
+    ``ridge`` pulls the linear part towards the identity, so points that barely spread give
+    the identity rather than a singular fit; the translation is not pulled.
     """
     n = source.shape[-1]
     source_mean, target_mean = source.mean(dim=1, keepdim=True), target.mean(dim=1, keepdim=True)
