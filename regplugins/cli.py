@@ -65,7 +65,7 @@ def bench(
     """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json, OUT/results.md and PNG plots.
 
     --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
-    held-out synthetic set of --kind ct_t1, t1_t2, rigid, rigid_mni152 or t1_t2_affine (--n pairs of --shape voxels at 1.5 mm).
+    held-out synthetic set of --kind ct_t1, t1_t2, rigid, rigid_mni152, t1_t2_affine or t1_t2_affine_mni152 (--n pairs of --shape voxels at 1.5 mm).
     Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra), and the
     rigid head paper's ground-truth generation, groundtruth and groundtruth_nosym (without its symmetry alignment).
     A bundle may carry config overrides as a row of its own: fcn_multires_selfsup_reg:prealign=none.

@@ -57,3 +57,12 @@ def test_rigid_set_scores_the_rotation_left_undone(tmp_path):
     scores = report["methods"]["none"]["pairs"][0]
     assert true_angle > 1.0 and np.isclose(scores["rotation_error_deg"], true_angle, atol=1e-3)
     assert scores["translation_error_mm"] > 0.5
+
+
+def test_affine_set_of_mni152_heads_moves_the_moving_head_by_an_affine(tmp_path):
+    report = run_bench(bundles=[], data="synth", kind="t1_t2_affine_mni152", baselines=["none"], n=1, shape=(48, 48, 48), out=str(tmp_path))
+    pair = registration_pairs(datalist=report["datalist"])[0]
+    assert pair["moving"].endswith("_moving_t1.nii.gz") and pair["fixed"].endswith("_fixed_t2.nii.gz")
+    scores = report["methods"]["none"]["pairs"][0]
+    # up to 10 degrees, 10 mm and 10 % scaling: millimetres of motion the unregistered pair keeps
+    assert scores["field_error_mm"] > 2.0 and scores["dice"] < 0.9
