@@ -52,7 +52,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from regplugins.layers import cached_warp, normalised_affine_flow, normalised_to_voxel, warp_normalised
-from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, SynthesisDecoder, SynthesisEncoder
+from regplugins.networks.fire import AFFINE_HEADS, SynthesisDecoder, SynthesisEncoder
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "fire_inverse_consistent_reg"
 
@@ -133,8 +133,7 @@ def probe_affine(grid, affine_input: str, affine_loss: str, affine_head: str, ep
     if affine_loss == "registration":
         compared = torch.nn.Sequential(encoder, frozen_part(SynthesisDecoder(dims, 1, (8, 16, 32)), encoder_weights, "decoder_ab."))
     affine_features = encoder if affine_input == "encoder" else torch.nn.Identity()
-    head = AffineNetwork if affine_head == "regression" else KeypointAffineNetwork
-    network = head(dims, 32 if affine_input == "encoder" else 1, 16)
+    network = AFFINE_HEADS[affine_head](dims, 32 if affine_input == "encoder" else 1, 16)
     optimizer = torch.optim.Adam(network.parameters(), learning_rate)
     flow_of = lambda image: normalised_affine_flow(network(affine_features(image[:, :1]), affine_features(image[:, 1:])), image.shape[2:])
     for epoch in range(epochs + 1):
@@ -248,7 +247,7 @@ def main():
     parser.add_argument("--affine_input", choices=["image", "encoder"], default="image")
     parser.add_argument("--affine_loss", choices=["image", "registration"], default="image",
                         help="the affine probe's: the warped image against the fixed one, or its synthesis F_A->B(G(.)) (needs --encoder_weights)")
-    parser.add_argument("--affine_head", choices=["regression", "keypoints"], default="regression",
+    parser.add_argument("--affine_head", choices=sorted(AFFINE_HEADS), default="regression",
                         help="the affine probe's sub-network: the paper's regressor or the keypoint detector and fit (item 20)")
     parser.add_argument("--affine_learning_rate", type=float, default=1e-3)
     parser.add_argument("--encoder_weights", default="", help="the affine probe's encoder from this checkpoint (default: fresh)")

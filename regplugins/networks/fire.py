@@ -35,6 +35,7 @@ __all__ = [
     "SynthesisDecoder",
     "AffineNetwork",
     "KeypointAffineNetwork",
+    "AFFINE_HEADS",
     "NonRigidNetwork",
     "TransformationNetwork",
     "FIRENet",
@@ -174,6 +175,10 @@ class KeypointAffineNetwork(nn.Module):
         return fit_affine(self.points(features_b), self.points(features_a))
 
 
+# the affine sub-networks that ``FIRENet(affine_head=...)`` names
+AFFINE_HEADS = {"regression": AffineNetwork, "keypoints": KeypointAffineNetwork}
+
+
 class NonRigidNetwork(nn.Module):
     """``T_nr``: parallel convolutions on the two feature maps, concatenated, ending in Tanh (a normalised field).
 
@@ -266,8 +271,8 @@ class FIRENet(nn.Module):
             raise ValueError(f"FIRE registers one image to another: in_channels must be 2, got {in_channels}.")
         if output not in ("full", "affine"):
             raise ValueError(f'output must be "full" or "affine", got {output!r}.')
-        if affine_head not in ("regression", "keypoints"):
-            raise ValueError(f'affine_head must be "regression" or "keypoints", got {affine_head!r}.')
+        if affine_head not in AFFINE_HEADS:
+            raise ValueError(f"affine_head must be one of {sorted(AFFINE_HEADS)}, got {affine_head!r}.")
         self.output = output
         self.encoder = SynthesisEncoder(spatial_dims, 1, channels, num_res_blocks)
         self.decoder_ab = SynthesisDecoder(spatial_dims, 1, channels, num_res_blocks)
