@@ -17,9 +17,9 @@
 # misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
 # (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved run 12 of its card):
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
-# FIRE_START=weights skips the synthesis stage: the affine stage starts from those weights, keeping
-# what matches, so a FIRE_GRID with another affine head ("network_def#affine_head") starts that head
-# fresh on a trained synthesis (FIRE_SPLIT's first number is then unused).
+# FIRE_START=weights starts the first stage from those weights, keeping what matches, so a FIRE_GRID
+# with another affine head ("network_def#affine_head") starts that head fresh on a trained
+# synthesis; FIRE_SPLIT="0 60" skips the synthesis stage.
 # Run FIRE alone: beside the other bundles' runs it gets a share of the CPU cores and the GPU.
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
@@ -91,11 +91,11 @@ last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 
 fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
     local start=$FIRE_START
-    [[ -n $start ]] || fire_cache aligned ", $FIRE_ALIGNED"
+    (( FIRE_SYNTHESIS_PERCENT > 0 )) && fire_cache aligned ", $FIRE_ALIGNED"
     fire_cache misaligned "" & local misaligned=$!
-    if [[ -z $start ]]; then
-        fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 - ($(date +%s) - START) )) "" aligned \
-            --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]'
+    if (( FIRE_SYNTHESIS_PERCENT > 0 )); then
+        fire_stage synthesis $(( FIRE_SECONDS * FIRE_SYNTHESIS_PERCENT / 100 - ($(date +%s) - START) )) "$start" aligned \
+            --synthesis_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#2]' --train#handlers#0#strict False
         start=$(last_epoch synthesis)
     fi
     wait $misaligned
