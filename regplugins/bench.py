@@ -24,6 +24,8 @@ from regplugins.bundles import BUNDLES_DIR, inference_workflow
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.metrics import score_registration
 
+# FIRE's motion: a random affine of up to 10 degrees, 10 mm and 10 % scaling per axis, between T1 and T2
+FIRE_AFFINE_PAIRS = {"modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1}
 # the held-out synthetic sets: fixed seeds far from the training seeds of every bundle
 SYNTHETIC_SETS = {
     "ct_t1": {"modalities": ("ct", "t1")},
@@ -32,11 +34,9 @@ SYNTHETIC_SETS = {
     # rigid pairs of MNI152 heads, one subject per seed: heads that share an anatomy, as real ones do
     "rigid_mni152": {"modalities": ("ct", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0},
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
-    "t1_t2_affine": {"modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1},
+    "t1_t2_affine": FIRE_AFFINE_PAIRS,
     # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide (FIRE's card, item 20)
-    "t1_t2_affine_mni152": {
-        "modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1, "anatomy": "mni152", "subject_deformation_mm": 4.0
-    },
+    "t1_t2_affine_mni152": {**FIRE_AFFINE_PAIRS, "anatomy": "mni152", "subject_deformation_mm": 4.0},
 }
 HELD_OUT_SEED = 2_000_000
 
