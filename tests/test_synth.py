@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from regplugins.data import INTENSITY_RANGES, SyntheticPairGenerator
-from regplugins.layers import warp_physical
+from regplugins.layers import gaussian_smooth, warp_physical
 from regplugins.metrics import fit_rigid, folding_percent, jacobian_determinant, label_overlap, rigid_errors
 
 
@@ -170,3 +170,30 @@ def test_mni152_anatomy_is_one_head_and_a_subject_deformation_makes_one_subject_
     assert 0.6 < np.mean([v["dice"] for v in overlap.values()]) < 0.99  # the same anatomy, another subject
     with pytest.raises(ValueError, match="3D head"):
         SyntheticPairGenerator(shape=(64, 64), anatomy="mni152")
+
+
+def test_shared_texture_is_the_same_fine_structure_in_both_modalities():
+    """In a block of one tissue, seen at another angle, the two images' fine structure correlates when the texture is
+    shared, not when each image draws its own; with no texture and no noise there is none."""
+    labels = torch.zeros(1, 48, 48, 48, dtype=torch.long)
+    labels[:, 2:46, 2:46, 2:46] = 1
+
+    def fine_structure(pair, key):  # band-pass away noise and bias field, far from the block's edges
+        image = pair[key].as_tensor()[None]
+        return (gaussian_smooth(image, [1.0] * 3) - gaussian_smooth(image, [2.5] * 3))[0, 0, 16:32, 16:32, 16:32].flatten()
+
+    def correlation_and_moving_std(texture, noise_scale=1.0):
+        pair = SyntheticPairGenerator(
+            labels=labels, labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])), tissue_of_label={0: "background", 1: "white_matter"},
+            modalities=("ct", "t1"), rotation_deg=10, translation_mm=0, deformation_mm=0, texture=texture,
+            noise_scale=noise_scale,
+        )(1)
+        fixed, moving = fine_structure(pair, "fixed"), fine_structure(pair, "moving")
+        return np.corrcoef(fixed.numpy(), moving.numpy())[0, 1], moving.std().item()
+
+    shared, independent, none = (correlation_and_moving_std(t) for t in ("shared", "independent", "none"))
+    assert shared[0] > 0.5 and abs(independent[0]) < 0.2
+    assert none[1] < 0.8 * min(shared[1], independent[1])
+    assert correlation_and_moving_std("none", noise_scale=0.0)[1] < 0.1 * none[1]
+    with pytest.raises(ValueError, match="texture"):
+        SyntheticPairGenerator(texture="per_image")

@@ -52,6 +52,7 @@ INTENSITY_RANGES = {
 
 # label ids of the generated head; interior structures follow from FIRST_STRUCTURE_LABEL on
 SCALP, SKULL, CSF_RIM, FIRST_STRUCTURE_LABEL = 1, 2, 3, 4
+TEXTURES = ("independent", "shared", "none")
 _INTERIOR_TISSUES = ("white_matter", "grey_matter", "csf", "grey_matter", "white_matter", "soft_tissue")
 
 
@@ -104,11 +105,15 @@ def synthesize_image(
     modality: str,
     generator: torch.Generator,
     spacing: Sequence[float],
+    texture: torch.Tensor | None = None,
+    noise_scale: float = 1.0,
 ) -> torch.Tensor:
     """An image of ``modality`` from a label map ``(1, *spatial)`` and one mean intensity per label.
 
     Adds smooth texture, partial-volume blur and noise; MR images also get a multiplicative bias
-    field, a random gamma and a random scale, as scanners give them.
+    field, a random gamma and a random scale, as scanners give them. ``texture`` is a
+    standard-normal field ``(*spatial)`` that the texture follows (drawn for this image if None);
+    ``noise_scale`` multiplies the scanner noise's standard deviation.
     """
     shape, device = labels.shape[1:], labels.device
     image = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -117,7 +122,10 @@ def synthesize_image(
     is_ct = modality == "ct"
     contrast = 10.0 if is_ct else 0.05
     inside = labels[0] > 0
-    image = image + inside * contrast * _uniform(0.1, 0.5, generator) * _smooth_noise(shape, 4.0, generator, device=device)[0]
+    amplitude = _uniform(0.1, 0.5, generator)
+    if texture is None:
+        texture = _smooth_noise(shape, 4.0, generator, device=device)[0]
+    image = image + inside * contrast * amplitude * texture
     sigma = _uniform(0.3, 1.0, generator)
     image = _gaussian_blur(image, sigma)
     if not is_ct:
@@ -125,7 +133,7 @@ def synthesize_image(
         image = (image * bias).clamp(min=0)
         image = (image / image.max().clamp(min=1e-6)) ** math.exp(_uniform(-0.25, 0.25, generator))
     noise_std = _uniform(2.0, 8.0, generator) if is_ct else _uniform(0.005, 0.03, generator)
-    image = image + noise_std * torch.randn(shape, generator=generator).to(device)
+    image = image + noise_scale * noise_std * torch.randn(shape, generator=generator).to(device)
     if not is_ct:
         image = image.clamp(min=0) * _uniform(500.0, 2000.0, generator)
     return image.unsqueeze(0)
@@ -180,6 +188,13 @@ class SyntheticPairGenerator:
         labels, labels_affine, tissue_of_label: the user's label map ``(1, *spatial)`` with its
             affine and the tissue name of each label, instead of ``anatomy``; ``shape`` and
             ``spacing`` are then taken from it.
+        texture: the smooth texture inside each tissue. ``"independent"``: each image draws its
+            own, so fine structure in one modality has no counterpart in the other.
+            ``"shared"``: one texture of the anatomy, carried to the moving grid with the labels,
+            as the fine anatomy (vessels, sulci) that both modalities show; each image weighs it
+            by its own amplitude. ``"none"``: tissues of uniform intensity before blur and noise.
+        noise_scale: factor on each image's scanner noise (drawn per image from 2-8 HU for CT,
+            0.5-3 % of the range for MR); 0 makes noise-free pairs.
         paired_images: how each grid's anatomy is imaged in the other modality (``fixed_paired``,
             ``moving_paired``). ``"rendered"``: drawn anew on that grid, exactly aligned, with its
             own bias field, texture and noise. ``"registered"``: the other image resampled onto the
@@ -212,6 +227,8 @@ class SyntheticPairGenerator:
         labels: torch.Tensor | None = None,
         labels_affine: torch.Tensor | None = None,
         tissue_of_label: dict[int, str] | None = None,
+        texture: str = "independent",
+        noise_scale: float = 1.0,
         paired_images: str = "rendered",
         device: str | torch.device | None = None,
     ):
@@ -227,6 +244,8 @@ class SyntheticPairGenerator:
             raise ValueError(f"intensity_spread must lie in [0, 1], got {intensity_spread}.")
         if paired_images not in ("rendered", "registered"):
             raise ValueError(f'paired_images must be "rendered" or "registered", got "{paired_images}".')
+        if texture not in TEXTURES:
+            raise ValueError(f"texture must be one of {TEXTURES}, got {texture!r}.")
         if anatomy not in ("generated", "mni152"):
             raise ValueError(f'anatomy must be "generated" or "mni152", got "{anatomy}".')
         if labels is not None:
@@ -248,6 +267,7 @@ class SyntheticPairGenerator:
         self.deformation_mm, self.deformation_scale_mm = deformation_mm, deformation_scale_mm
         self.moving_grid, self.intensity_spread = moving_grid, intensity_spread
         self.subject_deformation_mm, self.paired_images = subject_deformation_mm, paired_images
+        self.texture, self.noise_scale = texture, noise_scale
         self.fixed_affine = labels_affine.double() if labels is not None else grid_affine(spacing, self.shape)
         if labels is None and anatomy == "mni152":
             labels, tissue_of_label = mni152_head_labels(self.shape, self.fixed_affine), HEAD_TISSUES
@@ -384,21 +404,29 @@ class SyntheticPairGenerator:
         }
         moving_spacing = [float(v) for v in moving_affine[:n, :n].norm(dim=0)]
 
-        def image(labels, modality, affine, spacing):
-            return MetaTensor(synthesize_image(labels, means[modality], modality, generator, spacing), affine=affine)
+        fixed_texture = moving_texture = None  # None: each image draws its own
+        if self.texture == "shared":
+            fixed_texture = _smooth_noise(self.shape, 4.0, generator, device=self.device)
+            moving_texture = sample(fixed_texture[None], points, padding_mode="border")[0, 0]
+            fixed_texture = fixed_texture[0]
+        elif self.texture == "none":
+            fixed_texture, moving_texture = torch.zeros(self.shape, device=self.device), torch.zeros(moving_shape, device=self.device)
+
+        def image(labels, modality, affine, spacing, texture):
+            return MetaTensor(synthesize_image(labels, means[modality], modality, generator, spacing, texture, self.noise_scale), affine=affine)
 
         def resampled(scan, voxel_points, affine):  # the other scan at its corresponding points
             return MetaTensor(sample(scan.as_tensor()[None], voxel_points, padding_mode="border")[0], affine=affine)
 
-        fixed = image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing)
-        moving = image(moving_labels, moving_modality, moving_affine, moving_spacing)
+        fixed = image(fixed_labels, fixed_modality, self.fixed_affine, self.spacing, fixed_texture)
+        moving = image(moving_labels, moving_modality, moving_affine, moving_spacing, moving_texture)
         if self.paired_images == "registered":
             moving_points = apply_affine(torch.linalg.inv(moving_affine), corresponding).float().unsqueeze(0)
             fixed_paired = resampled(moving, moving_points, self.fixed_affine)
             moving_paired = resampled(fixed, points, moving_affine)
         else:
-            fixed_paired = image(fixed_labels, moving_modality, self.fixed_affine, self.spacing)
-            moving_paired = image(moving_labels, fixed_modality, moving_affine, moving_spacing)
+            fixed_paired = image(fixed_labels, moving_modality, self.fixed_affine, self.spacing, fixed_texture)
+            moving_paired = image(moving_labels, fixed_modality, moving_affine, moving_spacing, moving_texture)
         return {
             "fixed": fixed,
             "moving": moving,
