@@ -35,15 +35,23 @@ class MINDDescriptor(nn.Module):
     - ``"mind_ssc"`` (2013): the neighbours' patches with each other, in pairs that lie on
       different axes, P = 12 in 3D and 4 in 2D. The voxel's own patch, noise included, enters
       no channel, and each channel's distance is taken relative to the smallest.
+
+    ``V`` is kept above ``variance_floor`` times its mean over the image. Where an image has no
+    structure (air, the inside of a tissue) ``V`` is the noise's, and ``exp(-D / V)`` turns that
+    noise into descriptors as varied as an edge's; the floor makes them flat instead. 0.001 is
+    the MIND authors' code's; the descriptors of noise then still reward any warp that blurs it.
     """
 
-    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, descriptor: str = "mind_ssc"):
+    def __init__(
+        self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, descriptor: str = "mind_ssc", variance_floor: float = 0.001
+    ):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"MIND is defined for 2D and 3D images, got spatial_dims={spatial_dims}.")
         if descriptor not in DESCRIPTORS:
             raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}.")
         self.spatial_dims, self.radius, self.dilation = spatial_dims, radius, dilation
+        self.variance_floor = variance_floor
         self.self_similarity_context = descriptor == "mind_ssc"
         neighbours = []
         for axis in range(spatial_dims):
@@ -77,7 +85,7 @@ class MINDDescriptor(nn.Module):
             distance = distance - distance.min(dim=1, keepdim=True).values
         variance = distance.mean(dim=1, keepdim=True)
         mean_variance = variance.mean(dim=list(range(1, variance.dim())), keepdim=True)
-        variance = torch.maximum(torch.minimum(variance, mean_variance * 1000.0), mean_variance * 0.001 + 1e-8)
+        variance = torch.maximum(torch.minimum(variance, mean_variance * 1000.0), mean_variance * self.variance_floor + 1e-8)
         descriptor = torch.exp(-distance / variance)
         descriptor = descriptor / descriptor.max(dim=1, keepdim=True).values
         return descriptor.reshape(batch, channels * len(self.pairs), *shape)
@@ -88,7 +96,7 @@ class MINDLoss(_Loss):
 
     ``forward(pred, target)``: ``pred`` is the warped moving image, ``target`` the fixed image,
     both ``(B, 1, *spatial)``. Lower is better; zero for identical structure whatever the contrast.
-    ``descriptor``, ``radius`` and ``dilation`` are :class:`MINDDescriptor`'s.
+    ``descriptor``, ``radius``, ``dilation`` and ``variance_floor`` are :class:`MINDDescriptor`'s.
 
     ``smoothing_sigma`` smooths both images with a Gaussian of that many voxels before their
     descriptors are taken. Warping by a sub-voxel field interpolates, which blurs the moving
@@ -105,10 +113,13 @@ class MINDLoss(_Loss):
         dilation: int = 2,
         smoothing_sigma: float = 0.0,
         descriptor: str = "mind_ssc",
+        variance_floor: float = 0.001,
         reduction: str = "mean",
     ):
         super().__init__(reduction=reduction)
-        self.descriptor = MINDDescriptor(spatial_dims=spatial_dims, radius=radius, dilation=dilation, descriptor=descriptor)
+        self.descriptor = MINDDescriptor(
+            spatial_dims=spatial_dims, radius=radius, dilation=dilation, descriptor=descriptor, variance_floor=variance_floor
+        )
         self.smoothing = [float(smoothing_sigma)] * spatial_dims
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
