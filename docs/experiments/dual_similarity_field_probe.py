@@ -63,8 +63,10 @@ def label_dice(pair, ddf) -> float:
     return metric.aggregate().item()
 
 
-def cosine_with(field: torch.Tensor, truth: torch.Tensor) -> float:
-    """How well a field points the true field's way, over all voxels (1: same direction, 0: unrelated)."""
+def cosine_with(field: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    """How well a field points the true field's way, over all voxels or those ``where`` is true (1: same direction, 0: unrelated)."""
+    if where is not None:
+        field, truth = field[:, :, where], truth[:, :, where]
     return torch.nn.functional.cosine_similarity(field.flatten(), truth.flatten(), dim=0).item()
 
 

@@ -4,8 +4,10 @@ On validation pairs of the train config's pipeline (seeds 1,000,000 on, labels a
 resampled alongside the images), prints per pair: the mean length of the true residual field and,
 along the line from no field to 1.25 times the true one (both fields of the loss on that line),
 the loss's two MIND terms, its two smoothness terms and the label Dice; the MIND terms for
-constant sub-voxel shifts and for a smoothed moving image, which align nothing; then each given
-network's mean field length, cosine with the true field and Dice (``fusion:path``, e.g.
+constant sub-voxel shifts, for the air around the head shifted alone and for a smoothed moving
+image, which align nothing; then each given
+network's mean field length (over the image, in the head and outside it), cosine with the true
+field (over the image and in the head) and Dice (``fusion:path``, e.g.
 ``none:gpu_runs/none/model.pt``). ``--free_field_steps N`` also optimises two free fields on each
 pair (no network) with Adam on the same loss, printing its loss, the fused field's mean length,
 cosine with the true field and Dice: does the loss lead there from no field, and how do another
@@ -14,8 +16,8 @@ smoothness weight (``--smoothness``) and smoothing the images before MIND
 each pair alone the same way: can the network reach what the free fields reach?
 ``--synthesis_args '{"anatomy": "mni152", "subject_deformation_mm": 4.0}'`` changes the pairs'
 generator settings (here: MNI152 heads, one subject per seed, in place of random blob heads).
-``--mind_descriptor`` is the bundle's (the paper's ``mind`` since 0.5.0); the model card's runs
-before 0.5.0 used ``mind_ssc``, which repeats them.
+``--mind_descriptor`` and ``--mind_variance_floor`` are the bundle's (the paper's ``mind`` since
+0.5.0; the model card's runs before 0.5.0 used ``mind_ssc``, which repeats them).
 
     python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """
@@ -72,6 +74,7 @@ def main():
     parser.add_argument("--mind_smoothing_sigma", type=float, default=0.0, help="as the bundle's mind_smoothing_sigma")
     parser.add_argument("--mind_descriptor", default="mind", help="as the bundle's mind_descriptor")
     parser.add_argument("--mind_dilation", type=int, default=2, help="MINDLoss's dilation")
+    parser.add_argument("--mind_variance_floor", type=float, default=0.001, help="as the bundle's mind_variance_floor")
     parser.add_argument("--free_field_steps", type=int, default=0)
     parser.add_argument("--free_field_learning_rate", type=float, default=0.05)
     parser.add_argument("--network_fit_steps", type=int, default=0)
@@ -82,7 +85,8 @@ def main():
         fused_smoothness_weight=args.smoothness,
         gradient_smoothness_weight=args.smoothness,
         similarity=regplugins.losses.MINDLoss(
-            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor, dilation=args.mind_dilation
+            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor, dilation=args.mind_dilation,
+            variance_floor=args.mind_variance_floor,
         ),
     )
     synthesis = {f"synthesis_args#{key}": value for key, value in args.synthesis_args.items()}
@@ -101,6 +105,12 @@ def main():
                 terms = loss_terms(loss, images, field, field)
             print(f"  constant shift of {shift} voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f},"
                   f" Dice {label_dice(pair, field):.4f}")
+        air = 1 - regplugins.layers.gaussian_smooth((pair["fixed_label"][None] > 0).float(), [1.0] * 3).clamp(0, 1)
+        field = 0.5 * air.expand_as(truth)  # moves the air around the head, not the head
+        with torch.no_grad():
+            terms = loss_terms(loss, images, field, field)
+        print(f"  the air alone shifted by 0.5 voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f}"
+              f" + smoothness {terms[2]:.4f} + {terms[3]:.4f} = {sum(terms):.4f}, Dice {label_dice(pair, field):.4f}")
         blurred = torch.cat([regplugins.layers.gaussian_smooth(images[:, :1], [0.5] * 3), images[:, 1:]], dim=1)
         with torch.no_grad():
             terms = loss_terms(loss, blurred, torch.zeros_like(truth), torch.zeros_like(truth))
@@ -111,8 +121,11 @@ def main():
             network.load_state_dict(torch.load(path, map_location="cpu"))
             with torch.no_grad():
                 ddf = network.eval()(images)
-            print(f"  {checkpoint}: field {ddf.norm(dim=1).mean():.3f} voxels (at most {ddf.norm(dim=1).max():.3f}),"
-                  f" cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf):.4f}")
+            head = pair["fixed_label"][0] > 0
+            length = ddf.norm(dim=1)[0]
+            print(f"  {checkpoint}: field {length.mean():.3f} voxels (at most {length.max():.3f}; {length[head].mean():.3f}"
+                  f" in the head, {length[~head].mean():.3f} outside), cosine with the true field {cosine_with(ddf, truth):.2f}"
+                  f" ({cosine_with(ddf, truth, head):.2f} in the head), Dice {label_dice(pair, ddf):.4f}")
         if args.free_field_steps:
             fit_to_pair(pair, loss, args.free_field_steps, args.free_field_learning_rate)
         if args.network_fit_steps:
