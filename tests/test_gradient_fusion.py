@@ -103,13 +103,14 @@ def test_shipped_weights_align_held_out_validation_pairs_better_than_no_field():
     parser.read_config(str(BUNDLE / "configs/train.json"))
     parser.update({"device": "cpu"})
     preprocess, network = parser.get_parsed_content("validate#preprocessing"), parser.get_parsed_content("network_def")
+    classes = parser["num_labels"]
     network.load_state_dict(torch.load(BUNDLE / "models/model.pt", map_location="cpu"))
     network.eval()
 
     def dice(pair, ddf):
         warped = Warp(mode="nearest")(pair["moving_label"][None].float(), ddf)
         metric = DiceMetric(include_background=False)
-        metric(one_hot(warped.long(), 12), one_hot(pair["fixed_label"][None].long(), 12))
+        metric(one_hot(warped.long(), classes), one_hot(pair["fixed_label"][None].long(), classes))
         return metric.aggregate().item()
 
     gains = []
