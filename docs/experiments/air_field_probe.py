@@ -6,9 +6,9 @@ network (``bundle:path``, the bundle's ``network_def`` loaded from ``path``): th
 length in the head and outside it, its cosine with the true field in the head and the label
 Dice; then, for each of ``--variance_floors``, MINDLoss (``--mind_descriptor``) of no field, of
 the network's field (whole, and cut to the head or to the air around it), of the air alone
-shifted by half a voxel along each axis and of the true field. A network whose field is longer in the air than in the head, and whose MIND is below the
-true field's, has learnt to blur the air's noise (ct_mr_gradient_fusion_reg's model card, "What
-the networks learnt instead").
+shifted by half a voxel along each axis and of the true field. A network whose field is longer
+in the air than in the head, and whose MIND is below the true field's, has learnt to blur the
+air's noise (ct_mr_gradient_fusion_reg's model card, "What the networks learnt instead").
 
     python docs/experiments/air_field_probe.py --pairs 3 fcn_multires_selfsup_reg:bundles/fcn_multires_selfsup_reg/models/model.pt
 """
