@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from dual_similarity_field_probe import cosine_with, label_dice, validation_pairs
+from dual_similarity_field_probe import air_around_head, cosine_with, label_dice, validation_pairs
 from monai.bundle import ConfigParser
 from monai.networks.blocks import Warp
 
@@ -50,7 +50,7 @@ def main():
     for seed, pair in pairs:
         images, truth = pair["images"], pair["true_voxel_ddf"]
         head = pair["fixed_label"][0] > 0
-        air = 1 - regplugins.layers.gaussian_smooth(head[None, None].float(), [1.0] * 3).clamp(0, 1)
+        air = air_around_head(pair)
         print(f"pair {seed}: Dice with no field {label_dice(pair, torch.zeros_like(truth)):.4f}")
         for checkpoint, network in networks.items():
             with torch.no_grad():

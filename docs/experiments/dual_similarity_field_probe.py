@@ -70,6 +70,11 @@ def cosine_with(field: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | 
     return torch.nn.functional.cosine_similarity(field.flatten(), truth.flatten(), dim=0).item()
 
 
+def air_around_head(pair) -> torch.Tensor:
+    """1 in the air, 0 in the head, blurred by a voxel between: a field times it moves the air around the head, not the head."""
+    return 1 - regplugins.layers.gaussian_smooth((pair["fixed_label"][None] > 0).float(), [1.0] * 3).clamp(0, 1)
+
+
 def blockwise_ncc(a, b, size: int = 24) -> torch.Tensor:
     blocks = lambda x: x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
     return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b))

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 import torch
-from dual_similarity_field_probe import cosine_with, label_dice, validation_pairs
+from dual_similarity_field_probe import air_around_head, cosine_with, label_dice, validation_pairs
 
 import regplugins
 
@@ -105,8 +105,7 @@ def main():
                 terms = loss_terms(loss, images, field, field)
             print(f"  constant shift of {shift} voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f},"
                   f" Dice {label_dice(pair, field):.4f}")
-        air = 1 - regplugins.layers.gaussian_smooth((pair["fixed_label"][None] > 0).float(), [1.0] * 3).clamp(0, 1)
-        field = 0.5 * air.expand_as(truth)  # moves the air around the head, not the head
+        field = 0.5 * air_around_head(pair).expand_as(truth)  # moves the air around the head, not the head
         with torch.no_grad():
             terms = loss_terms(loss, images, field, field)
         print(f"  the air alone shifted by 0.5 voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f}"
