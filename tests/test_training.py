@@ -30,7 +30,9 @@ def test_train_config_runs_and_saves_a_checkpoint_the_inference_network_loads(bu
     parser.get_parsed_content("network_def").load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
 
 
-@pytest.mark.parametrize("name", ["fcn_multires_selfsup_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
+@pytest.mark.parametrize(
+    "name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"]
+)
 def test_pretrained_weights_are_loaded_before_the_first_iteration(name, tmp_path):
     """``pretrained_weights`` fine-tunes from a checkpoint (on a user's data, or a run continued); empty, it trains from scratch."""
 
