@@ -30,15 +30,13 @@ def test_train_config_runs_and_saves_a_checkpoint_the_inference_network_loads(bu
     parser.get_parsed_content("network_def").load_state_dict(torch.load(tmp_path / "model.pt", map_location="cpu"))
 
 
-@pytest.mark.parametrize(
-    "name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"]
-)
-def test_pretrained_weights_are_loaded_before_the_first_iteration(name, tmp_path):
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
+def test_pretrained_weights_are_loaded_before_the_first_iteration(bundle, tmp_path):
     """``pretrained_weights`` fine-tunes from a checkpoint (on a user's data, or a run continued); empty, it trains from scratch."""
 
     def parsed(pretrained_weights):
         parser = ConfigParser()
-        parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
+        parser.read_config(str(bundle / "configs/train.json"))
         parser.update({"working_shape": [32, 32, 32], "working_spacing": 6.0, "num_train_pairs": 2, "num_val_pairs": 1,
                        "num_workers": 0, "device": "cpu", "pretrained_weights": pretrained_weights})
         return parser
