@@ -11,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from monai.networks.blocks import Warp
 
 from conftest import (
     BUNDLE,
@@ -195,8 +197,6 @@ def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pai
 @pytest.mark.parametrize("weights, iterations", [("models/model.pt", 5), ("models/model.ts", 0)])
 def test_fcn_fine_tunes_on_each_pair_by_default_except_from_torchscript(weights, iterations):
     """Five steps of pair optimisation from the trained weights by default; a TorchScript export cannot train, so it runs feed-forward."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs/inference.json"))
     parser["ckpt_path"] = str(BUNDLE / weights)
@@ -206,9 +206,6 @@ def test_fcn_fine_tunes_on_each_pair_by_default_except_from_torchscript(weights,
 @pytest.mark.parametrize("bundle_name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg"])
 def test_shipped_weights_align_held_out_validation_pairs_better_than_no_field(bundle_name):
     """On the train config's first two validation pairs (seeds no training drew), the shipped network's field alone (feed-forward) raises the label Dice."""
-    from monai.bundle import ConfigParser
-    from monai.networks.blocks import Warp
-
     bundle = ROOT / "bundles" / bundle_name
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs/train.json"))
@@ -234,8 +231,6 @@ def test_shipped_weights_align_held_out_validation_pairs_better_than_no_field(bu
 @pytest.mark.parametrize("bundle_name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg"])
 def test_pair_optimisation_mode_needs_no_weights(bundle_name):
     """The FCN paper's direct mode, which both deformable MIND bundles offer: a fresh network optimised on the pair alone lowers its loss."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle_name / "configs/inference.json"))
     parser["optimise_iterations"] = 15
