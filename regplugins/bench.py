@@ -35,7 +35,8 @@ SYNTHETIC_SETS = {
     "rigid_mni152": {"modalities": ("ct", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0},
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
     "t1_t2_affine": FIRE_AFFINE_PAIRS,
-    # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide (FIRE's card, item 20)
+    # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide
+    # (docs/experiments/fire_inverse_consistent_reg.md, item 20)
     "t1_t2_affine_mni152": {**FIRE_AFFINE_PAIRS, "anatomy": "mni152", "subject_deformation_mm": 4.0},
 }
 HELD_OUT_SEED = 2_000_000

@@ -64,7 +64,8 @@ def test_the_affine_sub_network_still_depends_on_its_input_and_learns_when_every
 
 
 def test_the_keypoint_affine_head_trained_on_one_pair_recovers_its_rotation_and_shift():
-    # the paper's regressor learns the shift alone (model card, item 19); fitted keypoints follow a rotation too
+    # the paper's regressor learns the shift alone (docs/experiments/fire_inverse_consistent_reg.md, item 19);
+    # fitted keypoints follow a rotation too
     torch.manual_seed(0)
     moving = torch.nn.functional.interpolate(torch.randn(1, 1, 6, 6), size=(32, 32), mode="bicubic", align_corners=True)
     angle = math.radians(10.0)

@@ -2,7 +2,7 @@
 
 Trains only the synthesis networks (the third optimiser) of `fire_inverse_consistent_reg` on
 aligned T1-like -> T2-like 2D pairs with the paper's losses (feature and alignment terms at 0.1,
-as in the model card's run 4), and after every epoch prints the RMS of the synthesis
+as in run 4 of fire_inverse_consistent_reg.md, FIRE's training record), and after every epoch prints the RMS of the synthesis
 F_A->B(G(x_A)) against x_B on the validation pairs, beside two references: the mean validation
 target (a synthesis that ignores its input) and the best pixel-wise intensity mapping fitted on
 each validation image itself (the most any intensity look-up could do). `--intensity_spread`

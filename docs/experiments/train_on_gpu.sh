@@ -10,12 +10,12 @@
 #   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
 # FIRE_SECONDS > 0 also trains fire_inverse_consistent_reg in 3D at FIRE_GRID, in the three stages
-# of its model card (synthesis alone on aligned pairs, then the affine sub-networks alone, then
+# of its training record, docs/experiments/fire_inverse_consistent_reg.md (synthesis alone on aligned pairs, then the affine sub-networks alone, then
 # all three optimisers; the affine stage without the inverse-consistency term; by default 40, 30
 # and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine stage the rest and skips the
 # joint one), each stage from the last one's weights. Its pairs, aligned for the synthesis stage and
 # misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
-# (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved run 12 of its card):
+# (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved its record's run 12):
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
 # FIRE_START=weights starts the first stage from those weights, keeping what matches, so a FIRE_GRID
 # with another affine head ("network_def#affine_head") starts that head fresh on a trained
@@ -89,7 +89,7 @@ fire_stage() {  # stage name, seconds, weights to start from ("" for none), pair
 
 last_epoch() { ls "$OUT/$FIRE/$1"/model_epoch=*.pt 2>/dev/null | head -n 1; }
 
-fire_stages() {  # the model card's staged schedule (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
+fire_stages() {  # the staged schedule of FIRE's training record (runs 8-10): the first two stages at 1e-3, the last at the paper's rates
     local start=$FIRE_START
     (( FIRE_SYNTHESIS_PERCENT > 0 )) && fire_cache aligned ", $FIRE_ALIGNED"
     fire_cache misaligned "" & local misaligned=$!
@@ -99,7 +99,7 @@ fire_stages() {  # the model card's staged schedule (runs 8-10): the first two s
         start=$(last_epoch synthesis)
     fi
     wait $misaligned
-    # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (card, item 14)
+    # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (FIRE's training record, item 14)
     FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
         "$start" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]' \
         --train#handlers#0#strict False

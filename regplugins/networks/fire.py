@@ -129,7 +129,8 @@ class KeypointAffineNetwork(nn.Module):
     affine that takes the fixed image's points onto the moving one's by least squares.
 
     The paper's STN-like regressor (:class:`AffineNetwork`) learns the translation and next to
-    nothing of the rotation or scaling (the bundle's model card, item 19). Here one detector
+    nothing of the rotation or scaling (item 19 of its training record,
+    docs/experiments/fire_inverse_consistent_reg.md). Here one detector
     reads both feature maps, which the shared encoder makes modality-independent, and gives one
     heat map per point. Each map is weighted by a Gaussian around its own anchor, the anchors a
     ``keypoints_per_axis``-wide lattice over the image, so that each point looks for a feature
