@@ -8,7 +8,7 @@ Dice; then, for each of ``--variance_floors``, MINDLoss (``--mind_descriptor``) 
 the network's field (whole, and cut to the head or to the air around it), of the air alone
 shifted by half a voxel along each axis and of the true field. A network whose field is longer
 in the air than in the head, and whose MIND is below the true field's, has learnt to blur the
-air's noise (ct_mr_gradient_fusion_reg's model card, "What the networks learnt instead").
+air's noise (docs/experiments/ct_mr_gradient_fusion_reg.md, "What the networks learnt instead").
 
     python docs/experiments/air_field_probe.py --pairs 3 fcn_multires_selfsup_reg:bundles/fcn_multires_selfsup_reg/models/model.pt
 """

@@ -17,7 +17,7 @@ each pair alone the same way: can the network reach what the free fields reach?
 ``--synthesis_args '{"anatomy": "mni152", "subject_deformation_mm": 4.0}'`` changes the pairs'
 generator settings (here: MNI152 heads, one subject per seed, in place of random blob heads).
 ``--mind_descriptor`` and ``--mind_variance_floor`` are the bundle's (the paper's ``mind`` since
-0.5.0; the model card's runs before 0.5.0 used ``mind_ssc``, which repeats them).
+0.5.0; the training record's runs before 0.5.0 used ``mind_ssc``, which repeats them).
 
     python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """

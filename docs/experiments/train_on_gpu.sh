@@ -113,7 +113,7 @@ FIRE=fire_inverse_consistent_reg
 (( GF_PAIRS > 0 )) && { cache $GF "$GF_PAIRS" & gf_cache=$!; }
 (( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
 if (( GF_PAIRS > 0 )) && wait $gf_cache; then
-    # without it the networks learn to blur; with it they did not align either in CPU runs 8 and 9 (the bundle's card)
+    # without it the networks learn to blur; with it they did not align either in CPU runs 8 and 9 (its training record)
     gf_common=(--mind_smoothing_sigma 1.0)
     train $GF gated "${gf_common[@]}" --fusion gated --learning_rate 1e-4 &
     train $GF average "${gf_common[@]}" --fusion average --learning_rate 1e-4 &

@@ -102,8 +102,9 @@ class MINDLoss(_Loss):
     descriptors are taken. Warping by a sub-voxel field interpolates, which blurs the moving
     image and removes noise from it; on noisy images that lowers MIND as much as aligning them
     does, so a network can learn to blur instead of to register. Smoothing both images first
-    takes that reward away (measured in the gradient-fusion bundle's model card). 0 leaves the
-    images as they are, as the MIND papers do.
+    takes that reward away (measured in the gradient-fusion bundle's training record,
+    docs/experiments/ct_mr_gradient_fusion_reg.md). 0 leaves the images as they are, as the MIND
+    papers do.
     """
 
     def __init__(
