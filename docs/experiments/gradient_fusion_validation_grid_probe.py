@@ -36,6 +36,7 @@ def validation_pairs(parser: ConfigParser, count: int) -> list[tuple[dict, dict]
 
 
 def dice_on_both_grids(network, fine: dict, working: dict) -> tuple[float, float]:
+    """The label Dice of the network's field on the working grid (as the train config scores it) and on the synthesis grid."""
     image = working["image"]
     with torch.no_grad():
         ddf = network(image[None].as_tensor())
