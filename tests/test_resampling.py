@@ -3,7 +3,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth, Spacingd
 
-from regplugins.transforms import AntiAliasd
+from regplugins.transforms import AntiAliasd, Warpd
 
 
 def image_at(spacing, shape=(32, 32, 32), seed=0):
@@ -38,3 +38,18 @@ def test_anti_aliasing_smooths_as_monai_gaussian_smooth_and_keeps_the_image_meta
     assert torch.allclose(smoothed, GaussianSmooth(sigma=sigma)(image), atol=1e-6)
     assert not torch.equal(smoothed[..., 0], image[..., 0])
     assert torch.equal(smoothed.affine, image.affine)
+
+
+def test_a_working_grid_field_warps_labels_on_their_own_finer_grid():
+    """Validation at the labels' resolution: a field predicted on a 3 mm grid moves 1.5 mm labels by the same millimetres."""
+    fine = torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0], dtype=torch.float64))
+    labels = torch.randint(0, 5, (1, 32, 32, 32), generator=torch.Generator().manual_seed(0)).float()
+    working_image = MetaTensor(torch.zeros(2, 16, 16, 16), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64)))
+    shift = torch.zeros(3, 16, 16, 16)
+    shift[0] = 1.0  # one working voxel, 3 mm, along the first axis
+    warp = Warpd("moving_label", ddf_key="pred", mode="nearest", reference_key="fixed_label", ddf_grid_key="image")
+    data = {"image": working_image, "moving_label": MetaTensor(labels, affine=fine), "fixed_label": MetaTensor(torch.zeros_like(labels), affine=fine)}
+    unmoved = warp({**data, "pred": torch.zeros_like(shift)})["moving_label_warped"]
+    moved = warp({**data, "pred": shift})["moving_label_warped"]
+    assert unmoved.shape == labels.shape and torch.equal(unmoved, labels)
+    assert torch.equal(moved[:, :30], labels[:, 2:])  # two 1.5 mm voxels; the last two sample the border

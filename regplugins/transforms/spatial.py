@@ -12,7 +12,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from regplugins.alignment import fit_affine, warp_affine
-from regplugins.layers import apply_affine, cached_warp, gaussian_smooth, voxel_grid
+from regplugins.layers import apply_affine, cached_warp, gaussian_smooth, resample_ddf, voxel_grid, warp_physical
 
 
 class AntiAliasd(MapTransform):
@@ -60,10 +60,14 @@ class AntiAliasd(MapTransform):
 
 
 class Warpd(MapTransform):
-    """Warp each key ``(C, *spatial)`` by the voxel DDF at ``ddf_key`` on the same grid.
+    """Warp each key ``(C, *spatial)`` by the voxel DDF at ``ddf_key``.
 
     Writes ``<key><suffix>``; ``mode`` is per key, ``"nearest"`` for label maps. Used by the
-    validation post-processing to move moving labels onto the fixed image.
+    validation post-processing to move moving labels onto the fixed image. By default each key
+    lies on the DDF's grid. With ``reference_key`` the DDF, predicted on the grid of
+    ``ddf_grid_key``, is first taken to the grid of ``reference_key`` through both affines, and
+    each key is sampled on its own grid: labels scored at their full resolution, not resampled to
+    a coarse working grid, as a benchmark scores them.
     """
 
     def __init__(
@@ -72,18 +76,30 @@ class Warpd(MapTransform):
         ddf_key: str = "pred",
         mode: str | tuple[str, ...] = "bilinear",
         suffix: str = "_warped",
+        reference_key: str | None = None,
+        ddf_grid_key: str = "image",
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
         self.ddf_key, self.suffix = ddf_key, suffix
+        self.reference_key, self.ddf_grid_key = reference_key, ddf_grid_key
         self.mode = ensure_tuple_rep(mode, len(self.keys))
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         ddf = torch.as_tensor(d[self.ddf_key])[None].float()
+        if self.reference_key is not None:
+            reference = d[self.reference_key]
+            reference_affine = torch.as_tensor(reference.affine, dtype=torch.float64, device=ddf.device)
+            ddf_affine = torch.as_tensor(d[self.ddf_grid_key].affine, dtype=torch.float64, device=ddf.device)
+            field = resample_ddf(ddf.double(), ddf_affine, reference_affine, reference.shape[1:])
         for key, mode in self.key_iterator(d, self.mode):
             image = torch.as_tensor(d[key])[None].float().to(ddf.device)
-            d[f"{key}{self.suffix}"] = cached_warp(mode, "border")(image, ddf)[0]
+            if self.reference_key is None:
+                d[f"{key}{self.suffix}"] = cached_warp(mode, "border")(image, ddf)[0]
+            else:
+                key_affine = torch.as_tensor(d[key].affine, dtype=torch.float64, device=ddf.device)
+                d[f"{key}{self.suffix}"] = warp_physical(image, key_affine, field.float(), reference_affine, mode=mode, padding_mode="border")[0]
         return d
 
 
