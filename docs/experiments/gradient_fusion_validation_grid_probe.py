@@ -1,8 +1,9 @@
 """Which validation grid tells ct_mr_gradient_fusion_reg's epochs apart?
 
-The train config scores each epoch by the label Dice on its validation pairs (seeds 1,000,000
-on) after resampling the labels to the 3 mm working grid. For each given checkpoint this prints
-that Dice beside the Dice of the same fields taken to the synthesis grid (1.5 mm), where the
+Up to 0.8.0 the train config scored each epoch by the label Dice on its validation pairs (seeds
+1,000,000 on) after resampling the labels to the 3 mm working grid; since 0.8.1 it scores them at
+the synthesis grid. For each given checkpoint this prints the first Dice beside the Dice of the
+same fields taken to the synthesis grid (1.5 mm), where the
 labels keep their full resolution, as the benchmark's do: the field is mapped there through
 both grids' affines (``regplugins.layers.resample_ddf``) and the native moving labels are
 sampled through it (nearest). Compare both columns with the checkpoints' benchmark Dice.
