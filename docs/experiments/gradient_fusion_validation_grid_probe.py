@@ -2,11 +2,9 @@
 
 Up to 0.8.0 the train config scored each epoch by the label Dice on its validation pairs (seeds
 1,000,000 on) after resampling the labels to the 3 mm working grid; since 0.8.1 it scores them at
-the synthesis grid. For each given checkpoint this prints the first Dice beside the Dice of the
-same fields taken to the synthesis grid (1.5 mm), where the
-labels keep their full resolution, as the benchmark's do: the field is mapped there through
-both grids' affines (``regplugins.layers.resample_ddf``) and the native moving labels are
-sampled through it (nearest). Compare both columns with the checkpoints' benchmark Dice.
+the 1.5 mm synthesis grid, where they keep their full resolution, as the benchmark's do
+(``regplugins.transforms.Warpd`` with ``reference_key``). For each given checkpoint this prints
+both Dice; compare them with the checkpoints' benchmark Dice.
 
     python docs/experiments/gradient_fusion_validation_grid_probe.py --pairs 8 run17/model.pt "run24b/model_epoch=7.pt"
 """
@@ -20,7 +18,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from regplugins.demo import mean_dice
-from regplugins.layers import cached_warp, resample_ddf, warp_physical
+from regplugins.transforms import Warpd
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_mr_gradient_fusion_reg"
 
@@ -37,18 +35,15 @@ def validation_pairs(parser: ConfigParser, count: int) -> list[tuple[dict, dict]
 
 
 def dice_on_both_grids(network, fine: dict, working: dict) -> tuple[float, float]:
-    """The label Dice of the network's field on the working grid (as the train config scores it) and on the synthesis grid."""
-    image = working["image"]
+    """The label Dice of the network's field at the working grid (the train config's up to 0.8.0) and at the synthesis grid."""
     with torch.no_grad():
-        ddf = network(image[None].as_tensor())
-    on_working = cached_warp("nearest", "border")(working["moving_label"][None].float(), ddf)
-    fixed_affine = torch.as_tensor(fine["fixed_label"].affine).double()
-    field = resample_ddf(ddf.double(), torch.as_tensor(image.affine).double(), fixed_affine, fine["fixed_label"].shape[1:])
-    moving = fine["moving_label"]
-    on_fine = warp_physical(moving[None].as_tensor().float(), torch.as_tensor(moving.affine), field.float(), fixed_affine, mode="nearest")
+        ddf = network(working["image"][None].as_tensor())[0]
+    on_working = Warpd("moving_label", mode="nearest")({**working, "pred": ddf})["moving_label_warped"]
+    to_fine_grid = Warpd("moving_label", mode="nearest", reference_key="fixed_label")
+    on_fine = to_fine_grid({**fine, "image": working["image"], "pred": ddf})["moving_label_warped"]
     return (
-        mean_dice(on_working[0, 0].numpy(), working["fixed_label"][0].numpy()),
-        mean_dice(on_fine[0, 0].numpy(), fine["fixed_label"][0].numpy()),
+        mean_dice(on_working[0].numpy(), working["fixed_label"][0].numpy()),
+        mean_dice(on_fine[0].numpy(), fine["fixed_label"][0].numpy()),
     )
 
 
