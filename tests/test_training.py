@@ -57,6 +57,22 @@ def test_pretrained_weights_are_loaded_before_the_first_iteration(bundle, tmp_pa
     assert all(torch.equal(value, expected[key]) for key, value in network.state_dict().items())
 
 
+@pytest.mark.parametrize("name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg"])
+def test_validation_warps_the_labels_at_the_synthesis_grid(name):
+    """Both bundles synthesise at twice the working resolution; their validation scores the labels there, not resampled to the working grid."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
+    parser.update({"working_shape": [16, 16, 16], "working_spacing": 6.0, "num_workers": 0, "device": "cpu"})
+    pair = parser.get_parsed_content("validate#preprocessing")({"seed": 1_000_000})
+    assert pair["image"].shape[1:] == (16, 16, 16) and pair["moving_label_full"].shape[1:] == (32, 32, 32)
+    shift = torch.zeros(3, 16, 16, 16)
+    shift[0] = 1.0  # one 6 mm working voxel: two synthesis voxels
+    scored = parser.get_parsed_content("validate#postprocessing")({**pair, "pred": shift})
+    warped = scored["moving_label_full_warped"].argmax(0)
+    assert scored["fixed_label_onehot"].shape == (parser["num_labels"], 32, 32, 32)
+    assert torch.equal(warped[:30], pair["moving_label_full"][0, 2:].long())
+
+
 @pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
 def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_path):
     """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself."""
