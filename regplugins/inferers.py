@@ -122,25 +122,34 @@ class ForwardInverseInferer(Inferer):
 class ValidPatchInferer(Inferer):
     """Whole-image fields from a network that maps an input patch to the smaller field patch of its centre.
 
-    The image is padded by the network's ``margin`` (and up to a whole number of output patches);
-    output patches of ``patch_size - 2 * margin`` voxels are tiled over it without overlap and
-    each is predicted from the input patch around it, so every voxel's field comes from the
-    context the network was trained with (``patch_size`` 68 and ``margin`` 20 for
-    :class:`regplugins.networks.PatchRegistrationUNet`). Patches are predicted ``batch_size``
-    at a time, in the channels-last layout on CPU.
+    Each axis is covered by the fewest output tiles of at most ``patch_size - 2 * margin``
+    voxels, all of one length on the network's ``size_multiple`` (its pooling grid); the image is
+    padded by ``margin`` (and up to the tiles' end), and each tile is predicted from the input
+    patch around it, so every voxel's field comes from the context the network was trained with
+    (``margin`` 20 and ``size_multiple`` 4 for :class:`regplugins.networks.PatchRegistrationUNet`,
+    trained on 68^3 patches). On that grid the tiled field is the field of the network run on the
+    whole padded image, whatever the tiles' size, so larger patches give the same field with less
+    of the margin computed twice. Patches are predicted ``batch_size`` at a time, in the
+    channels-last layout on CPU.
     """
 
-    def __init__(self, patch_size: int = 68, margin: int = 20, batch_size: int = 8, padding_value: float = 0.0):
+    def __init__(self, patch_size: int = 68, margin: int = 20, size_multiple: int = 4, batch_size: int = 8, padding_value: float = 0.0):
         super().__init__()
-        if patch_size <= 2 * margin:
-            raise ValueError(f"patch_size {patch_size} leaves no output inside a margin of {margin}.")
-        self.patch_size, self.margin, self.batch_size, self.padding_value = patch_size, margin, batch_size, padding_value
+        self.longest_tile = (patch_size - 2 * margin) // size_multiple * size_multiple
+        if self.longest_tile < size_multiple:
+            raise ValueError(f"patch_size {patch_size} leaves no output of {size_multiple} voxels inside a margin of {margin}.")
+        self.margin, self.size_multiple, self.batch_size, self.padding_value = margin, size_multiple, batch_size, padding_value
+
+    def _tiles(self, size: int) -> range:
+        """The starts of the fewest equal output tiles, on the network's grid, that cover ``size`` voxels."""
+        count = -(-size // self.longest_tile)
+        length = -(-size // (count * self.size_multiple)) * self.size_multiple
+        return range(0, count * length, length)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         spatial = inputs.shape[2:]
-        step = self.patch_size - 2 * self.margin
-        tiles = [range(0, size, step) for size in spatial]
-        padded = [len(t) * step for t in tiles]
+        tiles = [self._tiles(size) for size in spatial]
+        padded = [t.stop for t in tiles]
         pad = []
         for size, total in reversed(list(zip(spatial, padded))):
             pad += [self.margin, self.margin + total - size]
@@ -151,11 +160,11 @@ class ValidPatchInferer(Inferer):
         starts = list(itertools.product(*tiles))
         for first in range(0, len(starts), self.batch_size):
             chunk = starts[first : first + self.batch_size]
-            patches = torch.cat([image[(..., *(slice(s, s + self.patch_size) for s in start))] for start in chunk])
+            patches = torch.cat([image[(..., *(slice(s, s + t.step + 2 * self.margin) for s, t in zip(start, tiles)))] for start in chunk])
             predicted = network(patches, *args, **kwargs)
             if field is None:
                 field = predicted.new_zeros(inputs.shape[0], predicted.shape[1], *padded)
             for index, start in enumerate(chunk):
                 batch = predicted[index * inputs.shape[0] : (index + 1) * inputs.shape[0]]
-                field[(..., *(slice(s, s + step) for s in start))] = batch
+                field[(..., *(slice(s, s + t.step) for s, t in zip(start, tiles)))] = batch
         return field[(..., *(slice(0, size) for size in spatial))].contiguous()

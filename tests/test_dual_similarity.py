@@ -29,33 +29,39 @@ def test_unpadded_unet_maps_68_cubed_to_the_28_cubed_centre_field():
 
 
 class CentreOfFirstChannel(torch.nn.Module):
-    """A stand-in network whose field is the centre of its input's first channel, three times."""
+    """A stand-in network whose field is the centre of its input's first channel, three times; it counts the patches it sees."""
+
+    patches = 0
 
     def forward(self, patch):
+        self.patches += patch.shape[0]
         margin = PatchRegistrationUNet.margin
         centre = patch[:, :1, margin:-margin, margin:-margin, margin:-margin]
         return centre.repeat(1, 3, 1, 1, 1)
 
 
-def test_tiling_reassembles_a_known_smooth_field_without_seams():
-    shape = (45, 60, 31)  # not multiples of the 28-voxel output patch
+@pytest.mark.parametrize("patch_size, patches", [(68, 2 * 3 * 2), (100, 1)])  # output tiles of at most 28 voxels, or 60
+def test_tiling_reassembles_a_known_smooth_field_without_seams(patch_size, patches):
+    shape = (45, 60, 31)  # not multiples of the output tiles
     axes = torch.meshgrid(*(torch.linspace(0, 1, s) for s in shape), indexing="ij")
     field = torch.sin(3 * axes[0]) * torch.cos(2 * axes[1]) + axes[2] ** 2
     pair = torch.stack([field, torch.zeros(shape)])[None]
-    assembled = ValidPatchInferer(batch_size=3)(pair, CentreOfFirstChannel())
-    assert assembled.shape == (1, 3, *shape)
+    network = CentreOfFirstChannel()
+    assembled = ValidPatchInferer(patch_size=patch_size, batch_size=3)(pair, network)
+    assert assembled.shape == (1, 3, *shape) and network.patches == patches
     torch.testing.assert_close(assembled, field.expand(1, 3, *shape))
 
 
-def test_tiled_field_equals_the_network_on_the_whole_padded_image():
+@pytest.mark.parametrize("patch_size", [68, 76, 168])  # the paper's 68^3 patches, others, and one patch for the image
+def test_tiled_field_equals_the_network_on_the_whole_padded_image(patch_size):
     torch.manual_seed(0)
     network = PatchRegistrationUNet().eval()
     torch.nn.init.normal_(network.field.weight, std=0.1)  # a non-trivial field
     pair = torch.rand(1, 2, 40, 30, 36)
     with torch.no_grad():
-        tiled = ValidPatchInferer(batch_size=4)(pair, network)
-        # 2 x 2 x 2 output patches of 28 voxels cover the image; pad it the same way and run once
-        whole = network(F.pad(pair, [20, 20 + 56 - 36, 20, 20 + 56 - 30, 20, 20 + 56 - 40]))
+        tiled = ValidPatchInferer(patch_size=patch_size, batch_size=4)(pair, network)
+        # the whole image, padded by the margin and up to the network's multiple of 4, in one pass
+        whole = network(F.pad(pair, [20, 20, 20, 20 + 2, 20, 20]))
     torch.testing.assert_close(tiled, whole[:, :, :40, :30, :36], atol=1e-5, rtol=1e-4)
 
 

@@ -35,7 +35,8 @@ class PatchRegistrationUNet(nn.Module):
     gives the field a network on the whole image would.
 
     The output is ``2 * margin`` (40) voxels smaller than the input along every axis; an input
-    size works when it is a multiple of 4 and at least 44 (68 gives 28).
+    size works when it is a multiple of ``size_multiple`` (4, from the two poolings) and at least
+    44 (68 gives 28).
 
     The paper gives the layer layout but not the channel counts; ``channels`` per level default
     to 16, 32, 64, which keeps whole-image inference within seconds on a CPU. The last
@@ -48,6 +49,7 @@ class PatchRegistrationUNet(nn.Module):
     """
 
     margin = 20
+    size_multiple = 4
 
     def __init__(self, spatial_dims: int = 3, in_channels: int = 2, channels: Sequence[int] = (16, 32, 64)):
         super().__init__()
@@ -72,8 +74,9 @@ class PatchRegistrationUNet(nn.Module):
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
         # a constant check under tracing, so exported models skip it
-        if not torch.jit.is_tracing() and any(s % 4 or s < 44 for s in pair.shape[2:]):
-            raise ValueError(f"patch sizes must be multiples of 4 and at least 44, got {tuple(pair.shape[2:])}.")
+        smallest = 2 * self.margin + self.size_multiple
+        if not torch.jit.is_tracing() and any(s % self.size_multiple or s < smallest for s in pair.shape[2:]):
+            raise ValueError(f"patch sizes must be multiples of {self.size_multiple} and at least {smallest}, got {tuple(pair.shape[2:])}.")
         skip1 = self.encode1(pair)
         skip2 = self.encode2(skip1)
         x = self.up2(self.bottom(skip2))
