@@ -11,6 +11,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from monai.handlers import CheckpointLoader
 
 from conftest import BUNDLE, BUNDLES, ROOT, TINY, run_bundle
@@ -75,7 +76,7 @@ def test_validation_warps_the_labels_at_the_synthesis_grid(name):
 
 @pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
 def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_path):
-    """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself."""
+    """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself, its grids too (validation warps through them)."""
 
     def datasets(cache_dir):
         parser = ConfigParser()
@@ -91,6 +92,8 @@ def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_pat
         if isinstance(value, torch.Tensor):
             assert torch.equal(torch.as_tensor(written[key]), torch.as_tensor(value)), key
             assert torch.equal(torch.as_tensor(read_back[key]), torch.as_tensor(value)), key
+        if isinstance(value, MetaTensor):
+            assert torch.equal(read_back[key].affine, value.affine), key
     for _ in train_on_disk:
         pass
     assert len(list(tmp_path.glob("*.pt"))) == 3 + 1

@@ -8,7 +8,9 @@
 # (model_epoch=N.pt) under $OUT/<bundle>/<run>; the dual-similarity run `dual_from_shipped`
 # continues from the bundle's shipped weights, the others start from scratch.
 #   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
-# GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU.
+# GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU. The gradient-fusion
+# runs validate on GF_VAL_PAIRS pairs (16), at the synthesis grid since its 0.8.1: 8 told its epochs
+# apart less well than its 16 selection pairs (its training record).
 # FIRE_SECONDS > 0 also trains fire_inverse_consistent_reg in 3D at FIRE_GRID, in the three stages
 # of its training record, docs/experiments/fire_inverse_consistent_reg.md (synthesis alone on aligned pairs, then the affine sub-networks alone, then
 # all three optimisers; the affine stage without the inverse-consistency term; by default 40, 30
@@ -32,6 +34,8 @@ DEADLINE=$(( START + ${SECONDS_IN_ALL:-560} - BENCH_SECONDS ))
 GRID=${GRID:-'"working_shape": [96, 96, 96], "working_spacing": 2.0'}
 GF_PAIRS=${GF_PAIRS:-192}
 DS_PAIRS=${DS_PAIRS:-150}
+GF_VAL_PAIRS=${GF_VAL_PAIRS:-16}
+DS_VAL_PAIRS=${DS_VAL_PAIRS:-8}
 BENCH_ARGS=${BENCH_ARGS:---device cuda:0 --n 4 --kind ct_t1}
 FIRE_SECONDS=${FIRE_SECONDS:-0}
 FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def#channels": [16, 32, 64], "network_def#transform_channels": 32'}
@@ -54,8 +58,8 @@ train() {  # bundle, run name, then that run's own overrides; stops at the deadl
         --ckpt_dir "$OUT/$bundle/$name" "$@" >"$OUT/$bundle/$name.log" 2>&1
 }
 
-cache() {  # bundle, number of training pairs
-    local settings="{$GRID, \"num_train_pairs\": $2"
+cache() {  # bundle, number of training pairs, number of validation pairs
+    local settings="{$GRID, \"num_train_pairs\": $2, \"num_val_pairs\": $3"
     mkdir -p "$OUT/$1"
     echo "$settings}" >"$OUT/$1/grid.json"
     $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings}" ||
@@ -110,8 +114,8 @@ GF=ct_mr_gradient_fusion_reg
 DS=ct_mr_dual_similarity_reg
 FIRE=fire_inverse_consistent_reg
 (( FIRE_SECONDS > 0 )) && fire_stages &
-(( GF_PAIRS > 0 )) && { cache $GF "$GF_PAIRS" & gf_cache=$!; }
-(( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" & ds_cache=$!; }
+(( GF_PAIRS > 0 )) && { cache $GF "$GF_PAIRS" "$GF_VAL_PAIRS" & gf_cache=$!; }
+(( DS_PAIRS > 0 )) && { cache $DS "$DS_PAIRS" "$DS_VAL_PAIRS" & ds_cache=$!; }
 if (( GF_PAIRS > 0 )) && wait $gf_cache; then
     # without it the networks learn to blur; with it they did not align either in CPU runs 8 and 9 (its training record)
     gf_common=(--mind_smoothing_sigma 1.0)
