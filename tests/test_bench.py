@@ -8,6 +8,7 @@ import numpy as np
 
 from regplugins.bench import peak_resident_mb, bundle_and_overrides, run_bench
 from regplugins.demo import labels_on_fixed_grid, mean_dice
+from regplugins.inferers import bfloat16_is_fast
 from regplugins.io import load_nifti, registration_pairs
 from regplugins.metrics import read_rigid_matrix
 
@@ -19,6 +20,8 @@ def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pai
     report = run_bench(bundles=bundles, data=str(synthetic_pairs), baselines=["none"], device="cpu", out=str(tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert list(saved["methods"]) == ["none", *bundles]
+    # the machine line says in which precision the bundles ran: their times differ twofold
+    assert saved["machine"].endswith("bundles in bfloat16 by default" if bfloat16_is_fast("cpu") else "bundles in float32 by default")
     table = (tmp_path / "results.md").read_text()
     assert all(f"| {method} |" in table for method in saved["methods"])
     # the override reached the bundle: without the pre-alignment it registers differently
