@@ -2,8 +2,8 @@
 
 The deformable networks of the papers were trained and tested on affinely pre-aligned images;
 users bring scans that are not. :func:`fit_affine` finds the affine that best aligns a moving
-image to a fixed image on the same grid (both intensities in [0, 1]) with MONAI's
-``GlobalMutualInformationLoss``, coarse to fine, starting from the alignment of the centres
+image to a fixed image on the same grid (both intensities in [0, 1]) by mutual information
+(:class:`~regplugins.losses.ParzenMutualInformationLoss`), coarse to fine, starting from the alignment of the centres
 of mass of the two heads. The matrix it returns maps fixed-grid voxels to the voxels of the
 same grid where the moving image is sampled, so a network's field composes with it exactly.
 """
@@ -14,12 +14,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import GlobalMutualInformationLoss
 from monai.utils import convert_to_tensor
 
 from regplugins.layers import apply_affine, sample, voxel_grid
+from regplugins.losses import ParzenMutualInformationLoss
 
-__all__ = ["fit_affine", "warp_affine", "foreground_centre"]
+__all__ = ["PREALIGNMENTS", "fit_affine", "warp_affine", "foreground_centre"]
+
+# the bundles' ``prealign`` setting: none, or the transform fitted
+PREALIGNMENTS = ("none", "rigid", "affine")
 
 
 def foreground_centre(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
@@ -102,7 +105,7 @@ def fit_affine(
     rotation = torch.zeros(1 if n == 2 else 3, dtype=torch.float64, requires_grad=True)
     stretch = torch.zeros(n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
     translation = (foreground_centre(moving).double() - centre).requires_grad_(True)
-    similarity = GlobalMutualInformationLoss(num_bins=num_bins)
+    similarity = ParzenMutualInformationLoss(num_bins=num_bins)
     pool = F.avg_pool2d if n == 2 else F.avg_pool3d
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
     with torch.enable_grad():

@@ -26,6 +26,11 @@ from regplugins.metrics import score_registration
 
 # FIRE's motion: a random affine of up to 10 degrees, 10 mm and 10 % scaling per axis, between T1 and T2
 FIRE_AFFINE_PAIRS = {"modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1}
+# MNI152 heads at the template's 2 mm (a 128^3 grid holds the whole head), fine anatomy shared by both contrasts
+MNI152_DEFORMABLE_PAIRS = {
+    "anatomy": "mni152", "subject_deformation_mm": 4.0, "spacing": 2.0, "texture": "shared",
+    "rotation_deg": 8.0, "translation_mm": 6.0, "scaling": 0.05, "deformation_mm": 3.0,
+}
 # the held-out synthetic sets: fixed seeds far from the training seeds of every bundle
 SYNTHETIC_SETS = {
     "ct_t1": {"modalities": ("ct", "t1")},
@@ -38,11 +43,24 @@ SYNTHETIC_SETS = {
     # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide
     # (docs/experiments/fire_inverse_consistent_reg.md, item 20)
     "t1_t2_affine_mni152": {**FIRE_AFFINE_PAIRS, "anatomy": "mni152", "subject_deformation_mm": 4.0},
+    # real anatomy against every contrast: the MNI152 head, one subject per seed, T1 fixed and a T2-, PD- or CT-like
+    # moving image with bias field and noise, moved by an affine and a smooth deformation, on another grid
+    **{f"mni152_{moving}_t1": {**MNI152_DEFORMABLE_PAIRS, "modalities": (moving, "t1")} for moving in ("t2", "pd", "ct")},
 }
 HELD_OUT_SEED = 2_000_000
+# the kinds that the accuracy claims of the deformable bundles rest on (docs/benchmarks.md)
+DEFORMABLE_KINDS = ("ct_t1", "mni152_t2_t1", "mni152_pd_t1", "mni152_ct_t1")
 
-# ANTs transform types behind the baseline names; all use Mattes mutual information
-ANTS_BASELINES = {"ants_rigid": "Rigid", "ants_affine": "Affine", "ants_syn": "SyN", "ants_synra": "SyNRA"}
+# ants.registration settings behind the baseline names; all use Mattes mutual information. ``n4`` corrects the
+# bias field of every image that is not CT first (mask from ants.get_mask): default SyN is thrown off by it.
+ANTS_BASELINES = {
+    "ants_rigid": {"type_of_transform": "Rigid"},
+    "ants_affine": {"type_of_transform": "Affine"},
+    "ants_syn": {"type_of_transform": "SyN"},
+    "ants_synra": {"type_of_transform": "SyNRA"},
+    # the best of a 20-configuration sweep on multi-modal head pairs with a bias field (issue 46)
+    "ants_syn_tuned": {"type_of_transform": "SyN", "flow_sigma": 5, "total_sigma": 4, "n4": True},
+}
 # the rigid head paper's ground-truth generation (ITK), with and without its symmetry alignment
 GROUND_TRUTH_BASELINES = {"groundtruth": True, "groundtruth_nosym": False}
 BASELINES = ("none", *ANTS_BASELINES, *GROUND_TRUTH_BASELINES)
@@ -72,7 +90,7 @@ COLUMNS = (
 
 
 def synthetic_datalist(out: str | Path, kind: str = "ct_t1", n: int = 4, shape: Sequence[int] = (128, 128, 128), spacing: float = 1.5) -> Path:
-    """Write (once) a held-out synthetic set of ``kind`` and return its datalist."""
+    """Write (once) a held-out synthetic set of ``kind`` and return its datalist (``spacing`` unless the kind sets its own)."""
     from regplugins.data import write_synthetic_set
 
     if kind not in SYNTHETIC_SETS:
@@ -80,7 +98,7 @@ def synthetic_datalist(out: str | Path, kind: str = "ct_t1", n: int = 4, shape: 
     folder = Path(out) / f"data_{kind}_{n}x{'x'.join(map(str, shape))}"
     datalist = folder / "datalist.json"
     if not datalist.exists():
-        write_synthetic_set(folder, n=n, shape=shape, spacing=spacing, seed=HELD_OUT_SEED, **SYNTHETIC_SETS[kind])
+        write_synthetic_set(folder, n=n, shape=shape, seed=HELD_OUT_SEED, **{"spacing": spacing, **SYNTHETIC_SETS[kind]})
     return datalist
 
 
@@ -188,16 +206,30 @@ def _ground_truth_field(pair: dict, symmetry: bool) -> tuple[np.ndarray, dict]:
     return rigid_field(matrix, fixed.affine, fixed.shape[:3]), rigid
 
 
-def _ants_field(pair: dict, transform: str) -> np.ndarray:
+def _ants_field(pair: dict, settings: dict) -> np.ndarray:
     """ANTs registration with Mattes MI, its transforms composed into one field on the fixed grid (RAS mm)."""
     import ants
 
+    settings = dict(settings)
     fixed, moving = ants.image_read(pair["fixed"]), ants.image_read(pair["moving"])
-    result = ants.registration(fixed, moving, type_of_transform=transform, aff_metric="mattes", syn_metric="mattes", random_seed=0)
+    if settings.pop("n4", False):
+        fixed, moving = (_n4_unless_ct(image) for image in (fixed, moving))
+    result = ants.registration(fixed, moving, aff_metric="mattes", syn_metric="mattes", random_seed=0, **settings)
     with tempfile.TemporaryDirectory() as folder:
         composed = ants.apply_transforms(fixed, moving, result["fwdtransforms"], compose=os.path.join(folder, "composed_"))
         field, _ = load_itk_displacement_field(composed)
     return field
+
+
+def _n4_unless_ct(image):
+    """N4 bias-field correction of an MR image inside its head mask; CT (air near -1000 HU) has no bias field."""
+    import ants
+
+    from regplugins.transforms.intensity import looks_like_ct
+
+    if looks_like_ct(image):
+        return image
+    return ants.n4_bias_field_correction(image, mask=ants.get_mask(image))
 
 
 def _synchronize(device: str) -> None:
@@ -305,10 +337,31 @@ def run_bench(
     out: str = "bench_out",
     n: int = 4,
     shape: Sequence[int] = (128, 128, 128),
-    kind: str = "ct_t1",
+    kind: str | Sequence[str] = "ct_t1",
 ) -> dict:
-    """Register ``data`` (a datalist, or ``synth`` for a held-out synthetic set) with every method; write the results."""
-    out_path = Path(out).resolve()
+    """Register ``data`` (a datalist, or ``synth`` for held-out synthetic sets) with every method; write the results.
+
+    ``kind`` names one synthetic set or several (a sequence or ``"a,b"``). With several, each
+    set's results go to ``OUT/<kind>/`` and ``OUT/results.md`` holds every set's table under
+    one machine line, so that every method is compared on every set in one run.
+    """
+    kinds = [k.strip() for k in kind.split(",")] if isinstance(kind, str) else list(kind)
+    unknown = [k for k in kinds if k not in SYNTHETIC_SETS]
+    if data == "synth" and unknown:
+        raise SystemExit(f"error: unknown synthetic set {', '.join(unknown)}; choose from {', '.join(sorted(SYNTHETIC_SETS))}.")
+    if data != "synth" or len(kinds) == 1:
+        return _bench_datalist(bundles, data, baselines, device, Path(out).resolve(), n, shape, kinds[0])
+    reports = {k: _bench_datalist(bundles, data, baselines, device, Path(out).resolve() / k, n, shape, k) for k in kinds}
+    machine = next(iter(reports.values()))["machine"]
+    report = {"device": device, "machine": machine, "kinds": reports}
+    (Path(out) / "results.json").write_text(json.dumps(report, indent=2))
+    sections = [f"### {k}\n\n{len(r['pairs'])} pairs, `{k}/results.md`\n\n{results_table(r['methods'])}" for k, r in reports.items()]
+    (Path(out) / "results.md").write_text(f"Device {device} ({machine})\n\n" + "\n".join(sections))
+    return report
+
+
+def _bench_datalist(bundles, data, baselines, device, out_path: Path, n, shape, kind) -> dict:
+    """One datalist (or one synthetic set of ``kind``), every method: ``out_path/results.json``, ``results.md``, plots."""
     datalist = synthetic_datalist(out_path, kind, n, shape) if data == "synth" else Path(data).resolve()
     pairs = registration_pairs(datalist=str(datalist))
     methods = list(baselines) + list(bundles)
@@ -324,6 +377,7 @@ def run_bench(
         timing = measure_method(method, str(datalist), folder, device, len(pairs))
         results[method] = score_method(pairs, folder, timing)
     report = {"datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
+    report["pairs"] = [pair_output_name(pair["moving"], pair["fixed"]) for pair in pairs]
     (out_path / "results.json").write_text(json.dumps(report, indent=2))
     table = results_table(results)
     header = f"{len(pairs)} pairs from `{datalist.name}` in `{datalist.parent.name}`, device {device} ({report['machine']})\n\n"

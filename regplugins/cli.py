@@ -28,21 +28,28 @@ def synth(
     deformation_mm: float = 3.0,
     anatomy: str = "generated",
     subject_deformation_mm: float = 0.0,
+    kind: str | None = None,
 ) -> str:
     """Write N synthetic pairs (moving, fixed modality) as NIfTI files and OUT/datalist.json.
 
     --moving_grid random gives the moving image another orientation, spacing and size;
     --deformation_mm 0 makes rigid-only pairs; --anatomy mni152 draws every head from the MNI152
-    template (nilearn), one subject per seed with --subject_deformation_mm above 0.
+    template (nilearn), one subject per seed with --subject_deformation_mm above 0. --kind takes
+    the settings of one of the benchmark's sets (e.g. mni152_t2_t1) instead: with another --seed,
+    pairs of the same kind that the benchmark never scores.
     """
+    from regplugins.bench import SYNTHETIC_SETS
     from regplugins.data import write_synthetic_set
 
-    datalist = write_synthetic_set(
-        out, n=n, shape=_ints(shape), modalities=_names(modalities), seed=seed, spacing=spacing, moving_grid=moving_grid,
-        rotation_deg=rotation_deg, translation_mm=translation_mm, deformation_mm=deformation_mm,
-        anatomy=anatomy, subject_deformation_mm=subject_deformation_mm,
+    settings = dict(
+        modalities=_names(modalities), spacing=spacing, moving_grid=moving_grid, rotation_deg=rotation_deg, translation_mm=translation_mm,
+        deformation_mm=deformation_mm, anatomy=anatomy, subject_deformation_mm=subject_deformation_mm,
     )
-    return str(datalist)
+    if kind is not None:
+        if kind not in SYNTHETIC_SETS:
+            raise SystemExit(f"error: --kind: {kind!r} is not one of {', '.join(sorted(SYNTHETIC_SETS))}.")
+        settings = {"spacing": 1.5, "moving_grid": "random", **SYNTHETIC_SETS[kind]}
+    return str(write_synthetic_set(out, n=n, shape=_ints(shape), seed=seed, **settings))
 
 
 def demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", device: str = "cpu", seed: int = 0) -> None:
@@ -64,10 +71,14 @@ def bench(
 ) -> None:
     """Score BUNDLES and BASELINES on the same pairs; writes OUT/results.json, OUT/results.md and PNG plots.
 
-    --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for a
-    held-out synthetic set of --kind ct_t1, t1_t2, rigid, rigid_mni152, t1_t2_affine or t1_t2_affine_mni152 (--n pairs of --shape voxels at 1.5 mm).
-    Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra (Mattes MI; need the baselines extra), and the
-    rigid head paper's ground-truth generation, groundtruth and groundtruth_nosym (without its symmetry alignment).
+    --data is a datalist (fixed, moving, moving_label, fixed_label[, true_ddf]) or "synth" for
+    held-out synthetic sets of --kind (--n pairs of --shape voxels at 1.5 mm, or at the kind's own
+    spacing); several kinds, "ct_t1,mni152_t2_t1", are scored in one run, each in OUT/<kind>/.
+    Kinds: ct_t1, t1_t2, rigid, rigid_mni152, t1_t2_affine, t1_t2_affine_mni152, and the MNI152
+    anatomy against a T1 fixed image, mni152_t2_t1, mni152_pd_t1 and mni152_ct_t1.
+    Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra, ants_syn_tuned (N4 first, then a
+    smoother SyN; all Mattes MI, need the baselines extra), and the rigid head paper's ground-truth
+    generation, groundtruth and groundtruth_nosym (without its symmetry alignment).
     A bundle may carry config overrides as a row of its own: fcn_multires_selfsup_reg:prealign=none.
     """
     from regplugins.bench import run_bench

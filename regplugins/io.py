@@ -20,6 +20,7 @@ __all__ = [
     "registration_pairs",
     "check_registration_inputs",
     "checked_pairs",
+    "checked_settings",
     "pair_output_name",
     "load_nifti",
     "save_nifti",
@@ -163,6 +164,24 @@ def checked_pairs(
     except RegistrationInputError as error:
         raise SystemExit(f"error: {error}") from None
     return pairs
+
+
+def checked_settings(prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None) -> bool:
+    """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
+
+    Bundle configs call this in ``initialize``, before the pairs are checked; a setting the
+    bundle lacks is left as None. Returns True.
+    """
+    from regplugins.alignment import PREALIGNMENTS
+    from regplugins.refinement import SIMILARITIES
+
+    if prealign is not None and prealign not in PREALIGNMENTS:
+        raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(PREALIGNMENTS)}.")
+    if refine_iterations is not None and (isinstance(refine_iterations, bool) or not isinstance(refine_iterations, int) or refine_iterations < 0):
+        raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
+    if refine_similarity is not None and refine_similarity not in SIMILARITIES:
+        raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
+    return True
 
 
 def _stem(path: str) -> str:

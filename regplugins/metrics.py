@@ -192,7 +192,8 @@ def read_rigid_matrix(path: str | Path) -> np.ndarray:
 def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int = 3) -> dict:
     """Score the contract outputs in ``output_folder`` for one datalist entry.
 
-    Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error)
+    Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error,
+    inside the fixed labels when there are any)
     and ``true_rigid`` (rotation and translation errors at the fixed grid's centre, and with
     ``true_ddf`` the rigid head paper's :func:`similarity_to_truth`) when the entry
     has them; ``ddf.nii.gz`` always gives folding and std(log J), and
@@ -211,8 +212,10 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
         for metric in ("dice", "hd95", "asd"):
             scores[metric] = float(np.nanmean([v[metric] for v in per_label.values()]))
     if pair.get("true_ddf"):
+        # inside the head where labels say where it is: outside it no image shows where a point went
         true_field, _ = load_itk_displacement_field(pair["true_ddf"])
-        scores["field_error_mm"] = field_error(field, true_field)
+        head = load_nifti(pair["fixed_label"], spatial_dims)[0] > 0 if pair.get("fixed_label") else None
+        scores["field_error_mm"] = field_error(field, true_field, head)
     if pair.get("true_rigid"):
         # a rigid bundle's own matrix where it writes one, else the rigid part of its field
         mask = load_nifti(pair["fixed_label"], spatial_dims)[0] if pair.get("fixed_label") else None

@@ -94,5 +94,10 @@ def loss_before_and_after_steps(train_config, inputs, target, steps: int = 1) ->
     return before, current.detach()
 
 
+def refines_its_field(bundle: Path) -> bool:
+    """A bundle that refines its network's field on each pair also writes quality.json (the stages' similarity)."""
+    return "RefineDisplacementd" in (bundle / "configs" / "inference.json").read_text()
+
+
 def read_datalist(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())

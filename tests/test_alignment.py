@@ -36,6 +36,23 @@ def test_fit_affine_recovers_the_rigid_motion_of_a_ct_mr_pair(rigid_ct_t1_pair, 
     assert torch.equal(fitted, fit_affine(pair["fixed"][0], pair["moving"][0], transform=transform))
 
 
+def test_fit_affine_recovers_a_known_affine_with_scaling_and_shear(rigid_ct_t1_pair):
+    pair, _ = rigid_ct_t1_pair
+    # the CT-like image of the fixed anatomy, moved by scaling of up to 8 %, shear of 0.06 and a few voxels of translation
+    centre = torch.tensor([23.5, 23.5, 23.5], dtype=torch.float64)
+    linear = torch.tensor([[1.08, 0.06, 0.0], [0.0, 0.95, 0.04], [0.03, 0.0, 1.05]], dtype=torch.float64)
+    truth = torch.eye(4, dtype=torch.float64)
+    truth[:3, :3], truth[:3, 3] = linear, centre + torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64) - linear @ centre
+    ct = NormalizeModalityd("fixed_paired", modality="ct")(pair)["fixed_paired"]
+    moving = warp_affine(ct[None].as_tensor(), truth)[0, 0]
+    head = pair["fixed_label"][0].as_tensor() > 0
+    identity = torch.eye(4, dtype=torch.float64)
+    inverse = torch.linalg.inv(truth)  # moving(M p) = fixed_paired(truth M p) matches fixed(p) for M = truth^-1
+    assert head_point_error(identity, inverse, head) > 2.0
+    assert head_point_error(fit_affine(pair["fixed"][0], moving, transform="rigid"), inverse, head) > 0.8  # a rigid fit cannot
+    assert head_point_error(fit_affine(pair["fixed"][0], moving, transform="affine"), inverse, head) < 0.5  # voxels (4 mm)
+
+
 def test_prealignment_and_composition_give_the_field_that_warps_the_original_moving_image(rigid_ct_t1_pair):
     pair, _ = rigid_ct_t1_pair
     moving = pair["moving"].clone()

@@ -69,3 +69,35 @@ def test_affine_set_of_mni152_heads_moves_the_moving_head_by_an_affine(tmp_path)
     scores = report["methods"]["none"]["pairs"][0]
     # up to 10 degrees, 10 mm and 10 % scaling: millimetres of motion the unregistered pair keeps
     assert scores["field_error_mm"] > 2.0 and scores["dice"] < 0.9
+
+
+def test_several_kinds_in_one_run_score_every_method_on_each_and_one_table_holds_them(tmp_path):
+    kinds = ["mni152_t2_t1", "mni152_ct_t1"]
+    report = run_bench(bundles=[], data="synth", kind=",".join(kinds), baselines=["none"], n=1, shape=(48, 48, 48), out=str(tmp_path))
+    assert list(report["kinds"]) == kinds
+    for kind, moving in zip(kinds, ("t2", "ct")):
+        pair = registration_pairs(datalist=report["kinds"][kind]["datalist"])[0]
+        # real anatomy: T1 fixed, the other contrast moving, on another grid, 2 mm whatever the run's spacing
+        assert pair["moving"].endswith(f"_moving_{moving}.nii.gz") and pair["fixed"].endswith("_fixed_t1.nii.gz")
+        assert np.allclose(np.abs(load_nifti(pair["fixed"])[1][:3, :3]).sum(0), 2.0)
+        assert load_nifti(pair["moving"])[0].shape != (48, 48, 48)
+        assert (tmp_path / kind / "results.json").exists()
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| none |") == 2 and all(f"### {kind}" in table for kind in kinds)
+    assert json.loads((tmp_path / "results.json").read_text())["kinds"][kinds[0]]["methods"]["none"]["summary"]["dice"]["mean"] < 0.9
+
+
+def test_tuned_ants_syn_corrects_the_bias_field_of_mr_first_and_registers_better_than_none(tmp_path):
+    from regplugins.bench import _n4_unless_ct
+
+    import ants
+
+    # whole generated heads at 48^3 (an MNI152 head needs a grid of 2 mm voxels over 256 mm)
+    report = run_bench(bundles=[], data="synth", kind="ct_t1", baselines=["none", "ants_syn_tuned"], n=1, shape=(48, 48, 48), out=str(tmp_path))
+    scores = {method: result["summary"] for method, result in report["methods"].items()}
+    assert scores["ants_syn_tuned"]["dice"]["mean"] > scores["none"]["dice"]["mean"] + 0.1
+    assert scores["ants_syn_tuned"]["field_error_mm"]["mean"] < 0.7 * scores["none"]["field_error_mm"]["mean"]
+    pair = registration_pairs(datalist=report["datalist"])[0]
+    mr, ct = ants.image_read(pair["fixed"]), ants.image_read(pair["moving"])
+    assert not np.allclose(_n4_unless_ct(mr).numpy(), mr.numpy())  # the T1 image is corrected
+    assert np.array_equal(_n4_unless_ct(ct).numpy(), ct.numpy())  # the CT image is left as it is

@@ -21,6 +21,7 @@ from conftest import (
     TRAINED_BUNDLES,
     predicts_rigid_parameters,
     read_datalist,
+    refines_its_field,
     reoriented_copy,
     run_bundle,
     writes_inverse_field,
@@ -93,6 +94,7 @@ def test_contract_outputs_on_the_fixed_grid(bundle, registered):
     pair, folder = registered
     expected = {"ddf.nii.gz", "warped.nii.gz", "warped_label.nii.gz"} | ({"rigid.json", "rigid.tfm"} if predicts_rigid_parameters(bundle) else set())
     expected |= {"inverse_ddf.nii.gz"} if writes_inverse_field(bundle) else set()
+    expected |= {"quality.json"} if refines_its_field(bundle) else set()
     assert {p.name for p in folder.iterdir()} == expected
     fixed = nib.load(pair["fixed"])
     for name in ("warped.nii.gz", "warped_label.nii.gz"):
@@ -108,6 +110,21 @@ def test_contract_outputs_on_the_fixed_grid(bundle, registered):
         assert inverse.shape == (*moving.shape, 1, 3)
         assert np.allclose(inverse.affine, moving.affine, atol=1e-4)
     assert not list(folder.parent.glob(".*partial"))
+
+
+@pytest.mark.parametrize("bundle", [b for b in BUNDLES if writes_inverse_field(b)], indirect=True, ids=lambda path: path.name)
+def test_inverse_field_undoes_the_pre_aligned_and_refined_forward_field(bundle, registered):
+    """inverse_ddf.nii.gz composes with ddf.nii.gz to the identity inside the head, the pre-alignment and refinement included."""
+    from regplugins.metrics import folding_percent, inverse_consistency_error, jacobian_determinant
+
+    pair, folder = registered
+    forward, forward_affine = load_itk_displacement_field(folder / "ddf.nii.gz")
+    inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
+    head = load_nifti(pair["fixed_label"])[0] > 0
+    assert np.abs(forward).max() > 2.0  # mm: the pair was registered, not left alone
+    assert inverse_consistency_error(forward, forward_affine, inverse, inverse_affine, head) < 0.5
+    for field, affine in ((forward, forward_affine), (inverse, inverse_affine)):
+        assert folding_percent(jacobian_determinant(field, affine)) < 0.5
 
 
 @pytest.mark.parametrize("bundle", TRAINED_BUNDLES, indirect=True, ids=lambda path: path.name)
@@ -194,13 +211,45 @@ def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pai
     assert np.isclose(metrics["pairs"][0]["folding_percent"], rescored["folding_percent"])
 
 
-@pytest.mark.parametrize("weights, iterations", [("models/model.pt", 5), ("models/model.ts", 0)])
-def test_fcn_fine_tunes_on_each_pair_by_default_except_from_torchscript(weights, iterations):
-    """Five steps of pair optimisation from the trained weights by default; a TorchScript export cannot train, so it runs feed-forward."""
+def test_fcn_fine_tunes_on_each_pair_on_request():
+    """Pair optimisation, the paper's second mode, on request: by default the refinement does that work, faster."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs/inference.json"))
-    parser["ckpt_path"] = str(BUNDLE / weights)
-    assert parser.get_parsed_content("inferer").iterations == iterations
+    assert parser.get_parsed_content("inferer").iterations == 0
+    parser["optimise_iterations"] = 5
+    assert parser.get_parsed_content("inferer").iterations == 5
+
+
+@pytest.mark.parametrize("bundle", [b for b in TRAINED_BUNDLES if refines_its_field(b)], indirect=True, ids=lambda path: path.name)
+def test_no_refinement_gives_the_networks_feed_forward_field_exactly(bundle, pairs, tmp_path):
+    """refine_iterations 0: the written field is the network's, pre-alignment folded in, unless the check found the
+    pre-alignment better (FIRE's weak networks on this pair); quality.json says which stage it is."""
+    from regplugins.bundles import inference_workflow
+    from regplugins.layers import affine_to_ddf
+    from regplugins.transforms import ComposeAffined
+    from regplugins.transforms.io import register_on_native_grids
+
+    pair = pairs[0]
+    workflow = inference_workflow(bundle, fixed_image=pair["fixed"], moving_image=pair["moving"], output_dir=str(tmp_path), device="cpu", refine_iterations=0)
+    workflow.run()  # loads the weights into the network
+    folder = tmp_path / pair_output_name(pair["moving"], pair["fixed"])
+    written, _ = load_itk_displacement_field(folder / "ddf.nii.gz")
+    data = workflow.parser.get_parsed_content("dataset")[0]
+    evaluator = workflow.parser.get_parsed_content("evaluator")  # the run's network, weights loaded, and inferer
+    network, inferer = evaluator.network.eval(), evaluator.inferer
+    with torch.no_grad():
+        pred = inferer(data["image"][None].as_tensor(), network)[0, :3]  # FIRE stacks its inverse after the field
+    matrix = data["prealign_matrix"]
+    stages = {
+        "network": ComposeAffined("pred")({"pred": pred, "prealign_matrix": matrix})["pred"],
+        "prealignment": affine_to_ddf(torch.as_tensor(matrix)[None], pred.shape[1:])[0].float(),
+    }
+    quality = json.loads((folder / "quality.json").read_text())
+    assert "refinement" not in quality["dissimilarity"]
+    expected = register_on_native_grids(stages[quality["kept"]], data["fixed"].affine, pair["fixed"], pair["moving"])["ddf"]
+    assert np.abs(written - expected).max() < 1e-4
+    if not writes_inverse_field(bundle):  # the three bundles' shipped networks improve on their start here
+        assert quality["kept"] == "network" and quality["dissimilarity"]["network"] <= quality["dissimilarity"]["prealignment"]
 
 
 @pytest.mark.parametrize("bundle_name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg"])

@@ -8,9 +8,11 @@ from regplugins.layers import (
     cached_warp,
     compose_ddf,
     ddf_to_physical,
+    invert_ddf,
     fit_affine,
     resample_ddf,
     sample,
+    sample_points,
     soft_argmax_points,
     voxel_grid,
     warp_physical,
@@ -38,6 +40,15 @@ def test_sample_at_voxel_grid_is_identity_and_shift_moves_by_one_voxel():
     assert torch.allclose(shifted[:, :, :-1], image[:, :, 1:], atol=1e-5)
 
 
+def test_sample_points_is_sample_with_border_padding_and_differentiable_in_both_arguments():
+    volume = torch.rand(3, 9, 7, 8, dtype=torch.float64, requires_grad=True)
+    # points inside, on the edges and outside the grid
+    points = (torch.rand(3, 50, dtype=torch.float64) * torch.tensor([12.0, 10.0, 11.0], dtype=torch.float64).view(3, 1) - 1.5).requires_grad_()
+    expected = sample(volume[None], points.view(1, 3, 50, 1, 1), padding_mode="border").view(3, 50).T
+    assert torch.allclose(sample_points(volume.movedim(0, -1), points), expected, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda v, p: sample_points(v.movedim(0, -1), p), (volume, points.detach().clamp(0.1, 6.9).requires_grad_()))
+
+
 def test_field_composed_with_its_inverse_is_near_zero():
     # the inverse of exp(v) is exp(-v): integrate both with MONAI and compose
     from monai.networks.blocks import DVF2DDF
@@ -52,6 +63,10 @@ def test_field_composed_with_its_inverse_is_near_zero():
     assert composed[interior].abs().max() < 0.1 * forward.abs().max()
     # adding the two is not the same thing: it leaves a far larger residual
     assert (forward + backward)[interior].abs().mean() > 5 * composed[interior].abs().mean()
+    # the fixed-point inverse of the forward field composes with it to the identity, closer than the integrated one
+    inverse = invert_ddf(forward)
+    assert compose_ddf(forward, inverse)[interior].abs().mean() < 0.2 * composed[interior].abs().mean()
+    assert (inverse - backward)[interior].abs().mean() < 0.05
 
 
 def test_affine_to_ddf_translation_and_rotation():

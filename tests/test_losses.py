@@ -13,6 +13,7 @@ from regplugins.losses import (
     MINDDescriptor,
     MINDLoss,
     MultiResolutionRegistrationLoss,
+    ParzenMutualInformationLoss,
     TotalVariationLoss,
 )
 from regplugins.transforms import AntiAliasd, NormalizeModalityd
@@ -98,6 +99,23 @@ def test_losses_are_differentiable_in_2d_and_3d():
             loss(moving, fixed).backward()
             assert moving.grad is not None and moving.grad.abs().sum() > 0
             moving.grad = None
+
+
+def test_parzen_mutual_information_matches_monai_and_ranks_alignment_as_monai_does():
+    from monai.losses import GlobalMutualInformationLoss
+
+    ct, t1 = ct_t1_same_anatomy()
+    ours, monai = ParzenMutualInformationLoss(num_bins=32), GlobalMutualInformationLoss(num_bins=32)
+    shifted = [torch.roll(ct, shifts=shift, dims=2) for shift in (0, 1, 2, 4)]
+    values = [ours(image, t1).item() for image in shifted]
+    assert all(a < b for a, b in zip(values, values[1:]))  # the further apart, the less information shared
+    assert values == pytest.approx([monai(image, t1).item() for image in shifted], abs=0.05)
+    # an image shares its entropy with itself, and (almost) nothing with independent noise
+    noise = torch.rand_like(t1)
+    assert ours(t1, t1) < -1.0 and ours(noise, t1) > -0.02
+    prediction = ct.clone().requires_grad_()
+    ours(prediction, t1).backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
 
 
 def test_global_ncc_values():

@@ -11,11 +11,13 @@ from .spatial import (
     apply_affine,
     cached_warp,
     compose_ddf,
+    invert_ddf,
     ddf_to_physical,
     physical_sample_points,
     resample_ddf,
     round_trip,
     sample,
+    sample_points,
     voxel_grid,
     warp_physical,
 )

@@ -11,6 +11,8 @@ Conventions used across the package (the same as MONAI's ``Warp``):
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +24,9 @@ __all__ = [
     "voxel_grid",
     "apply_affine",
     "sample",
+    "sample_points",
     "compose_ddf",
+    "invert_ddf",
     "round_trip",
     "affine_to_ddf",
     "ddf_to_physical",
@@ -73,6 +77,35 @@ def sample(
     return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
+def sample_points(volume: torch.Tensor, voxel_points: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of a channels-last ``volume`` ``(*S, C)`` at scattered voxel coordinates ``(N, K)``: ``(K, C)``.
+
+    The values of :func:`sample` with border padding, differentiable in both arguments, by
+    gathering the ``2^N`` corners (``index_select``, five times faster than indexing). On a CPU this
+    is several times faster than ``grid_sample``
+    (whose 3D kernel is not vectorised) when few points are drawn from a large volume, as the
+    refinement draws them; channels last, each corner is one contiguous read.
+    """
+    shape = volume.shape[:-1]
+    n = len(shape)
+    last = torch.tensor([s - 1 for s in shape], device=voxel_points.device, dtype=voxel_points.dtype).view(n, 1)
+    points = torch.minimum(voxel_points.clamp(min=0), last)
+    low = torch.minimum(points.detach().floor(), (last - 1).clamp(min=0))
+    # one tensor per axis and side: indexing rows of one tensor in the loop would cost a backward pass each
+    upper = (points - low).unbind(0)
+    weights = (tuple(1 - w for w in upper), upper)
+    low = low.long()
+    strides = [math.prod(shape[axis + 1 :]) for axis in range(n)]
+    offsets = ((low * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0), (torch.minimum(low + 1, last.long()) * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0))
+    table = volume.reshape(-1, volume.shape[-1])
+    result = 0
+    for corner in itertools.product((0, 1), repeat=n):
+        index = sum(offsets[side][axis] for axis, side in enumerate(corner))
+        weight = math.prod(weights[side][axis] for axis, side in enumerate(corner))
+        result = result + table.index_select(0, index) * weight[:, None]
+    return result
+
+
 def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """Voxel DDF of ``x -> x + inner(x) -> (x + inner(x)) + outer(x + inner(x))``.
 
@@ -80,6 +113,21 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     field with its inverse gives a field near zero, which is what inverse consistency checks.
     """
     return inner + cached_warp()(outer, inner)
+
+
+def invert_ddf(ddf: torch.Tensor, iterations: int = 20, initial: torch.Tensor | None = None) -> torch.Tensor:
+    """The voxel DDF ``v`` of the inverse map of ``p -> p + ddf(p)``, both on one grid, by fixed-point iteration.
+
+    The inverse sends ``q`` to ``q + v(q)`` with ``q + v(q) + ddf(q + v(q)) = q``, so
+    ``v = -ddf(q + v)``: each iteration samples ``ddf`` once. It converges wherever the field
+    stretches nothing by more than a factor of two (its Jacobian's deviation from the identity
+    below 1), faster the smoother the field; ``initial`` (e.g. a network's own inverse) starts it,
+    ``-ddf`` otherwise.
+    """
+    inverse = -ddf if initial is None else initial
+    for _ in range(int(iterations)):
+        inverse = -cached_warp()(ddf, inverse)
+    return inverse
 
 
 def round_trip(volume: torch.Tensor, there: torch.Tensor, back: torch.Tensor) -> torch.Tensor:

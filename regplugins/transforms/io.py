@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -74,12 +75,13 @@ def warp_native_images(
     return outputs
 
 
-def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray], rigid: dict | None = None) -> Path:
+def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray], rigid: dict | None = None, quality: dict | None = None) -> Path:
     """Write the contract files of one pair into ``folder``, which appears complete or not at all.
 
     ``rigid`` (``matrix_lps``, ``center_mm`` and details for the JSON) adds the rigid bundle's
     ``rigid.tfm`` and ``rigid.json`` (:func:`regplugins.rigid.write_rigid_files`); an
-    ``inverse_ddf`` in ``outputs`` is written as ``inverse_ddf.nii.gz`` on the moving grid.
+    ``inverse_ddf`` in ``outputs`` is written as ``inverse_ddf.nii.gz`` on the moving grid;
+    ``quality`` (the stages' similarity, :class:`regplugins.transforms.RefineDisplacementd`) as ``quality.json``.
 
     Files go to a hidden sibling folder that is renamed at the end, so an interrupted run
     leaves no partial output under the name users look for.
@@ -97,6 +99,8 @@ def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray
         save_itk_displacement_field(partial / "inverse_ddf.nii.gz", outputs["inverse_ddf"], outputs["moving_affine"])
     if rigid is not None:
         write_rigid_files(partial, **rigid)
+    if quality is not None:
+        (partial / "quality.json").write_text(json.dumps(quality, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder
@@ -109,7 +113,8 @@ class SaveRegistrationd(MapTransform):
     grid (its MetaTensor affine), ``fixed_key``/``moving_key`` the loaded images (their
     ``filename_or_obj`` points to the native files) and ``label_key`` the path of the moving
     labels, if any. ``inverse_ddf_key``, when given, holds the inverse voxel DDF on the working
-    grid, written as ``inverse_ddf.nii.gz`` on the moving grid. See
+    grid, written as ``inverse_ddf.nii.gz`` on the moving grid; ``quality_key``, when the data holds
+    it, the record of :class:`regplugins.transforms.RefineDisplacementd` (``quality.json``). See
     :func:`write_registration_outputs` for how the folder is written.
     """
 
@@ -122,8 +127,10 @@ class SaveRegistrationd(MapTransform):
         moving_key: str = "moving",
         label_key: str = "moving_label",
         inverse_ddf_key: str | None = None,
+        quality_key: str = "quality",
     ):
         super().__init__(keys=[ddf_key])
+        self.quality_key = quality_key
         self.output_dir = Path(output_dir)
         self.ddf_key, self.working_grid_key, self.inverse_ddf_key = ddf_key, working_grid_key, inverse_ddf_key
         self.fixed_key, self.moving_key, self.label_key = fixed_key, moving_key, label_key
@@ -137,6 +144,6 @@ class SaveRegistrationd(MapTransform):
         outputs = register_on_native_grids(
             torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path, inverse
         )
-        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs)
+        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs, quality=d.get(self.quality_key))
         d["output_folder"] = str(folder)
         return d

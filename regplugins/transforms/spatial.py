@@ -1,18 +1,32 @@
 """Spatial dictionary transforms MONAI lacks: anti-aliasing before resampling to the working grid, warping by a
-predicted voxel DDF, and the affine pre-alignment."""
+predicted voxel DDF, the affine pre-alignment, and the refinement of a predicted field that keeps the best stage."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
-from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
+from monai.transforms import MapTransform, ResampleToMatch, Spacing
+from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
-from regplugins.alignment import fit_affine, warp_affine
-from regplugins.layers import apply_affine, cached_warp, gaussian_smooth, resample_ddf, voxel_grid, warp_physical
+from regplugins.alignment import PREALIGNMENTS, fit_affine, warp_affine
+from regplugins.io import pair_output_name
+from regplugins.layers import (
+    affine_to_ddf,
+    apply_affine,
+    cached_warp,
+    gaussian_smooth,
+    invert_ddf,
+    resample_ddf,
+    voxel_grid,
+    warp_physical,
+)
+from regplugins.refinement import SIMILARITIES, PairSimilarity, refine_ddf
+
+logger = logging.getLogger(__name__)
 
 
 class AntiAliasd(MapTransform):
@@ -122,8 +136,8 @@ class AffineAlignd(MapTransform):
         **fit_args,
     ):
         super().__init__(keys, allow_missing_keys)
-        if transform not in ("none", "rigid", "affine"):
-            raise ValueError(f'transform must be "none", "rigid" or "affine", got {transform!r}.')
+        if transform not in PREALIGNMENTS:
+            raise ValueError(f"transform must be one of {PREALIGNMENTS}, got {transform!r}.")
         self.fixed_key, self.matrix_key, self.transform, self.fit_args = fixed_key, matrix_key, transform, fit_args
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -159,4 +173,138 @@ class ComposeAffined(MapTransform):
             ddf = torch.as_tensor(d[key]).double()
             grid = voxel_grid(ddf.shape[1:], device=ddf.device, dtype=torch.float64)
             d[key] = (apply_affine(matrix.to(ddf.device), grid + ddf) - grid).float()
+        return d
+
+
+class RefineDisplacementd(MapTransform):
+    """Refine the working-grid voxel DDF at ``keys`` on the pair itself, and keep the stage that aligns best.
+
+    The DDF is the network's field with the pre-alignment folded in (after :class:`ComposeAffined`).
+    Both images are taken from their normalised copies at native resolution (``fixed_key``,
+    ``moving_key``, kept before the working grid's resampling) to the refinement grid, the fixed
+    image's orientation at ``spacing`` mm, and :func:`regplugins.refinement.refine_ddf` runs
+    ``iterations`` steps per level there. A user is never handed a result worse than its start
+    without knowing: the dissimilarity of :class:`regplugins.refinement.PairSimilarity` is
+    measured for every stage, ``none`` (the images as they lie), ``prealignment``, ``network``
+    and ``refinement``; the refinement starts from the best of the first three, and the field
+    kept is the best of all, later stages winning ties. A stage that made the pair less similar
+    is reported in the log, and ``quality_key`` holds the record that the saver writes to
+    ``quality.json``. With ``iterations`` 0 the network's field is kept unchanged unless it
+    aligns worse than its start.
+
+    Args:
+        keys: the working-grid voxel DDF (``pred``).
+        fixed_key, moving_key: the normalised images at native resolution, with their affines (not named
+            ``fixed_...``: MONAI's ``Spacingd`` on ``fixed`` takes every key so prefixed for its metadata).
+        working_grid_key: an image on the working grid (its affine).
+        matrix_key: the pre-alignment's voxel matrix on the working grid.
+        spacing: of the refinement grid, in mm.
+        iterations, regularizer_weight, num_samples: of :func:`~regplugins.refinement.refine_ddf`.
+        control_spacing: the spacing in mm of the residual's grid at each level, coarse to fine (its
+            ``levels``, as whole multiples of the working grid's spacing).
+        similarity, mutual_information_weight, mixed_precision: of :class:`~regplugins.refinement.PairSimilarity`.
+        quality_key: where the record goes.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        fixed_key: str = "native_fixed",
+        moving_key: str = "native_moving",
+        working_grid_key: str = "fixed",
+        matrix_key: str = "prealign_matrix",
+        spacing: float = 2.0,
+        iterations: int = 30,
+        control_spacing: Sequence[float] = (24.0, 12.0),
+        similarity: str = "mind_ssc",
+        mutual_information_weight: float = 0.05,
+        regularizer_weight: float = 0.7,
+        num_samples: int = 16384,
+        mixed_precision: bool = False,
+        quality_key: str = "quality",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if int(iterations) < 0:
+            raise ValueError(f"refine_iterations must be 0 or more, got {iterations}.")
+        self.similarity = look_up_option(similarity, SIMILARITIES)
+        self.fixed_key, self.moving_key, self.working_grid_key, self.matrix_key = fixed_key, moving_key, working_grid_key, matrix_key
+        self.spacing, self.quality_key, self.mixed_precision = float(spacing), quality_key, mixed_precision
+        self.mutual_information_weight = mutual_information_weight
+        self.control_spacing = [float(s) for s in control_spacing]
+        self.refine_args = {"iterations": int(iterations), "regularizer_weight": regularizer_weight, "num_samples": num_samples}
+
+    def pair_similarity(self, d: Mapping, device: torch.device) -> PairSimilarity:
+        """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`."""
+        images = AntiAliasd([self.fixed_key, self.moving_key], pixdim=self.spacing)({k: d[k] for k in (self.fixed_key, self.moving_key)})
+        fixed = Spacing(pixdim=self.spacing, mode="bilinear")(images[self.fixed_key])
+        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(images[self.moving_key], img_dst=fixed)
+        working_affine = torch.as_tensor(d[self.working_grid_key].affine, dtype=torch.float64)
+        to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
+        fixed, moving = (convert_to_tensor(image[0], dtype=torch.float32, track_meta=False).to(device) for image in (fixed, moving))
+        return PairSimilarity(fixed, moving, to_working, self.similarity, self.mutual_information_weight, self.mixed_precision)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            network = convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)
+            pair = self.pair_similarity(d, network.device)
+            matrix = torch.as_tensor(d[self.matrix_key], dtype=torch.float64, device=network.device)
+            fields = {
+                "none": torch.zeros_like(network),
+                "prealignment": affine_to_ddf(matrix[None], network.shape[1:])[0].float(),
+                "network": network,
+            }
+            scores = {stage: pair.score(field) for stage, field in fields.items()}
+            start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
+            if self.refine_args["iterations"]:
+                working_spacing = float(torch.as_tensor(d[self.working_grid_key].affine)[:-1, :-1].norm(dim=0).min())
+                levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
+                fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
+                scores["refinement"] = pair.score(fields["refinement"])
+            kept = min(reversed(list(scores)), key=scores.get)
+            name = pair_output_name(str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed")))
+            best = "none"
+            for stage in list(scores)[1:]:
+                if scores[stage] > scores[best]:
+                    logger.warning(
+                        f"{name}: the {stage} left the images less similar than the {best} "
+                        f"(dissimilarity {scores[stage]:.5f} > {scores[best]:.5f}); kept the {kept}."
+                    )
+                else:
+                    best = stage
+            d[key] = fields[kept]
+            d[self.quality_key] = {
+                "dissimilarity": {stage: round(score, 6) for stage, score in scores.items()},
+                "measure": f"{self.similarity} squared difference + {self.mutual_information_weight} x negative mutual information, "
+                f"on {self.spacing:g} mm",
+                "refined_from": start if "refinement" in scores else None,
+                "kept": kept,
+            }
+        return d
+
+
+class InvertDisplacementd(MapTransform):
+    """The inverse of the voxel DDF at ``keys`` into ``inverse_key``, both on the working grid (:func:`regplugins.layers.invert_ddf`).
+
+    An inverse-consistent bundle (FIRE) predicts both fields; once the pre-alignment is folded
+    into the forward one and the refinement has changed it, the network's inverse no longer
+    undoes it. ``iterations`` fixed-point steps from the network's inverse (the value at
+    ``inverse_key``, when there is one) make it the forward field's exact counterpart again;
+    0 keeps the network's inverse as it is.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", inverse_key: str = "inverse_pred", iterations: int = 20, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.inverse_key, self.iterations = inverse_key, int(iterations)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if not self.iterations:
+                continue
+            ddf = convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)[None]
+            initial = d.get(self.inverse_key)
+            initial = None if initial is None else convert_to_tensor(initial, dtype=torch.float32, track_meta=False)[None].to(ddf.device)
+            d[self.inverse_key] = invert_ddf(ddf, self.iterations, initial)[0]
         return d

@@ -1,0 +1,130 @@
+"""The refinement of a network's field on the pair itself, and the check that keeps the stage that aligns best."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from regplugins.data import SyntheticPairGenerator
+from regplugins.io import checked_settings
+from regplugins.metrics import folding_percent, jacobian_determinant
+from regplugins.refinement import PairSimilarity, refine_ddf
+from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
+
+SPACING = 2.0
+SHAPE = (64, 64, 64)
+
+
+def ct_t1_pair(deformation_mm: float = 4.0, moving_grid: str = "same", seed: int = 5) -> dict:
+    """A CT-like moving and a T1-like fixed head at 2 mm, 64^3, apart by a smooth deformation only (no rigid motion).
+
+    At 4 mm such a head shows too little structure for any similarity to find the deformation.
+    """
+    generator = SyntheticPairGenerator(
+        shape=SHAPE, spacing=SPACING, rotation_deg=0.0, translation_mm=0.0, deformation_mm=deformation_mm, moving_grid=moving_grid
+    )
+    return NormalizeModalityd(["fixed", "moving"], modality=["t1", "ct"])(generator(seed))
+
+
+def head_error_mm(voxel_ddf: torch.Tensor, pair: dict) -> float:
+    """Mean distance in mm inside the fixed head between a voxel DDF on the fixed grid and the true field."""
+    head = pair["fixed_label"][0].as_tensor() > 0
+    return (voxel_ddf * SPACING - pair["true_ddf"].as_tensor()).norm(dim=0)[head].mean().item()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return ct_t1_pair()
+
+
+@pytest.fixture(scope="module")
+def similarity(pair):
+    return PairSimilarity(pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor())
+
+
+def test_refinement_lowers_the_dissimilarity_and_the_error_against_the_true_field(pair, similarity):
+    start = torch.zeros(3, *SHAPE)
+    refined = refine_ddf(similarity, start)
+    assert similarity.score(refined) < similarity.score(start)
+    before, after = head_error_mm(start, pair), head_error_mm(refined, pair)
+    assert before > 2.0 and after < 0.6 * before
+
+
+def test_refinement_gives_the_same_field_twice_and_the_start_with_no_iterations(similarity):
+    start = torch.zeros(3, *SHAPE)
+    assert torch.equal(refine_ddf(similarity, start, iterations=10), refine_ddf(similarity, start, iterations=10))
+    assert refine_ddf(similarity, start, iterations=0) is start
+
+
+def test_refinement_keeps_an_identical_pair_at_identity(pair):
+    image = pair["fixed"][0].as_tensor()
+    refined = refine_ddf(PairSimilarity(image, image), torch.zeros(3, *SHAPE))
+    assert refined.abs().mean() < 0.02 and refined.abs().max() < 0.2  # voxels: Adam's steps on a flat optimum
+
+
+def test_refinement_of_a_large_deformation_does_not_fold():
+    pair = ct_t1_pair(deformation_mm=10.0, seed=6)
+    similarity = PairSimilarity(pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor())
+    start = torch.zeros(3, *SHAPE)
+    refined = refine_ddf(similarity, start)
+    assert head_error_mm(refined, pair) < 0.7 * head_error_mm(start, pair)
+    affine = pair["fixed"].affine.numpy()
+    assert folding_percent(jacobian_determinant(refined.numpy() * SPACING, affine)) == 0.0
+
+
+def refinement_inputs(pair: dict, pred: torch.Tensor) -> dict:
+    """What the bundles' post-processing holds for one pair: working grid = the fixed grid here."""
+    native = {key: MetaTensor(pair[key].as_tensor(), affine=pair[key].affine, meta={"filename_or_obj": f"{key}.nii.gz"}) for key in ("fixed", "moving")}
+    return {"pred": pred, "native_fixed": native["fixed"], "native_moving": native["moving"], "fixed": native["fixed"], "prealign_matrix": torch.eye(4)}
+
+
+def test_refinement_of_a_moving_image_on_another_grid_keeps_the_refined_field_and_records_each_stage():
+    pair = ct_t1_pair(moving_grid="random", seed=7)
+    assert not torch.allclose(pair["moving"].affine, pair["fixed"].affine)  # another orientation and spacing
+    refine = RefineDisplacementd(spacing=SPACING)
+    out = refine(refinement_inputs(pair, torch.zeros(3, *SHAPE)))
+    assert head_error_mm(out["pred"], pair) < 0.6 * head_error_mm(torch.zeros(3, *SHAPE), pair)
+    quality = out["quality"]
+    assert quality["kept"] == "refinement" and quality["refined_from"] == "network"  # a zero network field ties with none
+    assert quality["dissimilarity"]["refinement"] < quality["dissimilarity"]["network"]
+
+
+def test_a_network_field_worse_than_its_start_is_discarded_and_reported(pair, caplog):
+    wrong = torch.zeros(3, *SHAPE)
+    wrong[0] = 6.0  # 12 mm off along one axis: a broken checkpoint's field
+    with caplog.at_level(logging.WARNING):
+        out = RefineDisplacementd(spacing=SPACING, iterations=0)(refinement_inputs(pair, wrong))
+    assert out["quality"]["kept"] in ("none", "prealignment") and torch.equal(out["pred"], torch.zeros(3, *SHAPE))
+    assert "the network left the images less similar" in caplog.text
+    # refined, it starts from the better stage, not from the wrong field
+    out = RefineDisplacementd(spacing=SPACING)(refinement_inputs(pair, wrong))
+    assert out["quality"]["refined_from"] != "network" and head_error_mm(out["pred"], pair) < head_error_mm(torch.zeros(3, *SHAPE), pair)
+
+
+def test_bad_refinement_settings_stop_with_one_clear_error():
+    with pytest.raises(ValueError, match="refine_iterations"):
+        RefineDisplacementd(iterations=-1)
+    with pytest.raises(ValueError, match="mind_ssc"):
+        RefineDisplacementd(similarity="mutual")
+    for settings, message in [
+        ({"refine_iterations": -1}, "error: refine_iterations: -1 is not a whole number"),
+        ({"refine_iterations": 2.5}, "error: refine_iterations"),
+        ({"refine_similarity": "mutual"}, "error: refine_similarity: 'mutual' is not one of mind_ssc, mind, ncc."),
+        ({"prealign": "syn"}, "error: prealign: 'syn' is not one of none, rigid, affine."),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            checked_settings(**settings)
+    assert checked_settings("affine", 30, "mind_ssc")
+
+
+def test_sampled_similarity_agrees_with_its_whole_image_form(pair, similarity):
+    """The score at sampled voxels estimates the features' mean squared difference over the head."""
+    features = [similarity.fixed_features, similarity.moving_features.flatten(0, -2)]
+    head = similarity.head
+    exact = (features[1][head, :-1] - features[0][head, :-1]).pow(2).mean().item()
+    plain = PairSimilarity(pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor(), mutual_information_weight=0.0)
+    assert np.isclose(plain.score(torch.zeros(3, *SHAPE), num_samples=200_000), exact, rtol=0.02)
