@@ -38,6 +38,8 @@ SYNTHETIC_SETS = {
     "rigid": {"modalities": ("ct", "t1"), "deformation_mm": 0.0},
     # rigid pairs of MNI152 heads, one subject per seed: heads that share an anatomy, as real ones do
     "rigid_mni152": {"modalities": ("ct", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0},
+    # the same heads as T2-like against T1-like, turned up to 10 degrees per axis: rigid MR/MR
+    "rigid_mni152_t2_t1": {"modalities": ("t2", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0, "rotation_deg": 10.0},
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
     "t1_t2_affine": FIRE_AFFINE_PAIRS,
     # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide

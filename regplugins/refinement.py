@@ -149,6 +149,8 @@ class PairSimilarity:
 
     def score(self, ddf: torch.Tensor, num_samples: int = 65536, seed: int = 1) -> float:
         """The dissimilarity of a working-grid voxel DDF ``(N, *W)`` on one fixed sample of head voxels, to compare fields."""
+        if not torch.isfinite(ddf).all():  # a broken network's field: worse than any other
+            return float("inf")
         chosen = self.draw(num_samples, torch.Generator(device=self.head.device).manual_seed(seed))
         with torch.no_grad():
             displacement = sample_points(_channels_last(ddf.float()), self.working_points.index_select(1, chosen))

@@ -83,3 +83,18 @@ def test_no_prealignment_is_the_identity_and_bad_settings_are_refused(rigid_ct_t
         AffineAlignd("moving", transform="syn")
     with pytest.raises(ValueError, match="transform"):
         fit_affine(pair["fixed"][0], pair["moving"][0], transform="similarity")
+
+
+def test_moving_labels_follow_the_prealignment_as_labels(rigid_ct_t1_pair):
+    """A training pair's labels move with its image (nearest neighbour), so the head overlap comes back."""
+    pair, _ = rigid_ct_t1_pair
+    data = AffineAlignd("moving", transform="rigid", label_keys="moving_label")(dict(pair))
+    head = pair["fixed_label"][0] > 0
+
+    def head_dice(labels):
+        moved = labels[0] > 0
+        return (2 * (moved & head).sum() / (moved.sum() + head.sum())).item()
+
+    assert head_dice(data["moving_label"]) > head_dice(pair["moving_label"]) + 0.05
+    assert head_dice(data["moving_label"]) > 0.95
+    assert set(data["moving_label"].unique().tolist()) <= set(pair["moving_label"].unique().tolist())

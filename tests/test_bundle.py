@@ -252,6 +252,23 @@ def test_no_refinement_gives_the_networks_feed_forward_field_exactly(bundle, pai
         assert quality["kept"] == "network" and quality["dissimilarity"]["network"] <= quality["dissimilarity"]["prealignment"]
 
 
+def test_a_broken_checkpoint_is_caught_and_its_field_not_written(pairs, tmp_path):
+    """Weights corrupted by noise as large as themselves: the run says the network made the pair worse and keeps its start."""
+    bundle = ROOT / "bundles" / "ct_mr_gradient_fusion_reg"
+    generator = torch.Generator().manual_seed(0)
+    state = torch.load(bundle / "models/model.pt", map_location="cpu")
+    broken = {k: v + v.std() * torch.randn(v.shape, generator=generator) if k.endswith(("weight", "bias")) and v.numel() > 1 else v for k, v in state.items()}
+    torch.save(broken, tmp_path / "broken.pt")
+    pair = pairs[0]
+    result = run_bundle("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--output_dir", str(tmp_path / "out"),
+                        "--ckpt_path", str(tmp_path / "broken.pt"), "--refine_iterations", "0", "--device", "cpu", bundle=bundle)
+    assert result.returncode == 0, result.stderr[-3000:]
+    quality = json.loads((tmp_path / "out" / pair_output_name(pair["moving"], pair["fixed"]) / "quality.json").read_text())
+    assert quality["kept"] in ("none", "prealignment"), quality
+    assert quality["dissimilarity"]["network"] > quality["dissimilarity"][quality["kept"]]
+    assert "the network left the images less similar" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("bundle_name", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg"])
 def test_shipped_weights_align_held_out_validation_pairs_better_than_no_field(bundle_name):
     """On the train config's first two validation pairs (seeds no training drew), the shipped network's field alone (feed-forward) raises the label Dice."""

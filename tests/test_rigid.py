@@ -243,7 +243,7 @@ def test_saver_inverts_a_swapped_pair_back_into_the_users_order(rigid_pairs, tmp
         data = dict(loaded)
         if swapped:  # as OrderByModalityd leaves it: the images exchanged, the network's fixed image first
             data["fixed"], data["moving"] = loaded["moving"], loaded["fixed"]
-        data.update(pred=parameters, modality_order={"swapped": swapped, "ct_probability_moving": 0.9, "ct_probability_fixed": 0.1})
+        data.update(pred=parameters, modality_order={"path": "ct_mr", "swapped": swapped, "ct_probability_moving": 0.9, "ct_probability_fixed": 0.1})
         out = SaveRigidRegistrationd(output_dir=str(tmp_path / str(swapped)))(data)
         records[swapped] = json.loads((tmp_path / str(swapped) / pair_output_name(pair["moving"], pair["fixed"]) / "rigid.json").read_text())
         assert out["output_folder"].endswith(pair_output_name(pair["moving"], pair["fixed"]))
@@ -275,3 +275,70 @@ def test_shipped_regressor_recovers_the_motion_of_held_out_mni152_heads():
         with torch.no_grad():
             rmse = (network(images) - truth).square().mean().sqrt()
         assert rmse < 0.3 * identity_rmse, (head, rmse, identity_rmse)
+
+
+@pytest.fixture(scope="module")
+def mni152_rigid_pairs(tmp_path_factory):
+    """A rigid-only CT-like/T1-like and a T2-like/T1-like pair of MNI152 heads at 3 mm, up to 10 degrees and 5 mm apart."""
+    return {path: write_synthetic_set(tmp_path_factory.mktemp(path), n=1, shape=(64, 64, 64), spacing=3.0, seed=22, modalities=modalities,
+                                      deformation_mm=0.0, rotation_deg=10.0, anatomy="mni152", subject_deformation_mm=4.0,
+                                      deformation_scale_mm=48.0)
+            for path, modalities in {"ct_mr": ("ct", "t1"), "mr_mr": ("t2", "t1")}.items()}
+
+
+@pytest.mark.parametrize("path", ["ct_mr", "mr_mr"])
+def test_bundle_recovers_a_known_motion_and_swapped_roles_give_its_inverse(mni152_rigid_pairs, tmp_path, path):
+    """The classifier picks the path; the mutual-information finish brings either pair to a sixth of a 3 mm voxel."""
+    from regplugins.metrics import rigid_errors, score_registration
+
+    pair = registration_pairs(datalist=str(mni152_rigid_pairs[path]))[0]
+    matrices = {}
+    for order, (fixed, moving) in {"given": (pair["fixed"], pair["moving"]), "swapped": (pair["moving"], pair["fixed"])}.items():
+        result = run_bundle("--fixed_image", fixed, "--moving_image", moving, "--output_dir", str(tmp_path / order), "--device", "cpu", bundle=RIGID)
+        assert result.returncode == 0, result.stderr[-3000:]
+        record = json.loads((tmp_path / order / pair_output_name(moving, fixed) / "rigid.json").read_text())
+        assert record["auto_order"]["path"] == path and record["quality"]["kept"] == "refinement", record
+        matrices[order] = np.asarray(record["matrix"])
+    scores = score_registration(pair, tmp_path / "given" / pair_output_name(pair["moving"], pair["fixed"]))
+    assert scores["rotation_error_deg"] < 0.5 and scores["translation_error_mm"] < 0.5, scores
+    centre = grid_centre_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
+    inverse_gap = rigid_errors(np.linalg.inv(matrices["swapped"]), matrices["given"], centre)
+    assert inverse_gap["rotation_error_deg"] < 0.5 and inverse_gap["translation_error_mm"] < 0.5, inverse_gap
+
+
+def test_a_wrong_network_estimate_is_caught_by_mutual_information(rigid_pairs, caplog):
+    """A network that answers 30 degrees on a pair moved by a few: without the finish the identity is written, and said so."""
+    from monai.transforms import LoadImaged
+
+    from regplugins.transforms import RefineRigidd
+
+    pair = registration_pairs(datalist=str(rigid_pairs))[0]
+    data = LoadImaged(keys=["fixed", "moving"], ensure_channel_first=True, image_only=True)(pair)
+    data["pred"] = torch.tensor([30.0, -25.0, 20.0, 15.0, -10.0, 12.0])
+    with caplog.at_level("WARNING"):
+        out = RefineRigidd(refine=False)(data)
+    values = out["rigid_quality"]["mattes_mutual_information"]
+    assert out["rigid_quality"]["kept"] == "none" and values["network"] > values["none"]
+    assert np.array_equal(out["rigid_matrix"], np.eye(4))
+    assert "the network left the images less similar than the none" in caplog.text
+    # with the finish, the refinement starts from the identity, not from the wrong estimate, and wins
+    refined = RefineRigidd(refine=True)(data)["rigid_quality"]
+    assert refined["kept"] == "refinement" and refined["mattes_mutual_information"]["refinement"] < values["none"]
+
+
+def test_rigid_tfm_read_by_itk_reproduces_warped_image(rigid_pairs, tmp_path):
+    """ITK resamples the moving image through ``rigid.tfm`` onto the fixed grid: the bundle's ``warped.nii.gz``."""
+    import itk
+
+    pair = registration_pairs(datalist=str(rigid_pairs))[1]
+    result = run_bundle("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--output_dir", str(tmp_path), "--device", "cpu",
+                        bundle=RIGID)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / pair_output_name(pair["moving"], pair["fixed"])
+    fixed, moving = itk.imread(pair["fixed"], itk.F), itk.imread(pair["moving"], itk.F)
+    transform = itk.transformread(str(folder / "rigid.tfm"))[0]
+    by_itk = itk.array_from_image(itk.resample_image_filter(moving, transform=transform, reference_image=fixed, use_reference_image=True))
+    warped = itk.array_from_image(itk.imread(str(folder / "warped.nii.gz"), itk.F))
+    inside = by_itk != 0  # ITK fills outside the moving image with 0, as the bundle does
+    assert inside.mean() > 0.3
+    assert np.abs(by_itk - warped)[inside].mean() < 0.01 * np.abs(warped[inside]).max()

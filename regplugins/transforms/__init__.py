@@ -3,4 +3,4 @@
 from .intensity import GradientMagnituded, NormalizeModalityd, looks_like_ct
 from .io import SaveRegistrationd, register_on_native_grids, warp_native_images, write_registration_outputs
 from .spatial import AffineAlignd, AntiAliasd, ComposeAffined, InvertDisplacementd, RefineDisplacementd, Warpd
-from .rigid import OrderByModalityd, RandHeadScaled, RandRigidMotiond, SaveRigidRegistrationd
+from .rigid import OrderByModalityd, RandHeadScaled, RandRigidMotiond, RefineRigidd, SaveRigidRegistrationd, modality_path

@@ -1,5 +1,6 @@
-"""Dictionary transforms of the rigid head CT/MR bundle: the paper's rigid augmentation, the modality
-classifier's choice of roles, and the saver of ``rigid.tfm``/``rigid.json`` with the contract's files."""
+"""Dictionary transforms of the rigid head bundle: the paper's rigid augmentation, the modality
+classifier's choice of path and roles, the mutual-information finish and check, and the saver of
+``rigid.tfm``/``rigid.json`` with the contract's files."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from monai.utils import convert_to_tensor
 from regplugins.alignment import warp_affine
 from regplugins.io import pair_output_name
 from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
+from regplugins.rigid.refinement import mattes_value, refine_rigid, resampled
 from regplugins.transforms.io import warp_native_images, write_registration_outputs
+from regplugins.transforms.spatial import keep_best_stage
 
-__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "SaveRigidRegistrationd"]
+__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
 
 
 class RandHeadScaled(Randomizable, MapTransform):
@@ -117,19 +120,84 @@ class OrderByModalityd(MapTransform):
             return d
         moving_key, fixed_key = self.keys
         p_moving, p_fixed = self.ct_probability(d[moving_key]), self.ct_probability(d[fixed_key])
-        swapped = p_fixed > p_moving
+        path = modality_path(p_moving, p_fixed)
+        swapped = path == "ct_mr" and p_fixed > p_moving
         if swapped:
             d[moving_key], d[fixed_key] = d[fixed_key], d[moving_key]
-        d[self.order_key] = {"swapped": swapped, "ct_probability_moving": p_moving, "ct_probability_fixed": p_fixed}
+        d[self.order_key] = {"path": path, "swapped": swapped, "ct_probability_moving": p_moving, "ct_probability_fixed": p_fixed}
+        return d
+
+
+def modality_path(ct_probability_moving: float, ct_probability_fixed: float) -> str:
+    """``"ct_mr"`` when the classifier finds one CT and one MR, else ``"mr_mr"`` or ``"ct_ct"``.
+
+    The network was trained on CT/MR pairs; on the other two paths its estimate is only one of
+    the starts that :class:`RefineRigidd` weighs by mutual information, and nothing is swapped.
+    """
+    is_ct = (ct_probability_moving > 0.5, ct_probability_fixed > 0.5)
+    return "ct_mr" if is_ct[0] != is_ct[1] else ("ct_ct" if is_ct[0] else "mr_mr")
+
+
+def network_matrix(parameters: torch.Tensor, working: MetaTensor) -> np.ndarray:
+    """The LPS 4x4 matrix of the network's six parameters, which turn about the centre of the working grid ``working``."""
+    parameters = np.asarray(torch.as_tensor(parameters).detach().cpu(), dtype=np.float64).reshape(6)
+    return rigid_matrix(parameters[:3], parameters[3:], grid_centre_lps(working.affine, working.shape[1:]))
+
+
+class RefineRigidd(MapTransform):
+    """Finish the network's estimate by mutual information on the native images, and keep the best transform.
+
+    The network sees both heads on a 5 mm grid; :func:`regplugins.rigid.refinement.refine_rigid`
+    (ITK, Mattes MI, regular-step gradient descent, at ``spacing_mm``) takes it to a fraction of
+    a degree. It starts from whichever of the identity and the network's estimate the images
+    agree with more, and Mattes MI, measured the same way for every candidate, decides which
+    transform is written: a pair is never left less aligned than it came, and the log says when
+    the network's estimate (or the refinement) was set aside. With ``refine`` false the network's
+    estimate is still checked against the identity. The candidates' values and the one kept go to
+    ``quality_key`` (and from there into ``rigid.json``); the transform to ``matrix_key``, in the
+    order of the (possibly swapped) pair.
+    """
+
+    def __init__(
+        self,
+        refine: bool = True,
+        spacing_mm: float = 2.0,
+        parameters_key: str = "pred",
+        fixed_key: str = "fixed",
+        moving_key: str = "moving",
+        matrix_key: str = "rigid_matrix",
+        quality_key: str = "rigid_quality",
+    ):
+        super().__init__(keys=[parameters_key])
+        self.refine, self.spacing_mm = refine, float(spacing_mm)
+        self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
+        self.matrix_key, self.quality_key = matrix_key, quality_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
+        fixed, moving = resampled(fixed_path, self.spacing_mm), resampled(moving_path, self.spacing_mm)
+        native = nib.load(fixed_path)
+        centre = grid_centre_lps(native.affine, native.shape[:3])
+        candidates = {"none": np.eye(4), "network": network_matrix(d[self.parameters_key], d[self.fixed_key])}
+        values = {name: mattes_value(fixed, moving, matrix, centre) for name, matrix in candidates.items()}
+        if self.refine:
+            start = min(values, key=values.get)
+            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], centre, spacing_mm=self.spacing_mm)
+            values["refinement"] = mattes_value(fixed, moving, candidates["refinement"], centre)
+        kept = keep_best_stage(pair_output_name(moving_path, fixed_path), values, "Mattes MI")  # ITK's sign: lower is more similar
+        d[self.matrix_key] = candidates[kept]
+        d[self.quality_key] = {"mattes_mutual_information": {k: round(v, 6) for k, v in values.items()}, "kept": kept}
         return d
 
 
 class SaveRigidRegistrationd(MapTransform):
     """Write ``rigid.tfm``, ``rigid.json``, ``warped.nii.gz``, ``warped_label.nii.gz`` and ``ddf.nii.gz``.
 
-    ``parameters_key`` holds the network's six parameters for the (possibly swapped) pair whose
-    fixed image, on its working grid, is at ``fixed_key``; the centre of that grid is the centre
-    they turn about. The transform is inverted when :class:`OrderByModalityd` swapped the images,
+    The transform is :class:`RefineRigidd`'s at ``matrix_key`` (its record at ``quality_key``
+    goes into ``rigid.json``) or, without it, the network's six parameters at ``parameters_key``
+    for the (possibly swapped) pair whose fixed image, on its working grid, is at ``fixed_key``;
+    the centre of that grid is the centre they turn about. The transform is inverted when :class:`OrderByModalityd` swapped the images,
     so every output answers the user's order: it maps the user's fixed image's points to the
     user's moving image's, and the dense field is that transform on the native fixed grid.
     """
@@ -142,25 +210,26 @@ class SaveRigidRegistrationd(MapTransform):
         moving_key: str = "moving",
         label_key: str = "moving_label",
         order_key: str = "modality_order",
+        matrix_key: str = "rigid_matrix",
+        quality_key: str = "rigid_quality",
     ):
         super().__init__(keys=[parameters_key])
         self.output_dir = Path(output_dir)
         self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
-        self.label_key, self.order_key = label_key, order_key
+        self.label_key, self.order_key, self.matrix_key, self.quality_key = label_key, order_key, matrix_key, quality_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
-        parameters = np.asarray(torch.as_tensor(d[self.parameters_key]).detach().cpu(), dtype=np.float64).reshape(6)
-        working = d[self.fixed_key]
-        matrix = rigid_matrix(parameters[:3], parameters[3:], grid_centre_lps(working.affine, working.shape[1:]))
+        matrix = d[self.matrix_key] if self.matrix_key in d else network_matrix(d[self.parameters_key], d[self.fixed_key])
         fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
-        details = {}
+        details = {"quality": d[self.quality_key]} if self.quality_key in d else {}
         order = d.get(self.order_key)
         if order is not None:
             swapped = bool(order["swapped"])
             if swapped:
                 matrix, fixed_path, moving_path = np.linalg.inv(matrix), moving_path, fixed_path
             details["auto_order"] = {
+                "path": order["path"],
                 "swapped": swapped,
                 "ct_image": fixed_path if swapped else moving_path,
                 "mr_image": moving_path if swapped else fixed_path,

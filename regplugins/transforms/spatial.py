@@ -117,13 +117,34 @@ class Warpd(MapTransform):
         return d
 
 
+def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str) -> str:
+    """The stage of lowest score (the later one on a tie), with a warning for each stage that did worse than the best before it.
+
+    ``scores`` runs in the pipeline's order from ``"none"``; lower is more similar. Never worse
+    without saying so: the log names the pair, the stage and both scores.
+    """
+    kept = min(reversed(list(scores)), key=scores.get)
+    best = "none"
+    for stage in list(scores)[1:]:
+        if scores[stage] > scores[best]:
+            logger.warning(
+                f"{pair_name}: the {stage} left the images less similar than the {best} "
+                f"({measure} {scores[stage]:.5f} > {scores[best]:.5f}); kept the {kept}."
+            )
+        else:
+            best = stage
+    return kept
+
+
 class AffineAlignd(MapTransform):
     """Pre-align ``keys`` (the moving image, on the fixed image's grid) to ``fixed_key`` by :func:`fit_affine`.
 
     The global stage that ANTs runs before SyN and that the papers' networks assume was done:
     the moving image is replaced by its affinely aligned copy and the voxel matrix is stored at
     ``matrix_key``, for :class:`ComposeAffined` to fold into the network's field. ``transform``
-    ``"none"`` stores the identity and leaves the image as it is.
+    ``"none"`` stores the identity and leaves the image as it is. ``label_keys`` (the moving
+    labels of a training pair, on the same grid) follow the image by nearest-neighbour
+    sampling, so that a network trained on pre-aligned pairs is scored on them as it registers.
     """
 
     def __init__(
@@ -132,6 +153,7 @@ class AffineAlignd(MapTransform):
         fixed_key: str = "fixed",
         matrix_key: str = "prealign_matrix",
         transform: str = "affine",
+        label_keys: KeysCollection = (),
         allow_missing_keys: bool = False,
         **fit_args,
     ):
@@ -139,6 +161,7 @@ class AffineAlignd(MapTransform):
         if transform not in PREALIGNMENTS:
             raise ValueError(f"transform must be one of {PREALIGNMENTS}, got {transform!r}.")
         self.fixed_key, self.matrix_key, self.transform, self.fit_args = fixed_key, matrix_key, transform, fit_args
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -148,8 +171,9 @@ class AffineAlignd(MapTransform):
         for key in self.key_iterator(d):
             if self.transform != "none":
                 matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, **self.fit_args)
-                aligned = warp_affine(convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)[None], matrix)[0]
-                d[key] = MetaTensor(aligned, meta=d[key].meta) if isinstance(d[key], MetaTensor) else aligned
+                for moved, mode in [(key, "bilinear")] + [(label, "nearest") for label in self.label_keys if label in d]:
+                    aligned = warp_affine(convert_to_tensor(d[moved], dtype=torch.float32, track_meta=False)[None], matrix, mode=mode)[0]
+                    d[moved] = MetaTensor(aligned, meta=d[moved].meta) if isinstance(d[moved], MetaTensor) else aligned
             d[self.matrix_key] = matrix
         return d
 
@@ -262,17 +286,8 @@ class RefineDisplacementd(MapTransform):
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
                 fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
                 scores["refinement"] = pair.score(fields["refinement"])
-            kept = min(reversed(list(scores)), key=scores.get)
             name = pair_output_name(str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed")))
-            best = "none"
-            for stage in list(scores)[1:]:
-                if scores[stage] > scores[best]:
-                    logger.warning(
-                        f"{name}: the {stage} left the images less similar than the {best} "
-                        f"(dissimilarity {scores[stage]:.5f} > {scores[best]:.5f}); kept the {kept}."
-                    )
-                else:
-                    best = stage
+            kept = keep_best_stage(name, scores, "dissimilarity")
             d[key] = fields[kept]
             d[self.quality_key] = {
                 "dissimilarity": {stage: round(score, 6) for stage, score in scores.items()},
