@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,8 +16,11 @@ import nibabel as nib
 import numpy as np
 from isal import igzip_threaded
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "PATH_KEYS",
+    "checked_checkpoint",
     "RegistrationInputError",
     "registration_pairs",
     "check_registration_inputs",
@@ -181,6 +186,24 @@ def checked_settings(prealign: str | None = None, refine_iterations=None, refine
         raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
     if refine_similarity is not None and refine_similarity not in SIMILARITIES:
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
+    return True
+
+
+def checked_checkpoint(path: str, setting: str = "ckpt_path") -> bool:
+    """Whether to load the weights at ``path``, checked before any work; ``"none"`` runs the network untrained.
+
+    A missing weights file used to leave the network as initialised, silently: a run that
+    looked like a registration. Now a path that is not a file, or a file that is not a PyTorch
+    checkpoint (``torch.save`` and TorchScript both write zip archives), stops the run with one
+    line, and an untrained network takes an explicit ``none``, which the log repeats.
+    """
+    if path == "none":
+        logger.warning(f"{setting} none: the network runs untrained, with no weights loaded.")
+        return False
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {path}: no such weights file ({setting}; '--{setting} none' runs the network untrained).")
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(f"error: {path}: not a PyTorch checkpoint ({setting}).")
     return True
 
 

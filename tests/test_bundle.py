@@ -194,6 +194,30 @@ def test_bad_input_one_clear_error_and_no_output(bundle, tmp_path, pairs, proble
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("weights", ["missing", "not_a_checkpoint"])
+def test_wrong_weights_path_one_clear_error_and_no_output(bundle, tmp_path, pairs, weights):
+    """A weights file that is not there, or not a checkpoint, used to leave the network untrained without a word."""
+    path = tmp_path / "model.pt"
+    if weights == "not_a_checkpoint":
+        path.write_text("not weights")
+    out = tmp_path / "out"
+    result = run_bundle("--fixed_image", pairs[0]["fixed"], "--moving_image", pairs[0]["moving"], "--output_dir", str(out),
+                        "--ckpt_path", str(path), bundle=bundle)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_untrained_network_takes_an_explicit_none_and_the_log_says_so(pairs, tmp_path):
+    bundle = ROOT / "bundles" / "ct_mr_gradient_fusion_reg"
+    result = run_bundle("--fixed_image", pairs[0]["fixed"], "--moving_image", pairs[0]["moving"], "--output_dir", str(tmp_path),
+                        "--ckpt_path", "none", "--refine_iterations", "0", "--device", "cpu", bundle=bundle)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ckpt_path none: the network runs untrained" in result.stdout + result.stderr
+    assert "Restored all variables" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("bundle", TRAINED_BUNDLES, indirect=True, ids=lambda path: path.name)
 def test_datalist_run_and_evaluate_config_score_every_pair(bundle, synthetic_pairs, tmp_path):
     out = tmp_path / "eval"
