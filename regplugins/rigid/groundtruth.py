@@ -148,15 +148,16 @@ def _euler_matrix(transform) -> np.ndarray:
     return matrix
 
 
-def _mattes_value(fixed, moving, histogram_bins: int) -> float:
-    """Mattes MI (ITK's sign: lower is more similar) of two images at the identity, over every fixed voxel."""
+def _mattes_value(fixed, moving, histogram_bins: int, transform=None) -> float:
+    """Mattes MI (ITK's sign: lower is more similar) of ``moving`` through ``transform`` (default the identity)
+    against ``fixed``, over every fixed voxel."""
     import itk
 
     metric = itk.MattesMutualInformationImageToImageMetricv4[type(fixed), type(moving)].New()
     metric.SetNumberOfHistogramBins(int(histogram_bins))
     metric.SetFixedImage(fixed)
     metric.SetMovingImage(moving)
-    metric.SetMovingTransform(itk.IdentityTransform[itk.D, 3].New())
+    metric.SetMovingTransform(itk.IdentityTransform[itk.D, 3].New() if transform is None else transform)
     metric.Initialize()
     return float(metric.GetValue())
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .groundtruth import _euler_matrix, _isotropic, _read
+from .groundtruth import _euler_matrix, _isotropic, _mattes_value, _read
 
 __all__ = ["refine_rigid", "mattes_value"]
 
@@ -37,26 +37,13 @@ def _euler_transform(matrix: np.ndarray, center_mm: Sequence[float]):
     return transform
 
 
-def _metric(fixed, moving, histogram_bins: int):
-    import itk
-
-    metric = itk.MattesMutualInformationImageToImageMetricv4[type(fixed), type(moving)].New()
-    metric.SetNumberOfHistogramBins(int(histogram_bins))
-    return metric
-
-
 def mattes_value(fixed, moving, matrix: np.ndarray, center_mm: Sequence[float], histogram_bins: int = 32) -> float:
     """Mattes MI (ITK's sign: lower is more similar) of ``moving`` through ``matrix`` against ``fixed``, over every fixed voxel.
 
     ``fixed`` and ``moving`` are float ITK images (as :func:`refine_rigid` resamples them) or paths.
     """
-    fixed, moving = _read(fixed), _read(moving)
-    metric = _metric(fixed, moving, histogram_bins)
-    metric.SetFixedImage(fixed)
-    metric.SetMovingImage(moving)
-    metric.SetMovingTransform(_euler_transform(np.asarray(matrix, dtype=np.float64), center_mm))
-    metric.Initialize()
-    return float(metric.GetValue())
+    transform = _euler_transform(np.asarray(matrix, dtype=np.float64), center_mm)
+    return _mattes_value(_read(fixed), _read(moving), histogram_bins, transform)
 
 
 def resampled(image, spacing_mm: float):
@@ -105,7 +92,8 @@ def refine_rigid(
 
     fixed, moving = resampled(fixed, spacing_mm), resampled(moving, spacing_mm)
     transform = _euler_transform(np.asarray(matrix, dtype=np.float64), center_mm)
-    metric = _metric(fixed, moving, histogram_bins)
+    metric = itk.MattesMutualInformationImageToImageMetricv4[type(fixed), type(moving)].New()
+    metric.SetNumberOfHistogramBins(int(histogram_bins))
     # steps in mm of motion of the fixed image's corners, whatever the parameter (radians or mm)
     scales = itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New(Metric=metric)
     optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New(
