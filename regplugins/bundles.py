@@ -3,10 +3,22 @@ does, and reading a yes/no setting the way that command line hands it over."""
 
 from __future__ import annotations
 
+import os
+import sysconfig
 from pathlib import Path
 
 # the bundles of a source checkout; a downloaded bundle is reached by its own path
 BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+# where a wheel installs them (pyproject.toml's data-files), for an install that is not editable
+INSTALLED_BUNDLES_DIR = Path(sysconfig.get_path("data")) / "share" / "regplugins" / "bundles"
+# a folder of bundles of the user's own (e.g. downloaded with `python -m monai.bundle download`), searched first
+BUNDLES_DIR_VARIABLE = "REGPLUGINS_BUNDLES_DIR"
+
+
+def bundle_dirs() -> list[Path]:
+    """The folders searched for a bundle given by name: $REGPLUGINS_BUNDLES_DIR, the checkout's, the installed ones."""
+    chosen = [Path(os.environ[BUNDLES_DIR_VARIABLE])] if os.environ.get(BUNDLES_DIR_VARIABLE) else []
+    return [*chosen, BUNDLES_DIR, INSTALLED_BUNDLES_DIR]
 
 
 def as_flag(value, name: str) -> bool:
@@ -24,17 +36,16 @@ def as_flag(value, name: str) -> bool:
 
 
 def bundle_root(bundle: str | Path) -> Path:
-    """The folder of ``bundle``: a path to a bundle, or the name of one under ``bundles/``."""
-    root = Path(bundle)
-    if not (root / "configs" / "inference.json").exists():
-        root = BUNDLES_DIR / str(bundle)
-    if not (root / "configs" / "inference.json").exists():
-        raise ValueError(f"{bundle}: not a bundle (no configs/inference.json there or under {BUNDLES_DIR}).")
-    return root
+    """The folder of ``bundle``: a path to a bundle, or the name of one in :func:`bundle_dirs`."""
+    for root in (Path(bundle), *(folder / str(bundle) for folder in bundle_dirs())):
+        if (root / "configs" / "inference.json").exists():
+            return root
+    searched = ", ".join(str(folder) for folder in bundle_dirs())
+    raise ValueError(f"{bundle}: not a bundle (no configs/inference.json there or in {searched}; set {BUNDLES_DIR_VARIABLE} to a folder of bundles).")
 
 
 def trained_bundles() -> list[Path]:
-    """The bundles under ``bundles/`` that ship trained weights."""
+    """The bundles of the checkout's ``bundles/`` that ship trained weights."""
     return sorted(path.parent.parent for path in BUNDLES_DIR.glob("*/models/model.pt"))
 
 
@@ -53,3 +64,32 @@ def inference_workflow(bundle: str | Path, bundle_logging: bool = True, **overri
     )
     workflow.initialize()
     return workflow
+
+
+class BundleRunner:
+    """A bundle's inference workflow built on its first pair and run again for each next one.
+
+    Building a workflow (parsing the config, building the network) costs seconds; a runner pays
+    it once, for a cohort (``regplugins register --datalist``) or a server (MONAI Label). The
+    checkpoint handler reloads the weights at each run, a few milliseconds. Each pair is
+    checked (:func:`regplugins.io.check_registration_inputs`) before its work. Not thread-safe:
+    a server holds a lock around :meth:`run`.
+    """
+
+    def __init__(self, bundle: str | Path, bundle_logging: bool = False, **overrides):
+        self.root, self.bundle_logging, self.overrides = bundle_root(bundle), bundle_logging, overrides
+        self.workflow = None
+
+    def run(self, pair: dict) -> None:
+        """Register ``pair`` (``fixed``, ``moving``, optional ``moving_label``) into the runner's ``output_dir``."""
+        from regplugins.io import check_registration_inputs
+
+        check_registration_inputs([pair])
+        entry = {key: pair[key] for key in ("fixed", "moving", "moving_label") if pair.get(key)}
+        if self.workflow is None:
+            self.workflow = inference_workflow(
+                self.root, self.bundle_logging, fixed_image=entry["fixed"], moving_image=entry["moving"],
+                moving_label=entry.get("moving_label", ""), **self.overrides,
+            )
+        self.workflow.dataset.data = [entry]
+        self.workflow.run()

@@ -1,4 +1,5 @@
-"""The ``regplugins`` command (python-fire): ``regplugins synth``, ``augment``, ``groundtruth``, ``demo``, ``bench``, ``scaling`` and ``release``."""
+"""The ``regplugins`` command (python-fire): ``regplugins register``, ``apply``, ``synth``, ``augment``, ``groundtruth``, ``demo``,
+``bench``, ``scaling`` and ``release``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,39 @@ def _ints(value) -> tuple[int, ...]:
 
 def _names(value) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in (value.split(",") if isinstance(value, str) else value))
+
+
+def register(fixed: str = "", moving: str = "", out: str = "registered", **options) -> None:
+    """Register MOVING to FIXED into OUT/<moving>_to_<fixed>/ with a bundle's inference config (the contract's files).
+
+    Options: --bundle NAME (a bundle's name or path; without it, a pair with a CT gets
+    ct_mr_gradient_fusion_reg, two MR images fcn_multires_selfsup_reg, and --rigid the rigid head
+    bundle), --moving_label FILE, --device cpu|cuda:0, --qc (a picture of each result, qc.png),
+    --datalist FILE (many pairs, one line each; a failing pair is reported and the rest go on;
+    --skip_existing resumes a stopped run; OUT/summary.json records them). Images may be NIfTI,
+    NRRD, MHA/MHD, MGZ or a DICOM series folder. Any other --name value sets the bundle's config,
+    e.g. --refine_iterations 0, --prealign rigid, --ckpt_path none. Hyphens work as underscores.
+    """
+    from regplugins.register import register_pairs
+
+    if register_pairs(fixed, moving, out, **options)["failed"]:
+        raise SystemExit(1)
+
+
+def apply(transform: str, moving: str, reference: str, out: str, nearest: bool = False) -> None:
+    """Resample MOVING onto REFERENCE's grid through TRANSFORM (ddf.nii.gz or rigid.tfm) into OUT, as ITK does.
+
+    --nearest for labels. It reproduces the bundle's warped.nii.gz from its ddf.nii.gz, and maps
+    any other image of the moving subject the same way.
+    """
+    from regplugins.bundles import as_flag
+    from regplugins.register import apply_transform
+
+    try:
+        nearest = as_flag(nearest, "--nearest")
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(apply_transform(transform, moving, reference, out, nearest=nearest))
 
 
 def synth(
@@ -161,7 +195,7 @@ def release(bundles: str | Sequence[str], out: str = "release", repo: str | None
 
 def main() -> None:
     fire.Fire({
-        "synth": synth, "augment": augment, "groundtruth": groundtruth, "demo": demo, "bench": bench, "scaling": scaling,
+        "register": register, "apply": apply, "synth": synth, "augment": augment, "groundtruth": groundtruth, "demo": demo, "bench": bench, "scaling": scaling,
         "release": release,
     })
 

@@ -19,7 +19,7 @@ from regplugins.data import SyntheticPairGenerator, write_synthetic_set
 from regplugins.data.anatomy import BRAIN_TISSUES, mni152_brain
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
 from regplugins.metrics import label_overlap
-from regplugins.plots import on_fixed_grid, save_slice_panels
+from regplugins.plots import on_fixed_grid
 
 
 def build_demo_pair(out: str | Path, seed: int = 0) -> dict:
@@ -71,17 +71,6 @@ def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.nanmean([s["dice"] for s in scores.values()]))
 
 
-def save_overlay(pair: dict, folder: Path, path: Path) -> None:
-    """Fixed, moving before and moving after registration, each with the fixed white-matter outline."""
-    truth, _ = load_nifti(pair["fixed_label"])
-    panels = [
-        (load_nifti(pair["fixed"])[0], "fixed: MNI152 T1"),
-        (on_fixed_grid(pair["moving"], pair["fixed"]), "moving CT-like, before"),
-        (load_nifti(str(folder / "warped.nii.gz"))[0], "moving CT-like, after registration"),
-    ]
-    save_slice_panels(panels, truth == 3, path, title="red: white-matter outline of the fixed image")
-
-
 def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", device: str = "cpu", seed: int = 0) -> dict:
     """Build the pair, register it with ``bundle`` through the contract command, and report."""
     out = Path(out).resolve()
@@ -93,7 +82,7 @@ def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", de
         "--logging_file", str(root / "configs" / "logging.conf"),
         "--bundle_root", str(root),
         "--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"],
-        "--output_dir", str(out / "registered"), "--device", device,
+        "--output_dir", str(out / "registered"), "--device", device, "--qc", "true",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     folder = out / "registered" / pair_output_name(pair["moving"], pair["fixed"])
@@ -104,11 +93,10 @@ def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", de
         "dice_before": mean_dice(labels_on_fixed_grid(pair), truth),
         "dice_after": mean_dice(after, truth),
         "outputs": str(folder),
-        "overlay": str(out / "overlay.png"),
+        "picture": str(folder / "qc.png"),
     }
-    save_overlay(pair, folder, out / "overlay.png")
     print(f"pair: {report['pair']}")
     print(f"mean Dice of CSF/grey/white matter: {report['dice_before']:.3f} before, {report['dice_after']:.3f} after")
     print(f"outputs: {report['outputs']}")
-    print(f"overlay: {report['overlay']}")
+    print(f"picture: {report['picture']}")
     return report

@@ -25,6 +25,7 @@ __all__ = [
     "registration_pairs",
     "check_registration_inputs",
     "checked_pairs",
+    "checked_output_dir",
     "checked_settings",
     "pair_output_name",
     "load_nifti",
@@ -128,13 +129,83 @@ def _spatial_shape(image, path: str, spatial_dims: int) -> tuple[int, ...]:
     return shape
 
 
+# the smallest image the bundles register, in voxels along each axis: below it the working grids
+# have no room for the networks' levels (a 5^3 image gave a 47 mm field)
+MIN_VOXELS = 8
+# voxel sizes outside this range (mm) are header errors, not scans (a 1e5 mm spacing made the
+# moving image cover the world with one voxel, and the bundle wrote a constant image)
+SPACING_RANGE_MM = (0.01, 50.0)
+# the smaller image's bounding box must overlap the other's by this fraction: the moving image is
+# resampled onto the fixed grid before pre-alignment, so what lies outside it is lost
+MIN_OVERLAP = 0.1
+
+
+def _checked_affine(image, path: str, spatial_dims: int) -> np.ndarray:
+    """The image's affine, finite, invertible and with voxel sizes in :data:`SPACING_RANGE_MM`."""
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise RegistrationInputError(f"{path}: the header's affine holds NaN or infinite values.")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise RegistrationInputError(f"{path}: the header's affine is singular (a zero or repeated axis), so voxels have no place in space.")
+    spacing = np.linalg.norm(affine[:3, :spatial_dims], axis=0)
+    low, high = SPACING_RANGE_MM
+    if spacing.min() < low or spacing.max() > high:
+        raise RegistrationInputError(
+            f"{path}: voxel size {', '.join(f'{s:g}' for s in spacing)} mm is outside {low:g}-{high:g} mm; the header is wrong."
+        )
+    return affine
+
+
+def _world_box(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``(2, 3)`` lower and upper world corners (mm) of the axis-aligned box around an image's voxel centres."""
+    corners = np.array(np.meshgrid(*[(0, max(n - 1, 1)) for n in shape], indexing="ij")).reshape(len(shape), -1)
+    corners = np.vstack([corners, np.zeros((3 - len(shape), corners.shape[1])), np.ones(corners.shape[1])])
+    world = (affine @ corners)[:3]
+    return np.stack([world.min(1), world.max(1)])
+
+
+def _check_overlap(fixed: tuple, moving: tuple, spatial_dims: int) -> None:
+    """Stop when the two images' world boxes overlap by less than :data:`MIN_OVERLAP` of the smaller one."""
+    boxes = [_world_box(affine, shape) for affine, shape, _ in (fixed, moving)]
+    sizes = [(box[1] - box[0])[:spatial_dims] for box in boxes]
+    common = np.clip(np.minimum(boxes[0][1], boxes[1][1]) - np.maximum(boxes[0][0], boxes[1][0]), 0, None)[:spatial_dims]
+    fraction = float(np.prod(common) / min(np.prod(size) for size in sizes))
+    if fraction < MIN_OVERLAP:
+        distance = float(np.linalg.norm(boxes[0].mean(0) - boxes[1].mean(0)))
+        raise RegistrationInputError(
+            f"{moving[2]}: the image does not overlap {fixed[2]} in space (their boxes share {100 * fraction:.0f} %, centres "
+            f"{distance:.0f} mm apart); prealign works on the fixed image's grid, so both headers must place the "
+            "images in one frame (e.g. both from the same scanner session, or the moving origin moved onto the fixed one)."
+        )
+
+
+def _check_label_values(label, path: str) -> None:
+    data = np.asanyarray(label.dataobj, dtype=np.float64)
+    if not np.isfinite(data).all():
+        raise RegistrationInputError(f"{path}: the labels hold NaN or infinite values.")
+    fractional = data[data != np.round(data)]
+    if fractional.size:
+        raise RegistrationInputError(
+            f"{path}: labels must be whole numbers, found {fractional.flat[0]:g}; rounding would merge distinct labels."
+        )
+
+
 def check_registration_inputs(pairs: Sequence[dict], spatial_dims: int = 3) -> None:
-    """Raise :class:`RegistrationInputError` for the first unusable file of any pair, before any work starts."""
+    """Raise :class:`RegistrationInputError` for the first unusable file of any pair, before any work starts.
+
+    Each image is read in full once: its header (shape, a finite invertible affine, sane voxel
+    sizes, at least :data:`MIN_VOXELS` per axis), its voxels (finite, not constant), the two
+    images' overlap in space and the labels (same grid as their image, whole numbers).
+    """
     for pair in pairs:
+        images = {}
         for key in ("fixed", "moving"):
             path = pair[key]
             image = _load_header(path)
-            _spatial_shape(image, path, spatial_dims)
+            shape = _spatial_shape(image, path, spatial_dims)
+            if min(shape) < MIN_VOXELS:
+                raise RegistrationInputError(f"{path}: the image is {'x'.join(map(str, shape))} voxels, at least {MIN_VOXELS} per axis are needed.")
+            images[key] = (_checked_affine(image, path, spatial_dims), shape, path)
             try:
                 data = np.asanyarray(image.dataobj, dtype=np.float32)
             except Exception as error:
@@ -143,16 +214,35 @@ def check_registration_inputs(pairs: Sequence[dict], spatial_dims: int = 3) -> N
                 raise RegistrationInputError(f"{path}: the image holds NaN or infinite values.")
             if float(data.max()) == float(data.min()):
                 raise RegistrationInputError(f"{path}: the image is constant ({float(data.min())}), nothing to register.")
+        _check_overlap(images["fixed"], images["moving"], spatial_dims)
         if pair.get("moving_label"):
             label_path, image_path = pair["moving_label"], pair["moving"]
-            label, image = _load_header(label_path), _load_header(image_path)
+            label = _load_header(label_path)
             label_shape = _spatial_shape(label, label_path, spatial_dims)
-            image_shape = _spatial_shape(image, image_path, spatial_dims)
-            if label_shape != image_shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+            _checked_affine(label, label_path, spatial_dims)
+            image_affine, image_shape, _ = images["moving"]
+            if label_shape != image_shape or not np.allclose(label.affine, image_affine, atol=1e-3):
                 raise RegistrationInputError(
                     f"{label_path}: the label grid (shape {label_shape}) differs from its image {image_path} "
                     f"(shape {image_shape}) in shape or affine."
                 )
+            _check_label_values(label, label_path)
+
+
+def checked_output_dir(output_dir: str) -> bool:
+    """Stop before any work when ``output_dir`` cannot take the outputs: a file, or a folder that cannot be written.
+
+    Nothing is created here: the first existing folder on the path must be writable. Returns True.
+    """
+    path = Path(output_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: {output_dir}: output_dir is a file, not a folder.")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    if not existing.is_dir():
+        raise SystemExit(f"error: {output_dir}: {existing} is a file, so output_dir cannot be made there.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {output_dir}: {existing} is not writable.")
+    return True
 
 
 def checked_pairs(

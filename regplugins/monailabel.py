@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -19,8 +20,11 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from regplugins.bundles import bundle_root, inference_workflow
+from regplugins.bundles import BundleRunner, bundle_root
 from regplugins.io import pair_output_name
+
+# the request's ``moving`` that registers the atlas
+ATLAS = "atlas"
 
 
 def label_names_of(label_file: str, info: dict) -> dict[str, int]:
@@ -43,13 +47,17 @@ def _root_cause(error: BaseException) -> BaseException:
 class RegistrationInferTask(InferTask):
     """Warp a moving image and its labels onto the open image with a registration bundle.
 
-    The moving image is the datastore image that the request's ``moving`` parameter names,
-    with its final labels; without ``moving``, the atlas. The warped image and the ITK
-    displacement field (``ddf.nii.gz``) stay under ``output_dir/<moving>_to_<fixed>/``, and the
-    result's JSON gives their paths.
+    The moving image is the datastore image that the request's ``moving`` parameter names (the
+    task's ``moving`` setting lists them, so a client offers them as a choice), with its final
+    labels; ``atlas`` (the default) takes the atlas. The bundle's workflow is built on the first
+    request and kept for the next ones (one per device), so later requests skip loading the
+    network (the result's ``network_kept``). The warped image stays under ``output_dir/<moving>_to_<fixed>/``; the ITK
+    displacement field is also saved in the datastore as a label of the open image, tagged
+    ``ddf_<bundle>``, which a client downloads from ``/datastore/label`` (the result's ``ddf_url``)
+    and loads as a transform.
 
     Args:
-        bundle: name of a bundle under ``bundles/`` or the path of one.
+        bundle: name of a bundle (:func:`regplugins.bundles.bundle_root`) or the path of one.
         datastore: the app's datastore, where ``moving`` images and their labels are found.
         atlas: ``image``, ``label`` and ``names`` (name: value) of the default moving image.
         output_dir: where the bundle's outputs are kept.
@@ -64,16 +72,22 @@ class RegistrationInferTask(InferTask):
             labels=atlas["names"],
             dimension=3,
             description=f"Registration by {meta['name']} {meta['version']}: the moving image's labels (param 'moving', else the atlas) warped onto this image",
-            config={"moving": "", "device": device},
+            config={"moving": ATLAS, "device": device},
         )
         self.datastore, self.atlas, self.output_dir = datastore, atlas, Path(output_dir)
+        self.runners: dict[str, BundleRunner] = {}
+        self.lock = threading.Lock()  # one registration at a time: a runner's workflow is not thread-safe
+
+    def config(self) -> dict:
+        """The settings a client shows: ``moving`` as a choice of the atlas and every datastore image, listed now."""
+        return {**self._config, "moving": [ATLAS, *sorted(self.datastore.list_images())]}
 
     def is_valid(self) -> bool:
         return (self.bundle / "models" / "model.pt").exists()
 
     def _moving(self, moving_id: str) -> tuple[str, str, dict[str, int]]:
         """Image, label file ("" when it has none) and label names of the moving image."""
-        if not moving_id:
+        if moving_id == ATLAS:
             return self.atlas["image"], self.atlas["label"], self.atlas["names"]
         image = self.datastore.get_image_uri(moving_id)
         if not image:
@@ -85,26 +99,36 @@ class RegistrationInferTask(InferTask):
         label = self.datastore.get_label_uri(labels[tag], tag)
         return image, label, label_names_of(label, self.datastore.get_label_info(labels[tag], tag))
 
+    def _runner(self, device: str) -> BundleRunner:
+        if device not in self.runners:
+            self.runners[device] = BundleRunner(self.bundle, output_dir=str(self.output_dir), device=device)
+        return self.runners[device]
+
+    def _image_id(self, path: str) -> str | None:
+        """The datastore id of the image at ``path`` (the server hands the task the path, not the id)."""
+        return next((image_id for image_id in self.datastore.list_images() if self.datastore.get_image_uri(image_id) == path), None)
+
     def __call__(self, request) -> tuple[str | None, dict]:
         fixed = request["image"]
+        moving_id = request.get("moving") or ATLAS
+        moving_id = moving_id[0] if isinstance(moving_id, list) else moving_id  # a client may echo the whole choice
+        device = request.get("device") or self._config["device"]
         try:
-            moving, moving_label, names = self._moving(request.get("moving") or "")
-            workflow = inference_workflow(
-                self.bundle, bundle_logging=False, fixed_image=fixed, moving_image=moving, moving_label=moving_label,
-                output_dir=str(self.output_dir), device=request.get("device") or self._config["device"],
-            )
-            workflow.run()
-            workflow.finalize()
+            moving, moving_label, names = self._moving(moving_id)
+            with self.lock:
+                warm = device in self.runners
+                self._runner(device).run({"fixed": fixed, "moving": moving, "moving_label": moving_label})
         except (ValueError, RuntimeError, OSError) as error:
             # the client shows this message; the server would otherwise answer a bare 500
             raise HTTPException(status_code=400, detail=str(_root_cause(error))) from error
         folder = self.output_dir / pair_output_name(moving, fixed)
-        result = {
-            "moving": request.get("moving") or "atlas",
-            "label_names": names,
-            "warped_image": str(folder / "warped.nii.gz"),
-            "ddf": str(folder / "ddf.nii.gz"),
-        }
+        result = {"moving": moving_id, "label_names": names, "warped_image": str(folder / "warped.nii.gz"), "ddf": str(folder / "ddf.nii.gz"),
+                  "network_kept": warm}
+        fixed_id = self._image_id(fixed)
+        if fixed_id is not None:
+            tag = f"ddf_{self.bundle.name}"
+            label_id = self.datastore.save_label(fixed_id, str(folder / "ddf.nii.gz"), tag, {"transform": "ITK displacement field", "moving": moving_id})
+            result["ddf_url"] = f"/datastore/label?label={label_id}&tag={tag}"
         if not moving_label:
             return None, result
         # the server deletes the file it sends; the kept copy stays in the output folder

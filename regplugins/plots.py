@@ -83,3 +83,76 @@ def save_dice_vs_seconds_plot(points: dict[str, tuple[float, float]], path: str 
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
+
+
+# display windows: CT in a soft-tissue window (HU), so that brain, muscle and fat all show; MR by percentiles
+CT_WINDOW_HU = (-160.0, 240.0)
+
+
+def _display_window(image: np.ndarray) -> tuple[float, float]:
+    return CT_WINDOW_HU if float(image.min()) < -500.0 else _window(image)
+
+
+def _outline_source(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The fixed image windowed to [0, 1] and smoothed over about 1.5 mm, whose iso-lines outline its structures."""
+    from regplugins.layers import gaussian_smooth
+
+    low, high = _display_window(image)
+    scaled = np.clip((image - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+    return gaussian_smooth(torch.from_numpy(scaled), [float(1.5 / s) for s in spacing]).numpy()
+
+
+# iso-lines of the windowed fixed image drawn over the moving image: the head's outline and its inner structures
+OUTLINE_LEVELS = (0.2, 0.55)
+
+
+def save_registration_qc(fixed_path: str, moving_path: str, warped: np.ndarray, field: np.ndarray, path: str | Path) -> None:
+    """``qc.png``: three planes through the fixed image's centre of mass, before and after, and the field's Jacobian.
+
+    Columns: the fixed image; the moving image on the fixed grid before registration (by the
+    headers alone) and after, each with the fixed image's outlines in colour over it, so that
+    alignment can be judged at a glance; the Jacobian determinant of ``field`` (a physical RAS
+    field on the fixed grid; 1 keeps volume, blue shrinks, red grows, black folds). Rows: axial,
+    coronal and sagittal planes, shown as a radiologist expects whatever the grid's orientation;
+    CT in a soft-tissue window.
+    """
+    import nibabel as nib
+
+    from regplugins.metrics import jacobian_determinant
+
+    plt = _pyplot()
+    fixed, affine = load_nifti(fixed_path)
+    volumes = [fixed, on_fixed_grid(moving_path, fixed_path), warped, jacobian_determinant(field, affine)]
+    # to RAS axis order, so that every row shows its plane the right way up
+    orientation = nib.orientations.io_orientation(affine)
+    volumes = [nib.orientations.apply_orientation(v, orientation) for v in volumes]
+    spacing = np.empty(3)
+    spacing[orientation[:, 0].astype(int)] = np.linalg.norm(affine[:3, :3], axis=0)
+    foreground = np.clip(volumes[0] - _display_window(volumes[0])[0], 0, None)
+    profiles = [foreground.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    centre = [int(round(float((np.arange(p.size) * p).sum() / max(p.sum(), 1e-6)))) for p in profiles]
+    outline = _outline_source(volumes[0], spacing)
+    planes = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2))]
+    titles = ["fixed", "moving before, fixed outlines", "moving after, fixed outlines", "Jacobian determinant"]
+    figure, axes = plt.subplots(3, 4, figsize=(13, 10))
+    for row, (plane, axis, (horizontal, vertical)) in enumerate(planes):
+        aspect = spacing[vertical] / spacing[horizontal]
+        for column, volume in enumerate(volumes):
+            image = np.take(volume, centre[axis], axis=axis).T
+            ax = axes[row, column]
+            if column == 3:
+                shown = ax.imshow(np.where(image <= 0, np.nan, image), origin="lower", cmap="coolwarm", vmin=0.5, vmax=1.5, aspect=aspect)
+                ax.set_facecolor("black")
+            else:
+                low, high = _display_window(volumes[0] if column == 0 else volume)
+                ax.imshow(image, origin="lower", cmap="gray", vmin=low, vmax=high, aspect=aspect)
+                if column:
+                    ax.contour(np.take(outline, centre[axis], axis=axis).T, levels=OUTLINE_LEVELS, colors=["yellow", "cyan"], linewidths=0.7)
+            ax.set_title(f"{titles[column]}" if row == 0 else "")
+            ax.set_ylabel(plane)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.colorbar(shown, ax=axes[:, 3], shrink=0.6, label="volume change (black: folding)")
+    figure.suptitle(f"{Path(moving_path).name} to {Path(fixed_path).name}")
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

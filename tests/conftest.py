@@ -66,8 +66,8 @@ def reoriented_copy(path: str, out: Path) -> str:
     return str(out)
 
 
-def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it."""
+def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it (``env``: variables to add)."""
     config_files = config if config.startswith("[") else str(bundle / "configs" / config)
     command = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -76,8 +76,8 @@ def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE
         "--bundle_root", str(bundle),
         *args,
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env, cwd=ROOT)
 
 
 def loss_before_and_after_steps(train_config, inputs, target, steps: int = 1) -> tuple:
@@ -101,3 +101,25 @@ def refines_its_field(bundle: Path) -> bool:
 
 def read_datalist(path: Path) -> list[dict]:
     return json.loads(Path(path).read_text())
+
+
+def itk_resample(moving_path: str, reference_path: str, ddf_path: str, nearest: bool = False) -> np.ndarray:
+    """ITK's own resampling of ``moving_path`` onto ``reference_path`` through the displacement field file, as ``(x, y, z)`` voxels."""
+    import itk
+
+    moving = itk.imread(str(moving_path), itk.F)
+    reference = itk.imread(str(reference_path), itk.F)
+    stored = itk.imread(str(ddf_path), pixel_type=itk.Vector[itk.F, 3])
+    # ITK Python's resampler takes double-precision transforms only; same field, same geometry
+    field = itk.image_from_array(itk.array_from_image(stored).astype(np.float64), is_vector=True)
+    field.SetOrigin(stored.GetOrigin())
+    field.SetSpacing(stored.GetSpacing())
+    field.SetDirection(stored.GetDirection())
+    transform = itk.DisplacementFieldTransform[itk.D, 3].New()
+    transform.SetDisplacementField(field)
+    interpolator = itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
+    resampled = itk.resample_image_filter(
+        moving, transform=transform, use_reference_image=True, reference_image=reference,
+        interpolator=interpolator[itk.Image[itk.F, 3], itk.D].New(),
+    )
+    return np.transpose(itk.array_from_image(resampled), (2, 1, 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from regplugins.bench import peak_resident_mb, bundle_and_overrides, run_bench
 from regplugins.demo import labels_on_fixed_grid, mean_dice
@@ -13,6 +14,7 @@ from regplugins.io import load_nifti, registration_pairs
 from regplugins.metrics import read_rigid_matrix
 
 
+@pytest.mark.slow
 def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pairs, pairs, tmp_path):
     # a variant with a config id ("#"), which MONAI would rewrite in an output folder named after it
     bundles = ["fcn_multires_selfsup_reg", "fcn_multires_selfsup_reg:prealign=none:loss#level_weights=[1.0,0.5,0.0]"]
@@ -62,6 +64,7 @@ def test_rigid_set_scores_the_rotation_left_undone(tmp_path):
     assert scores["translation_error_mm"] > 0.5
 
 
+@pytest.mark.slow
 def test_affine_set_of_mni152_heads_moves_the_moving_head_by_an_affine(tmp_path):
     report = run_bench(bundles=[], data="synth", kind="t1_t2_affine_mni152", baselines=["none"], n=1, shape=(48, 48, 48), out=str(tmp_path))
     pair = registration_pairs(datalist=report["datalist"])[0]
@@ -71,6 +74,7 @@ def test_affine_set_of_mni152_heads_moves_the_moving_head_by_an_affine(tmp_path)
     assert scores["field_error_mm"] > 2.0 and scores["dice"] < 0.9
 
 
+@pytest.mark.slow
 def test_several_kinds_in_one_run_score_every_method_on_each_and_one_table_holds_them(tmp_path):
     kinds = ["mni152_t2_t1", "mni152_ct_t1"]
     report = run_bench(bundles=[], data="synth", kind=",".join(kinds), baselines=["none"], n=1, shape=(48, 48, 48), out=str(tmp_path))
@@ -87,6 +91,7 @@ def test_several_kinds_in_one_run_score_every_method_on_each_and_one_table_holds
     assert json.loads((tmp_path / "results.json").read_text())["kinds"][kinds[0]]["methods"]["none"]["summary"]["dice"]["mean"] < 0.9
 
 
+@pytest.mark.slow
 def test_tuned_ants_syn_corrects_the_bias_field_of_mr_first_and_registers_better_than_none(tmp_path):
     from regplugins.bench import _n4_unless_ct
 

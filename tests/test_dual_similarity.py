@@ -108,6 +108,7 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
     assert after < before
 
 
+@pytest.mark.slow
 def test_training_runs_on_a_users_paired_datalist(synthetic_pairs, tmp_path):
     """{ct, mr, paired_ct, paired_mr} entries: the synthetic set's files (moving CT, fixed T1) as a user's data."""
     entries = [

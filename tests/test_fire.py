@@ -172,6 +172,7 @@ def test_inverse_field_is_written_on_the_moving_grid_and_is_consistent_with_the_
     assert inverse_consistency_error(forward, forward_affine, inverse, inverse_affine) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims_override", [[], ["--spatial_dims", "2"]], ids=["3d", "2d"])
 def test_train_config_runs_one_iteration_in_3d_and_with_one_override_in_2d(tmp_path, dims_override):
     size = ["--working_size", "32", "--working_spacing", "6.0"] if not dims_override else []

@@ -155,7 +155,7 @@ def test_written_tfm_maps_points_as_the_returned_matrix_and_the_warped_ct_lies_o
 def test_groundtruth_command_on_a_missing_file_names_it_and_writes_nothing(head_pair, tmp_path):
     missing, out = tmp_path / "missing.nii.gz", tmp_path / "out"
     command = ["groundtruth", "--fixed", str(missing), "--moving", head_pair["moving"], "--out", str(out)]
-    result = subprocess.run([sys.executable, "-m", "regplugins", *command], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "regplugins", *command], capture_output=True, encoding="utf-8", errors="replace", cwd=ROOT, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"error: {missing}: file not found."
     assert not out.exists()

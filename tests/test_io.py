@@ -91,6 +91,12 @@ def test_good_inputs_pass_and_datalists_resolve_relative_paths(tmp_path, good):
         ("nan", "NaN"),
         ("constant", "constant"),
         ("label_grid", "label grid"),
+        ("singular_affine", "affine is singular"),
+        ("infinite_affine", "affine holds NaN or infinite"),
+        ("huge_spacing", "voxel size 100000, 1, 1 mm is outside"),
+        ("too_small", "5x5x5 voxels, at least 8"),
+        ("no_overlap", "does not overlap"),
+        ("fractional_label", "labels must be whole numbers, found 1.5"),
     ],
 )
 def test_bad_inputs_are_named_with_their_problem(tmp_path, good, problem, expected):
@@ -111,15 +117,50 @@ def test_bad_inputs_are_named_with_their_problem(tmp_path, good, problem, expect
         pair["fixed"] = write_image(bad, np.full((8, 8, 8), 5.0))
     elif problem == "label_grid":
         pair["moving_label"] = write_image(bad, np.ones((8, 8, 7)))
+    elif problem in ("singular_affine", "infinite_affine", "huge_spacing", "no_overlap"):
+        affine = np.eye(4)
+        if problem == "singular_affine":  # a zero column in the sform; a qform cannot hold one
+            image = nib.Nifti1Image(np.random.rand(8, 8, 8).astype(np.float32), None)
+            affine[:, 0] = 0.0
+            image.set_sform(affine, code=1)
+            nib.save(image, str(bad))
+            pair["moving"] = str(bad)
+        elif problem == "infinite_affine":
+            affine[0, 3] = np.inf
+        elif problem == "huge_spacing":
+            affine[0, 0] = 1e5
+        else:
+            affine[:3, 3] = 500.0
+        if problem != "singular_affine":
+            pair["moving"] = write_image(bad, np.random.rand(8, 8, 8), affine)
+    elif problem == "too_small":
+        pair["moving"] = write_image(bad, np.random.rand(5, 5, 5))
+    elif problem == "fractional_label":
+        label = np.zeros((8, 8, 8))
+        label[2:5, 2:5, 2:5], label[5, 5, 5] = 1.0, 1.5  # rounding would merge 1.5 into label 2, or 1
+        pair["moving_label"] = write_image(bad, label)
     with pytest.raises(RegistrationInputError, match=expected) as error:
         check_registration_inputs([pair])
     assert str(error.value).startswith(pair["moving"] if problem in ("missing", "unreadable", "two_d") else str(bad))
 
 
+def test_an_output_dir_that_cannot_take_outputs_stops_before_anything_is_made(tmp_path):
+    from regplugins.io import checked_output_dir
+
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("a user's file")
+    for output_dir, problem in ((a_file, "is a file, not a folder"), (a_file / "pairs", "results.txt is a file"),
+                                ("/proc/self/out", "/proc/self is not writable")):
+        with pytest.raises(SystemExit, match=problem) as error:
+            checked_output_dir(str(output_dir))
+        assert str(error.value).startswith(f"error: {output_dir}: ")
+    assert checked_output_dir(str(tmp_path / "new" / "folder")) and not (tmp_path / "new").exists()
+
+
 def test_labels_on_their_own_grid_are_warped_through_their_own_grid(tmp_path):
     import torch
 
-    from regplugins.layers import warp_physical
+    from regplugins.layers import physical_sample_points, sample_like_itk
     from regplugins.transforms.io import warp_native_images
 
     rng = np.random.default_rng(0)
@@ -134,7 +175,78 @@ def test_labels_on_their_own_grid_are_warped_through_their_own_grid(tmp_path):
     outputs = warp_native_images(field, str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), str(tmp_path / "label.nii.gz"))
 
     for name, volume, affine, mode in (("warped", image, image_affine, "bilinear"), ("warped_label", label, label_affine, "nearest")):
-        alone = warp_physical(torch.tensor(volume, dtype=torch.float32)[None, None], torch.as_tensor(affine),
-                              torch.from_numpy(field)[None], torch.as_tensor(fixed_affine), mode=mode)
+        points = physical_sample_points(torch.from_numpy(field)[None], torch.as_tensor(fixed_affine), torch.as_tensor(affine))
+        alone = sample_like_itk(torch.tensor(volume, dtype=torch.float32)[None, None], points.float(), mode=mode)
         np.testing.assert_allclose(outputs[name], alone[0, 0].numpy(), atol=1e-5)
     assert np.isin(outputs["warped_label"], np.arange(4)).all() and outputs["warped_label"].any()
+
+
+def _oblique_pair(tmp_path):
+    """A moving image on an oblique grid, a fixed grid, and a smooth field that sends part of it over the moving image's edge."""
+    rng = np.random.default_rng(1)
+    fixed_affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    fixed_affine[:3, 3] = [-5.0, -22.0, 15.0]  # a box around the moving image, with room outside it
+    save_nifti(tmp_path / "fixed.nii.gz", rng.random((14, 13, 12)), fixed_affine)
+    save_nifti(tmp_path / "moving.nii.gz", 100.0 + 50.0 * rng.random((12, 10, 9)), OBLIQUE)
+    save_nifti(tmp_path / "label.nii.gz", rng.integers(0, 4, (12, 10, 9)), OBLIQUE, dtype=np.int32)
+    x = np.linspace(0, np.pi, 14)[:, None, None]
+    field = np.stack([3.0 * np.sin(x + np.zeros((14, 13, 12))), -2.0 * np.cos(x) + np.zeros((14, 13, 12)), np.full((14, 13, 12), 1.3)])
+    return {key: str(tmp_path / f"{key}.nii.gz") for key in ("fixed", "moving", "label")}, field.astype(np.float32)
+
+
+def test_warped_equals_itk_resampling_with_the_field_everywhere_on_an_oblique_pair(tmp_path):
+    """The border shell of the moving image used to differ from ITK by up to 60 % of the intensity range."""
+    from conftest import itk_resample
+
+    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+
+    paths, field = _oblique_pair(tmp_path)
+    outputs = warp_native_images(field, paths["fixed"], paths["moving"], paths["label"])
+    folder = write_registration_outputs(tmp_path / "out", outputs)
+    warped, label = nib.load(str(folder / "warped.nii.gz")).get_fdata(), nib.load(str(folder / "warped_label.nii.gz")).get_fdata()
+    assert 0.2 < (warped == 0).mean() < 0.8  # the field reaches outside the moving image, and its edge, not only the inside
+    by_itk = itk_resample(paths["moving"], paths["fixed"], folder / "ddf.nii.gz")
+    assert np.abs(by_itk - warped).max() < 1e-3 * 150.0
+    labels_by_itk = itk_resample(paths["label"], paths["fixed"], folder / "ddf.nii.gz", nearest=True)
+    assert (labels_by_itk == label).mean() > 0.999  # nearest neighbour may differ where a point falls on a voxel's half
+
+
+def test_a_rerun_keeps_the_users_files_and_drops_contract_files_it_does_not_write(tmp_path):
+    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+
+    paths, field = _oblique_pair(tmp_path)
+    folder = write_registration_outputs(tmp_path / "out" / "pair", warp_native_images(field, paths["fixed"], paths["moving"], paths["label"]))
+    (folder / "notes.txt").write_text("reviewed")
+    write_registration_outputs(folder, warp_native_images(field, paths["fixed"], paths["moving"]), quality={"kept": "network"})
+    assert sorted(p.name for p in folder.iterdir()) == ["ddf.nii.gz", "notes.txt", "quality.json", "warped.nii.gz"]
+    assert not [p.name for p in folder.parent.iterdir() if p.name.endswith(".partial")]
+
+
+SAVE_ONE_PAIR = """
+import sys, numpy as np
+from regplugins.transforms.io import write_registration_outputs
+marker = float(sys.argv[2])
+shape = (24, 24, 24)
+outputs = {"warped": np.full(shape, marker), "ddf": np.full((3, *shape), marker), "fixed_affine": np.eye(4)}
+write_registration_outputs(sys.argv[1], outputs, quality={"marker": marker})
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_saving_one_pair_at_once_leave_one_complete_run(tmp_path):
+    """Two runs of one pair used to share a staging folder: one crashed, and the pair folder was gone."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder = tmp_path / "pair"
+    for trial in range(4):
+        runs = [subprocess.Popen([sys.executable, "-c", SAVE_ONE_PAIR, str(folder), str(trial * 10 + k)], cwd=ROOT,
+                                 stderr=subprocess.PIPE, encoding="utf-8", errors="replace") for k in (1, 2)]
+        assert [run.wait(timeout=120) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
+        marker = json.loads((folder / "quality.json").read_text())["marker"]
+        assert marker in (trial * 10 + 1, trial * 10 + 2)
+        assert np.all(nib.load(str(folder / "warped.nii.gz")).get_fdata() == marker)
+        assert np.all(nib.load(str(folder / "ddf.nii.gz")).get_fdata() == [-marker, -marker, marker])  # stored in LPS
+        assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -21,6 +21,9 @@ from regplugins.demo import labels_on_fixed_grid, mean_dice
 
 APP = ROOT / "apps" / "monailabel_registration"
 
+# every test here runs a bundle in a real server
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -76,6 +79,22 @@ def _infer(server, bundle: str, params: dict) -> tuple[dict, bytes]:
     return json.loads(parts["params"]), parts["image"]
 
 
+def test_the_network_is_kept_between_requests_and_the_field_downloads_as_a_transform(server, tmp_path):
+    from regplugins.io import load_itk_displacement_field
+
+    bundle = TRAINED_BUNDLES[0].name  # the first request to it: this test runs before the others that infer
+    first, _ = _infer(server, bundle, {"moving": "moving_ct"})
+    second, _ = _infer(server, bundle, {"moving": "moving_ct"})
+    assert (first["network_kept"], second["network_kept"]) == (False, True)
+    response = requests.get(f"{server['url']}{second['ddf_url']}", timeout=60)
+    assert response.status_code == 200
+    (tmp_path / "ddf.nii.gz").write_bytes(response.content)
+    downloaded, affine = load_itk_displacement_field(tmp_path / "ddf.nii.gz")
+    kept, kept_affine = load_itk_displacement_field(second["ddf"])
+    assert np.array_equal(downloaded, kept) and np.allclose(affine, kept_affine)
+    assert np.allclose(affine, nib.load(str(server["studies"] / "fixed_t1.nii.gz")).affine, atol=1e-4)
+
+
 def test_app_lists_every_trained_bundle_as_an_infer_task(server):
     info = requests.get(f"{server['url']}/info/", timeout=30).json()
     assert sorted(info["models"]) == sorted(bundle.name for bundle in TRAINED_BUNDLES)
@@ -123,3 +142,9 @@ def test_infer_names_a_moving_image_missing_from_the_datastore(server):
     )
     assert response.status_code == 400
     assert "no_such_image" in response.json()["detail"]
+
+
+def test_info_offers_the_datastore_images_as_the_moving_choice(server):
+    info = requests.get(f"{server['url']}/info/", timeout=30).json()
+    for task in info["models"].values():
+        assert task["config"]["moving"] == ["atlas", "fixed_t1", "moving_ct"]

@@ -16,7 +16,7 @@ from conftest import ROOT, TINY, run_bundle
 from regplugins.data import grid_affine, write_synthetic_set
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.layers import voxel_grid
-from regplugins.rigid import grid_centre_lps, ras_to_lps, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
+from regplugins.rigid import grid_centre_lps, ras_to_lps, read_rigid_tfm, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
 from regplugins.transforms import RandHeadScaled, RandRigidMotiond
 
 RIGID = ROOT / "bundles" / "head_ct_mr_rigid_reg"
@@ -33,6 +33,7 @@ def test_euler_parameters_to_matrix_to_itk_tfm_round_trip_is_exact(tmp_path):
     transform = itk.transformread(str(tmp_path / "rigid.tfm"))[0]
     assert transform.GetNameOfClass() == "Euler3DTransform"
     assert np.allclose(np.degrees(list(transform.GetParameters())[:3]), angles, atol=1e-9)
+    assert np.allclose(read_rigid_tfm(str(tmp_path / "rigid.tfm")), matrix, atol=1e-12)  # as `regplugins apply` reads it
     record = json.loads((tmp_path / "rigid.json").read_text())
     for point in rng.uniform(-100, 100, (5, 3)):
         by_itk = np.array(transform.TransformPoint([float(v) for v in point]))
@@ -150,6 +151,7 @@ def test_auto_order_and_coordinate_channels_typed_false_on_the_command_line_are_
     assert str(error.value.__cause__) == "auto_order must be true or false, got 'no'."
 
 
+@pytest.mark.slow
 def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tmp_path):
     """train.json, then train_ann.json on its CNN, and train_classifier.json, each at its smallest."""
     from monai.bundle import ConfigParser
@@ -202,6 +204,7 @@ def test_shipped_classifier_separates_ct_from_mr():
     assert predicted.tolist() == classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["as_given", "swapped"])
 def test_contract_run_writes_rigid_files_that_itk_reads_as_rigid_json_says(rigid_pairs, tmp_path, order):
     """``auto_order`` puts the CT back in the moving role, and every output still answers the user's order."""
@@ -286,6 +289,7 @@ def mni152_rigid_pairs(tmp_path_factory):
             for path, modalities in {"ct_mr": ("ct", "t1"), "mr_mr": ("t2", "t1")}.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["ct_mr", "mr_mr"])
 def test_bundle_recovers_a_known_motion_and_swapped_roles_give_its_inverse(mni152_rigid_pairs, tmp_path, path):
     """The classifier picks the path; the mutual-information finish brings either pair to a sixth of a 3 mm voxel."""
@@ -326,6 +330,7 @@ def test_a_wrong_network_estimate_is_caught_by_mutual_information(rigid_pairs, c
     assert refined["kept"] == "refinement" and refined["mattes_mutual_information"]["refinement"] < values["none"]
 
 
+@pytest.mark.slow
 def test_rigid_tfm_read_by_itk_reproduces_warped_image(rigid_pairs, tmp_path):
     """ITK resamples the moving image through ``rigid.tfm`` onto the fixed grid: the bundle's ``warped.nii.gz``."""
     import itk

@@ -17,6 +17,7 @@ from .spatial import (
     resample_ddf,
     round_trip,
     sample,
+    sample_like_itk,
     sample_points,
     voxel_grid,
     warp_physical,

@@ -24,6 +24,7 @@ __all__ = [
     "voxel_grid",
     "apply_affine",
     "sample",
+    "sample_like_itk",
     "sample_points",
     "compose_ddf",
     "invert_ddf",
@@ -75,6 +76,23 @@ def sample(
     normalised = voxel_points * scale - 1.0
     grid = torch.movedim(normalised, 1, -1).flip(-1)
     return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
+
+
+def sample_like_itk(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """:func:`sample` with ITK's rule at the image's edge, so that files we write agree with ITK's resampling.
+
+    ITK's resampler takes a point as inside when its continuous index lies in ``[-0.5, n - 0.5)``
+    along each axis, interpolates there with the edge voxels repeated (its linear interpolator
+    clamps the neighbours' indices) and gives 0 outside; nearest-neighbour rounds halves up.
+    ``grid_sample``'s zero padding instead fades to 0 over the outermost voxel, which made
+    ``warped.nii.gz`` differ from ITK by up to 60 % of the intensity range in the border shell.
+    """
+    n = voxel_points.shape[1]
+    last = torch.tensor(volume.shape[2:], device=voxel_points.device, dtype=voxel_points.dtype).view(1, n, *([1] * n)) - 0.5
+    inside = ((voxel_points >= -0.5) & (voxel_points < last)).all(1, keepdim=True)
+    if mode == "nearest":
+        voxel_points = torch.floor(voxel_points + 0.5)
+    return sample(volume, voxel_points, mode=mode, padding_mode="border") * inside.to(volume.dtype)
 
 
 def sample_points(volume: torch.Tensor, voxel_points: torch.Tensor) -> torch.Tensor:

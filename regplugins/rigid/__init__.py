@@ -7,6 +7,7 @@ from .parameters import (
     grid_centre_lps,
     random_rigid_parameters,
     ras_to_lps,
+    read_rigid_tfm,
     rigid_field,
     rigid_matrix,
     rigid_parameters,

@@ -126,3 +126,13 @@ def write_rigid_files(folder: str | Path, matrix_lps: np.ndarray, center_mm: Seq
         **details,
     }
     (folder / "rigid.json").write_text(json.dumps(record, indent=2))
+
+
+def read_rigid_tfm(path: str) -> np.ndarray:
+    """The 4x4 LPS matrix (fixed point to moving point) of an ``Euler3DTransform`` file, as :func:`write_rigid_files` writes."""
+    fields = dict(line.split(":", 1) for line in Path(path).read_text().splitlines() if ":" in line and not line.startswith("#"))
+    if fields.get("Transform", "").strip() != "Euler3DTransform_double_3_3":
+        raise ValueError(f"{path}: only ITK Euler3DTransform files (rigid.tfm) are read, found {fields.get('Transform', 'none').strip()!r}.")
+    parameters = [float(v) for v in fields["Parameters"].split()]
+    center = [float(v) for v in fields["FixedParameters"].split()[:3]]
+    return rigid_matrix(np.degrees(parameters[:3]), parameters[3:], center)

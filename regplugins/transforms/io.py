@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import uuid
 from collections.abc import Hashable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -12,8 +16,9 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from regplugins.bundles import as_flag
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
-from regplugins.layers import physical_sample_points, resample_ddf, sample
+from regplugins.layers import physical_sample_points, resample_ddf, sample_like_itk
 from regplugins.rigid.parameters import write_rigid_files
 
 
@@ -56,7 +61,8 @@ def warp_native_images(
 
     ``field`` is ``(N, *fixed shape)`` in RAS mm. Returns ``ddf`` (the field), ``warped``, ``warped_label``
     when labels are given, and ``fixed_affine``. Sampling the native moving image, not a working
-    copy, keeps its full resolution in ``warped``.
+    copy, keeps its full resolution in ``warped``; at its edge the rule is ITK's
+    (:func:`~regplugins.layers.sample_like_itk`), so ITK resampling with ``ddf.nii.gz`` gives ``warped``.
     """
     spatial_dims = field.shape[0]
     fixed_affine = nib.load(fixed_path).affine
@@ -71,38 +77,87 @@ def warp_native_images(
         grid = (data.shape, affine.tobytes())
         if grid not in points:
             points[grid] = physical_sample_points(field_t, fixed_affine_t, torch.as_tensor(affine)).float()
-        outputs[name] = sample(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
+        outputs[name] = sample_like_itk(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 
 
-def write_registration_outputs(folder: str | Path, outputs: dict[str, np.ndarray], rigid: dict | None = None, quality: dict | None = None) -> Path:
-    """Write the contract files of one pair into ``folder``, which appears complete or not at all.
+# every file a pair folder may hold under the contract; only these are ever replaced or removed there
+CONTRACT_FILES = ("warped.nii.gz", "warped_label.nii.gz", "ddf.nii.gz", "inverse_ddf.nii.gz", "rigid.tfm", "rigid.json", "quality.json", "qc.png")
+
+
+@contextmanager
+def _pair_lock(folder: Path):
+    """Hold an exclusive lock on a pair's output folder, so that concurrent runs of one pair wait for each other.
+
+    The lock is a hidden file beside the folder, held with ``flock``: the system drops it when
+    its process ends, so a killed run leaves no lock behind.
+    """
+    with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _place(staged: Path, folder: Path) -> None:
+    """Move the staged files into ``folder``: one rename for a new folder, else file by file under the pair's lock.
+
+    In an existing folder the contract files of an earlier run that this run does not write
+    (``warped_label.nii.gz`` of a run with labels) are removed, any other file is kept.
+    """
+    with _pair_lock(folder):
+        if not folder.exists():
+            staged.rename(folder)
+            return
+        for name in CONTRACT_FILES:
+            source, target = staged / name, folder / name
+            if source.exists():
+                os.replace(source, target)
+            elif target.exists():
+                target.unlink()
+        staged.rmdir()
+
+
+def write_registration_outputs(
+    folder: str | Path, outputs: dict[str, np.ndarray], rigid: dict | None = None, quality: dict | None = None, qc: tuple[str, str] | None = None
+) -> Path:
+    """Write the contract files of one pair into ``folder``, complete, from this run alone.
 
     ``rigid`` (``matrix_lps``, ``center_mm`` and details for the JSON) adds the rigid bundle's
     ``rigid.tfm`` and ``rigid.json`` (:func:`regplugins.rigid.write_rigid_files`); an
     ``inverse_ddf`` in ``outputs`` is written as ``inverse_ddf.nii.gz`` on the moving grid;
-    ``quality`` (the stages' similarity, :class:`regplugins.transforms.RefineDisplacementd`) as ``quality.json``.
+    ``quality`` (the stages' similarity, :class:`regplugins.transforms.RefineDisplacementd`) as ``quality.json``;
+    ``qc``, the fixed and moving image paths, asks for the picture ``qc.png`` (:func:`regplugins.plots.save_registration_qc`).
 
-    Files go to a hidden sibling folder that is renamed at the end, so an interrupted run
-    leaves no partial output under the name users look for.
+    Files go to a hidden staging folder of this process beside ``folder`` and are moved in at the
+    end (:func:`_place`): an interrupted run leaves no partial output under the name users look
+    for, two runs of one pair never share a staging folder, and a user's own files in the pair
+    folder stay.
     """
     folder = Path(folder)
-    partial = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    affine = outputs["fixed_affine"]
-    save_nifti(partial / "warped.nii.gz", outputs["warped"], affine)
-    if "warped_label" in outputs:
-        save_nifti(partial / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
-    save_itk_displacement_field(partial / "ddf.nii.gz", outputs["ddf"], affine)
-    if "inverse_ddf" in outputs:
-        save_itk_displacement_field(partial / "inverse_ddf.nii.gz", outputs["inverse_ddf"], outputs["moving_affine"])
-    if rigid is not None:
-        write_rigid_files(partial, **rigid)
-    if quality is not None:
-        (partial / "quality.json").write_text(json.dumps(quality, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staged = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    staged.mkdir()
+    try:
+        affine = outputs["fixed_affine"]
+        save_nifti(staged / "warped.nii.gz", outputs["warped"], affine)
+        if "warped_label" in outputs:
+            save_nifti(staged / "warped_label.nii.gz", np.rint(outputs["warped_label"]), affine, dtype=np.int32)
+        save_itk_displacement_field(staged / "ddf.nii.gz", outputs["ddf"], affine)
+        if "inverse_ddf" in outputs:
+            save_itk_displacement_field(staged / "inverse_ddf.nii.gz", outputs["inverse_ddf"], outputs["moving_affine"])
+        if rigid is not None:
+            write_rigid_files(staged, **rigid)
+        if quality is not None:
+            (staged / "quality.json").write_text(json.dumps(quality, indent=2))
+        if qc is not None:
+            from regplugins.plots import save_registration_qc
+
+            save_registration_qc(*qc, outputs["warped"], outputs["ddf"], staged / "qc.png")
+        _place(staged, folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return folder
 
 
@@ -114,8 +169,8 @@ class SaveRegistrationd(MapTransform):
     ``filename_or_obj`` points to the native files) and ``label_key`` the path of the moving
     labels, if any. ``inverse_ddf_key``, when given, holds the inverse voxel DDF on the working
     grid, written as ``inverse_ddf.nii.gz`` on the moving grid; ``quality_key``, when the data holds
-    it, the record of :class:`regplugins.transforms.RefineDisplacementd` (``quality.json``). See
-    :func:`write_registration_outputs` for how the folder is written.
+    it, the record of :class:`regplugins.transforms.RefineDisplacementd` (``quality.json``); ``qc``
+    adds the picture ``qc.png``. See :func:`write_registration_outputs` for how the folder is written.
     """
 
     def __init__(
@@ -128,9 +183,10 @@ class SaveRegistrationd(MapTransform):
         label_key: str = "moving_label",
         inverse_ddf_key: str | None = None,
         quality_key: str = "quality",
+        qc: bool = False,
     ):
         super().__init__(keys=[ddf_key])
-        self.quality_key = quality_key
+        self.quality_key, self.qc = quality_key, as_flag(qc, "qc")
         self.output_dir = Path(output_dir)
         self.ddf_key, self.working_grid_key, self.inverse_ddf_key = ddf_key, working_grid_key, inverse_ddf_key
         self.fixed_key, self.moving_key, self.label_key = fixed_key, moving_key, label_key
@@ -144,6 +200,7 @@ class SaveRegistrationd(MapTransform):
         outputs = register_on_native_grids(
             torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path, inverse
         )
-        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs, quality=d.get(self.quality_key))
+        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs, quality=d.get(self.quality_key),
+                                            qc=(fixed_path, moving_path) if self.qc else None)
         d["output_folder"] = str(folder)
         return d

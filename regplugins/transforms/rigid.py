@@ -16,6 +16,7 @@ from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
 from regplugins.alignment import warp_affine
+from regplugins.bundles import as_flag
 from regplugins.io import pair_output_name
 from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
 from regplugins.rigid.refinement import mattes_value, refine_rigid, resampled
@@ -167,8 +168,10 @@ class RefineRigidd(MapTransform):
         moving_key: str = "moving",
         matrix_key: str = "rigid_matrix",
         quality_key: str = "rigid_quality",
+        qc: bool = False,
     ):
         super().__init__(keys=[parameters_key])
+        self.qc = as_flag(qc, "qc")
         self.refine, self.spacing_mm = refine, float(spacing_mm)
         self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
         self.matrix_key, self.quality_key = matrix_key, quality_key
@@ -200,6 +203,7 @@ class SaveRigidRegistrationd(MapTransform):
     the centre of that grid is the centre they turn about. The transform is inverted when :class:`OrderByModalityd` swapped the images,
     so every output answers the user's order: it maps the user's fixed image's points to the
     user's moving image's, and the dense field is that transform on the native fixed grid.
+    ``qc`` adds the picture ``qc.png``.
     """
 
     def __init__(
@@ -212,8 +216,10 @@ class SaveRigidRegistrationd(MapTransform):
         order_key: str = "modality_order",
         matrix_key: str = "rigid_matrix",
         quality_key: str = "rigid_quality",
+        qc: bool = False,
     ):
         super().__init__(keys=[parameters_key])
+        self.qc = as_flag(qc, "qc")
         self.output_dir = Path(output_dir)
         self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
         self.label_key, self.order_key, self.matrix_key, self.quality_key = label_key, order_key, matrix_key, quality_key
@@ -240,5 +246,6 @@ class SaveRigidRegistrationd(MapTransform):
         outputs = warp_native_images(field, fixed_path, moving_path, d.get(self.label_key) or None)
         centre = grid_centre_lps(fixed.affine, fixed.shape[:3])
         folder = self.output_dir / pair_output_name(moving_path, fixed_path)
-        d["output_folder"] = str(write_registration_outputs(folder, outputs, rigid={"matrix_lps": matrix, "center_mm": centre, **details}))
+        rigid = {"matrix_lps": matrix, "center_mm": centre, **details}
+        d["output_folder"] = str(write_registration_outputs(folder, outputs, rigid=rigid, qc=(fixed_path, moving_path) if self.qc else None))
         return d
