@@ -409,12 +409,15 @@ def save_plots(pairs: Sequence[dict], results: dict, out: Path) -> None:
 def run_scaling(
     bundles: Sequence[str] = ("fcn_multires_selfsup_reg",),
     baselines: Sequence[str] = ("ants_syn",),
-    sizes: Sequence[int] = (64, 128, 192, 256),
+    sizes: Sequence[int | str] = (64, 128, 192, 256),
     device: str = "cpu",
     out: str = "bench_scaling",
     kind: str = "ct_t1",
 ) -> str:
     """Seconds and peak memory of every method on one pair per cubic size; writes and returns ``OUT/scaling.md``.
+
+    The size ``clinical`` is a 512 x 512 x 300 CT (fixed) against a 256 x 256 x 176 T1
+    (:func:`regplugins.data.write_clinical_pair`).
 
     A method that fails at a size (typically for lack of memory) gets "failed" in its cells, and
     the error its child printed stays above the table.
@@ -423,7 +426,14 @@ def run_scaling(
     cells = {method: [] for method in methods}
     for size in sizes:
         folder = Path(out).resolve() / f"{size}"
-        datalist = synthetic_datalist(folder, kind, n=1, shape=(size, size, size))
+        if size == "clinical":
+            from regplugins.data import write_clinical_pair
+
+            datalist = folder / "data" / "datalist.json"
+            if not datalist.exists():
+                write_clinical_pair(folder / "data", seed=HELD_OUT_SEED)
+        else:
+            datalist = synthetic_datalist(folder, kind, n=1, shape=(size, size, size))
         for method in methods:
             try:
                 timing = measure_method(method, str(datalist), method_folder(folder, method), device, num_pairs=1)
@@ -437,7 +447,7 @@ def run_scaling(
     lines = [
         f"One {kind} pair per size, device {device} ({_machine(device)}): seconds per pair (load excluded), {memory_kind}.",
         "",
-        "| method | " + " | ".join(f"{s}^3" for s in sizes) + " |",
+        "| method | " + " | ".join("512x512x300 CT / 256x256x176 T1" if s == "clinical" else f"{s}^3" for s in sizes) + " |",
         "|---" * (len(sizes) + 1) + "|",
         *[f"| {method} | " + " | ".join(row) + " |" for method, row in cells.items()],
     ]

@@ -126,16 +126,19 @@ def bench(
 def scaling(
     bundles: str | Sequence[str] = "fcn_multires_selfsup_reg",
     baselines: str | Sequence[str] = "ants_syn",
-    sizes: str | Sequence[int] = "64,128,192,256",
+    sizes: str | Sequence[int | str] = "64,128,192,256",
     device: str = "cpu",
     out: str = "bench_scaling",
 ) -> None:
-    """Time and peak memory of BUNDLES and BASELINES on one synthetic CT-like/T1-like pair per cubic size; writes OUT/scaling.md."""
+    """Time and peak memory of BUNDLES and BASELINES on one synthetic CT-like/T1-like pair per cubic size; writes OUT/scaling.md.
+
+    --sizes clinical: a 512 x 512 x 300 CT against a 256 x 256 x 176 T1.
+    """
     from regplugins.bench import run_scaling
 
     run_scaling(
         bundles=_names(bundles) if bundles else (), baselines=_names(baselines) if baselines else (),
-        sizes=_ints(sizes), device=device, out=out,
+        sizes=[size if str(size) == "clinical" else int(size) for size in _names(sizes)], device=device, out=out,
     )
 
 

@@ -250,3 +250,23 @@ def test_two_processes_saving_one_pair_at_once_leave_one_complete_run(tmp_path):
         assert np.all(nib.load(str(folder / "warped.nii.gz")).get_fdata() == marker)
         assert np.all(nib.load(str(folder / "ddf.nii.gz")).get_fdata() == [-marker, -marker, marker])  # stored in LPS
         assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_slab_by_slab_warping_gives_the_whole_grids_result(tmp_path, monkeypatch):
+    """Clinical grids are warped slab by slab to bound memory; the slabs must not show in the result."""
+    import torch
+
+    import regplugins.layers.spatial as spatial
+    from regplugins.layers import resample_ddf
+    from regplugins.transforms.io import warp_native_images
+
+    paths, field = _oblique_pair(tmp_path)
+    ddf = torch.randn(1, 3, 6, 7, 8)
+    working, fixed_affine = torch.as_tensor(OBLIQUE), torch.as_tensor(nib.load(paths["fixed"]).affine)
+    whole_field = resample_ddf(ddf, working, fixed_affine, field.shape[1:])
+    whole = warp_native_images(field, paths["fixed"], paths["moving"], paths["label"])
+    monkeypatch.setattr(spatial, "SLAB_VOXELS", 100)  # slabs of one slice
+    assert len(spatial.slabs(field.shape[1:])) == field.shape[1]
+    assert torch.equal(resample_ddf(ddf, working, fixed_affine, field.shape[1:]), whole_field)
+    for name, value in warp_native_images(field, paths["fixed"], paths["moving"], paths["label"]).items():
+        np.testing.assert_array_equal(value, whole[name], err_msg=name)

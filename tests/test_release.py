@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, TRAINED_BUNDLES, read_datalist, run_bundle, writes_inverse_field
+from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, read_datalist, run_bundle, writes_inverse_field
 from regplugins.inferers import ForwardInverseInferer, PairOptimisationInferer
 from regplugins.io import load_itk_displacement_field, pair_output_name
 from regplugins.release import build_release
@@ -102,3 +102,19 @@ def test_inferers_that_need_more_than_the_forward_field_refuse_a_torchscript_net
     traced = torch.jit.trace(torch.nn.Conv3d(2, 3, 3, padding=1).eval(), torch.rand(1, 2, 8, 8, 8))
     with pytest.raises(ValueError, match="model.pt"):
         inferer(torch.rand(1, 2, 8, 8, 8), traced)
+
+
+SHARED = ROOT / "bundles" / "_shared"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
+def test_every_bundle_holds_the_shared_files_and_keys_as_their_one_source_does(bundle):
+    """Copies kept by hand drift (the fcn train config once missed the shared pair cache); bundles/_shared is the source."""
+    for source in [SHARED / "LICENSE", *sorted((SHARED / "configs").glob("*"))]:
+        if source.name == "inference_common.json":
+            continue
+        copy = bundle / source.relative_to(SHARED)
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} differs from {source}: copy it over"
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    for key, value in json.loads((SHARED / "configs" / "inference_common.json").read_text()).items():
+        assert inference.get(key) == value, f"{bundle.name}/configs/inference.json: {key} differs from bundles/_shared"

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from regplugins.io import RAS_TO_LPS, save_itk_displacement_field, save_nifti
@@ -61,6 +62,40 @@ def write_synthetic_set(
         entries.append({**names, "fixed_modality": fixed_mod, "moving_modality": moving_mod})
     datalist = out / "datalist.json"
     datalist.write_text(json.dumps(entries, indent=2))
+    return datalist
+
+
+# what scanners write for a head: a 512 x 512 x 300 CT at sub-millimetre spacing against a
+# 256 x 256 x 176 T1 at 1 mm, the size that reliability and memory are measured at
+CLINICAL_MR_SHAPE, CLINICAL_CT_SHAPE = (256, 256, 176), (512, 512, 300)
+
+
+def write_clinical_pair(out: str | Path, seed: int = 0) -> Path:
+    """One CT-like/T1-like pair on clinical grids (:data:`CLINICAL_CT_SHAPE` against :data:`CLINICAL_MR_SHAPE`); its datalist.
+
+    The pair is generated on the MR grid (1 mm, the CT moved by the generator's random motion
+    and deformation) and the CT and its labels are then resampled onto the finer CT grid over
+    the same field of view, stored as int16 as CT scanners store Hounsfield units. The CT is the
+    fixed image, the heavier direction: every output, the field among them, lies on its grid.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = Path(out)
+    datalist = write_synthetic_set(out, n=1, shape=CLINICAL_MR_SHAPE, modalities=("ct", "t1"), seed=seed, spacing=1.0, moving_grid="same")
+    entry = json.loads(datalist.read_text())[0]
+    for key, mode in (("moving", "trilinear"), ("moving_label", "nearest-exact")):
+        image = nib.load(str(out / entry[key]))
+        volume = torch.from_numpy(np.asanyarray(image.dataobj, dtype=np.float32))[None, None]
+        volume = F.interpolate(volume, size=CLINICAL_CT_SHAPE, mode=mode, **({"align_corners": False} if mode == "trilinear" else {}))
+        # target voxel i sits at source voxel (i + 1/2) * scale - 1/2 (voxel edges kept, as interpolate keeps them)
+        scale = np.array(CLINICAL_MR_SHAPE) / np.array(CLINICAL_CT_SHAPE)
+        to_source = np.eye(4)
+        to_source[:3, :3], to_source[:3, 3] = np.diag(scale), scale / 2 - 0.5
+        save_nifti(out / entry[key], np.rint(volume[0, 0].numpy()), image.affine @ to_source, dtype=np.int16)
+    swapped = {"fixed": entry["moving"], "moving": entry["fixed"], "fixed_label": entry["moving_label"], "moving_label": entry["fixed_label"],
+               "fixed_modality": "ct", "moving_modality": "t1"}
+    datalist.write_text(json.dumps([swapped], indent=2))
     return datalist
 
 

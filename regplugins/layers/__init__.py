@@ -19,6 +19,8 @@ from .spatial import (
     sample,
     sample_like_itk,
     sample_points,
+    slab_affine,
+    slabs,
     voxel_grid,
     warp_physical,
 )

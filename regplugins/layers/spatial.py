@@ -33,6 +33,8 @@ __all__ = [
     "ddf_to_physical",
     "resample_ddf",
     "physical_sample_points",
+    "slabs",
+    "slab_affine",
     "warp_physical",
 ]
 
@@ -177,6 +179,24 @@ def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bj...->bi...", linear, ddf)
 
 
+# voxels of a target grid handled at once when a whole clinical grid's double-precision points would
+# take gigabytes (a 512 x 512 x 300 grid: 1.9 GB per set of points)
+SLAB_VOXELS = 2**22
+
+
+def slabs(spatial_shape: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of the first axis that cut a grid into slabs of about :data:`SLAB_VOXELS` voxels."""
+    step = max(1, SLAB_VOXELS // max(1, math.prod(spatial_shape[1:])))
+    return [(start, min(start + step, spatial_shape[0])) for start in range(0, spatial_shape[0], step)]
+
+
+def slab_affine(affine: torch.Tensor, start: int) -> torch.Tensor:
+    """The affine of the slab of a grid that starts at voxel ``start`` of its first axis."""
+    shifted = affine.clone()
+    shifted[:-1, -1] += affine[:-1, 0] * start
+    return shifted
+
+
 def resample_ddf(
     ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: torch.Tensor, target_shape: Sequence[int]
 ) -> torch.Tensor:
@@ -184,14 +204,17 @@ def resample_ddf(
 
     Used to map a field predicted on the working grid back onto the fixed image's native grid:
     each target voxel's world point is located in the source grid and the displacement there is
-    interpolated (border values outside) and converted to millimetres.
+    interpolated (border values outside) and converted to millimetres, slab by slab (:func:`slabs`).
     """
-    target_points = apply_affine(target_affine.double(), voxel_grid(target_shape, device=ddf.device, dtype=torch.float64))
     to_source = torch.linalg.inv(source_affine.double())
-    source_points = apply_affine(to_source, target_points).to(ddf.dtype)
-    source_points = source_points.unsqueeze(0).expand(ddf.shape[0], *source_points.shape)
-    voxel_displacement = sample(ddf, source_points, mode="bilinear", padding_mode="border")
-    return ddf_to_physical(voxel_displacement, source_affine)
+    target = torch.empty(ddf.shape[0], ddf.shape[1], *target_shape, dtype=ddf.dtype, device=ddf.device)
+    for start, stop in slabs(target_shape):
+        shape = (stop - start, *target_shape[1:])
+        target_points = apply_affine(slab_affine(target_affine.double(), start), voxel_grid(shape, device=ddf.device, dtype=torch.float64))
+        source_points = apply_affine(to_source, target_points).to(ddf.dtype)
+        source_points = source_points.unsqueeze(0).expand(ddf.shape[0], *source_points.shape)
+        target[:, :, start:stop] = ddf_to_physical(sample(ddf, source_points, mode="bilinear", padding_mode="border"), source_affine)
+    return target
 
 
 def physical_sample_points(field: torch.Tensor, field_affine: torch.Tensor, volume_affine: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from monai.transforms import MapTransform
 
 from regplugins.bundles import as_flag
 from regplugins.io import load_nifti, pair_output_name, save_itk_displacement_field, save_nifti
-from regplugins.layers import physical_sample_points, resample_ddf, sample_like_itk
+from regplugins.layers import physical_sample_points, resample_ddf, sample_like_itk, slab_affine, slabs
 from regplugins.rigid.parameters import write_rigid_files
 
 
@@ -70,14 +70,20 @@ def warp_native_images(
     sources = {"warped": (moving_path, "bilinear")}
     if moving_label_path:
         sources["warped_label"] = (moving_label_path, "nearest")
-    field_t, fixed_affine_t = torch.as_tensor(field)[None], torch.as_tensor(fixed_affine)
-    points = {}  # voxel coordinates per source grid: the labels usually share the image's
-    for name, (path, mode) in sources.items():
-        data, affine = load_nifti(path, spatial_dims)
-        grid = (data.shape, affine.tobytes())
-        if grid not in points:
-            points[grid] = physical_sample_points(field_t, fixed_affine_t, torch.as_tensor(affine)).float()
-        outputs[name] = sample_like_itk(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
+    volumes = {name: load_nifti(path, spatial_dims) for name, (path, _) in sources.items()}
+    for name in sources:
+        outputs[name] = np.empty(field.shape[1:], dtype=np.float32)
+    fixed_affine_t = torch.as_tensor(fixed_affine)
+    # slab by slab of the fixed grid: a clinical grid's points in double precision would take gigabytes
+    for start, stop in slabs(field.shape[1:]):
+        field_slab = torch.as_tensor(field[:, start:stop])[None]
+        points = {}  # voxel coordinates per source grid: the labels usually share the image's
+        for name, (_, mode) in sources.items():
+            data, affine = volumes[name]
+            grid = (data.shape, affine.tobytes())
+            if grid not in points:
+                points[grid] = physical_sample_points(field_slab, slab_affine(fixed_affine_t, start), torch.as_tensor(affine)).float()
+            outputs[name][start:stop] = sample_like_itk(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 
 
