@@ -172,7 +172,7 @@ def _time_forward_passes(network, device: str) -> list[float]:
 
 def register_with_baseline(baseline: str, datalist: str, out: str) -> dict:
     """Register every pair with a baseline and write the contract's files; returns its timings."""
-    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+    from regplugins.outputs import warp_native_images, write_registration_outputs
 
     run_seconds = 0.0
     for pair in registration_pairs(datalist=datalist):

@@ -1,5 +1,5 @@
-"""Our bundles: finding them, running their inference config in this process as ``monai.bundle run``
-does, and reading a yes/no setting the way that command line hands it over."""
+"""Our bundles: finding them by name, and running their inference config in this process as
+``monai.bundle run`` does, once or pair after pair."""
 
 from __future__ import annotations
 
@@ -21,18 +21,6 @@ def bundle_dirs() -> list[Path]:
     return [*chosen, BUNDLES_DIR, INSTALLED_BUNDLES_DIR]
 
 
-def as_flag(value, name: str) -> bool:
-    """A yes/no setting as a bool, whether a config holds it or the command line gave it.
-
-    ``monai.bundle run`` reads its overrides with Python fire, which turns ``--x False`` into a
-    bool but ``--x false`` into the string ``"false"``, and a string is true: the setting would
-    silently flip on. Both spellings mean what they say here; anything else is an error.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def bundle_root(bundle: str | Path) -> Path:

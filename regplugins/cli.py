@@ -39,7 +39,7 @@ def apply(transform: str, moving: str, reference: str, out: str, nearest: bool =
     --nearest for labels. It reproduces the bundle's warped.nii.gz from its ddf.nii.gz, and maps
     any other image of the moving subject the same way.
     """
-    from regplugins.bundles import as_flag
+    from regplugins.utils import as_flag
     from regplugins.register import apply_transform
 
     try:
@@ -167,7 +167,7 @@ def groundtruth(fixed: str, moving: str, out: str, symmetry: bool = True, seed: 
     PCA symmetry alignment of both heads, then One-Plus-One Mattes MI registration with the rigid
     head paper's settings; --symmetry False registers the original images directly, for comparison.
     """
-    from regplugins.bundles import as_flag
+    from regplugins.utils import as_flag
     from regplugins.io import RegistrationInputError
     from regplugins.rigid import write_ground_truth
 

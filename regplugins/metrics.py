@@ -224,7 +224,7 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
         centre = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
         scores.update(rigid_errors(matrix, read_rigid_matrix(pair["true_rigid"]), centre))
         if mask is not None and pair.get("true_ddf") and (folder / "warped_label.nii.gz").exists():
-            from regplugins.transforms.io import warp_native_images
+            from regplugins.outputs import warp_native_images
 
             true_warped = warp_native_images(true_field, pair["fixed"], pair["moving"])["warped"]
             warped, warped_label = (load_nifti(str(folder / name), spatial_dims)[0] for name in ("warped.nii.gz", "warped_label.nii.gz"))

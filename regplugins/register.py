@@ -126,7 +126,8 @@ def register_pairs(
     ``skipped`` with ``skip_existing`` when its outputs exist, ``failed`` with the one-line
     error), output folder and seconds. An unknown bundle or a bad setting stops the run before any pair.
     """
-    from regplugins.bundles import BundleRunner, as_flag
+    from regplugins.bundles import BundleRunner
+    from regplugins.utils import as_flag
 
     try:
         rigid, skip_existing = as_flag(rigid, "--rigid"), as_flag(skip_existing, "--skip_existing")
@@ -176,7 +177,7 @@ def apply_transform(transform: str, moving: str, reference: str, out: str, neare
     transform: linear, or nearest neighbour (``nearest``, for labels, written as integers).
     """
     from regplugins.rigid.parameters import read_rigid_tfm, rigid_field
-    from regplugins.transforms.io import warp_native_images
+    from regplugins.outputs import warp_native_images
 
     with tempfile.TemporaryDirectory(prefix="regplugins-inputs-") as scratch:
         try:

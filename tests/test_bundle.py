@@ -265,7 +265,7 @@ def test_no_refinement_gives_the_networks_feed_forward_field_exactly(bundle, pai
     from regplugins.bundles import inference_workflow
     from regplugins.layers import affine_to_ddf
     from regplugins.transforms import ComposeAffined
-    from regplugins.transforms.io import register_on_native_grids
+    from regplugins.outputs import register_on_native_grids
 
     pair = pairs[0]
     workflow = inference_workflow(bundle, fixed_image=pair["fixed"], moving_image=pair["moving"], output_dir=str(tmp_path), device="cpu", refine_iterations=0)

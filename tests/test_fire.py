@@ -21,7 +21,7 @@ from regplugins.losses.fire import rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
 from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, compose_affine_nonrigid
-from regplugins.transforms import register_on_native_grids, write_registration_outputs
+from regplugins.outputs import register_on_native_grids, write_registration_outputs
 
 FIRE = ROOT / "bundles" / "fire_inverse_consistent_reg"
 SMALL = dict(channels=(4, 8, 8), num_res_blocks=1, transform_channels=8, affine_hidden=8)

@@ -161,7 +161,7 @@ def test_labels_on_their_own_grid_are_warped_through_their_own_grid(tmp_path):
     import torch
 
     from regplugins.layers import physical_sample_points, sample_like_itk
-    from regplugins.transforms.io import warp_native_images
+    from regplugins.outputs import warp_native_images
 
     rng = np.random.default_rng(0)
     fixed_affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -198,7 +198,7 @@ def test_warped_equals_itk_resampling_with_the_field_everywhere_on_an_oblique_pa
     """The border shell of the moving image used to differ from ITK by up to 60 % of the intensity range."""
     from conftest import itk_resample
 
-    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+    from regplugins.outputs import warp_native_images, write_registration_outputs
 
     paths, field = _oblique_pair(tmp_path)
     outputs = warp_native_images(field, paths["fixed"], paths["moving"], paths["label"])
@@ -212,7 +212,7 @@ def test_warped_equals_itk_resampling_with_the_field_everywhere_on_an_oblique_pa
 
 
 def test_a_rerun_keeps_the_users_files_and_drops_contract_files_it_does_not_write(tmp_path):
-    from regplugins.transforms.io import warp_native_images, write_registration_outputs
+    from regplugins.outputs import warp_native_images, write_registration_outputs
 
     paths, field = _oblique_pair(tmp_path)
     folder = write_registration_outputs(tmp_path / "out" / "pair", warp_native_images(field, paths["fixed"], paths["moving"], paths["label"]))
@@ -224,7 +224,7 @@ def test_a_rerun_keeps_the_users_files_and_drops_contract_files_it_does_not_writ
 
 SAVE_ONE_PAIR = """
 import sys, numpy as np
-from regplugins.transforms.io import write_registration_outputs
+from regplugins.outputs import write_registration_outputs
 marker = float(sys.argv[2])
 shape = (24, 24, 24)
 outputs = {"warped": np.full(shape, marker), "ddf": np.full((3, *shape), marker), "fixed_affine": np.eye(4)}
@@ -258,7 +258,7 @@ def test_slab_by_slab_warping_gives_the_whole_grids_result(tmp_path, monkeypatch
 
     import regplugins.layers.spatial as spatial
     from regplugins.layers import resample_ddf
-    from regplugins.transforms.io import warp_native_images
+    from regplugins.outputs import warp_native_images
 
     paths, field = _oblique_pair(tmp_path)
     ddf = torch.randn(1, 3, 6, 7, 8)

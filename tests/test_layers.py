@@ -9,7 +9,7 @@ from regplugins.layers import (
     compose_ddf,
     ddf_to_physical,
     invert_ddf,
-    fit_affine,
+    fit_affine_to_points,
     resample_ddf,
     sample,
     sample_points,
@@ -128,8 +128,8 @@ def test_fit_affine_recovers_the_affine_between_points_and_is_the_identity_for_p
     angle = math.radians(8.0)
     theta = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0, 0.1], [math.sin(angle), math.cos(angle), 0.0, -0.2], [0.0, 0.05, 1.1, 0.0]])
     target = source @ theta[:, :3].T + theta[:, 3]
-    assert torch.allclose(fit_affine(source, target, ridge=1e-6), theta.expand(2, -1, -1), atol=1e-4)
+    assert torch.allclose(fit_affine_to_points(source, target, ridge=1e-6), theta.expand(2, -1, -1), atol=1e-4)
     # every point at one place: no spread to fit a linear part to, so only the shift between the two sets
     shift = torch.tensor([0.3, 0.0, -0.1])
-    fitted = fit_affine(torch.zeros(1, 12, 3), shift.expand(1, 12, 3))
+    fitted = fit_affine_to_points(torch.zeros(1, 12, 3), shift.expand(1, 12, 3))
     assert torch.allclose(fitted, torch.cat([torch.eye(3), shift[:, None]], dim=1)[None])

@@ -28,7 +28,7 @@ from monai.data import MetaTensor
 from monai.networks.blocks import DVF2DDF
 from monai.transforms import Transform
 
-from regplugins.bundles import as_flag
+from regplugins.utils import as_flag
 from regplugins.layers import apply_affine, sample, voxel_grid
 
 from .anatomy import HEAD_TISSUES, mni152_head_labels

@@ -3,7 +3,7 @@ gradient maps, field fusion, keypoints and their affine fit, and a fast Gaussian
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
-from .keypoints import fit_affine, soft_argmax_points
+from .keypoints import fit_affine_to_points, soft_argmax_points
 from .normalised import normalised_affine_flow, normalised_grid, normalised_to_voxel, resize_normalised, warp_normalised
 from .smoothing import gaussian_smooth
 from .spatial import (

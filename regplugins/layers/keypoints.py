@@ -10,7 +10,7 @@ import torch
 
 from .normalised import normalised_grid
 
-__all__ = ["soft_argmax_points", "fit_affine"]
+__all__ = ["soft_argmax_points", "fit_affine_to_points"]
 
 
 def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,7 @@ def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bkv,nv->bkn", heatmaps.flatten(2).softmax(dim=2), points)
 
 
-def fit_affine(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+def fit_affine_to_points(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
 
     ``ridge`` pulls the linear part towards the identity, so points that barely spread give

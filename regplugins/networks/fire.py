@@ -20,7 +20,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from regplugins.layers import (
-    fit_affine,
+    fit_affine_to_points,
     normalised_affine_flow,
     normalised_grid,
     normalised_to_voxel,
@@ -173,7 +173,7 @@ class KeypointAffineNetwork(nn.Module):
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         """Affines ``(B, N, N + 1)`` taking points of ``B`` to points of ``A``, as :class:`AffineNetwork`'s."""
-        return fit_affine(self.points(features_b), self.points(features_a))
+        return fit_affine_to_points(self.points(features_b), self.points(features_a))
 
 
 # the affine sub-networks that ``FIRENet(affine_head=...)`` names

@@ -12,7 +12,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import Pool
 from torch import nn
 
-from regplugins.bundles import as_flag
+from regplugins.utils import as_flag
 
 from .bayesian_ann import BayesianRegularizedANN
 

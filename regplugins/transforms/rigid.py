@@ -16,11 +16,11 @@ from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
 from regplugins.alignment import warp_affine
-from regplugins.bundles import as_flag
+from regplugins.utils import as_flag
 from regplugins.io import pair_output_name
 from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
 from regplugins.rigid.refinement import mattes_value, refine_rigid, resampled
-from regplugins.transforms.io import warp_native_images, write_registration_outputs
+from regplugins.outputs import warp_native_images, write_registration_outputs
 from regplugins.transforms.spatial import keep_best_stage
 
 __all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
