@@ -118,3 +118,22 @@ def test_every_bundle_holds_the_shared_files_and_keys_as_their_one_source_does(b
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     for key, value in json.loads((SHARED / "configs" / "inference_common.json").read_text()).items():
         assert inference.get(key) == value, f"{bundle.name}/configs/inference.json: {key} differs from bundles/_shared"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
+def test_the_cards_links_stay_inside_the_bundle_and_its_metadata_gives_the_cards_numbers(bundle):
+    """A release zip holds the bundle folder alone: a relative link out of it is dead there."""
+    import re
+
+    card = (bundle / "docs" / "README.md").read_text()
+    for target in re.findall(r"\]\(([^)#]+)", card):
+        if not target.startswith(("http://", "https://")):
+            resolved = (bundle / "docs" / target).resolve()
+            assert resolved.is_relative_to(bundle.resolve()) and resolved.exists(), f"{bundle.name} card: {target}"
+    metrics = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    rows = {kind: line for line in card.splitlines() for kind in re.findall(r"\(`([a-z0-9_]+)`\)", line)}
+    for key, value in metrics.items():
+        name, kind = re.match(r"mean_(dice|field_error_mm|rotation_error_deg|translation_error_mm)_(.+)", key).groups()
+        cell = {"dice": f"{value:.3f} (", "field_error_mm": f"({value:.2f} mm)", "rotation_error_deg": f"{value:.2f}°",
+                "translation_error_mm": f"{value:.2f} mm"}[name]
+        assert cell in rows[kind], f"{bundle.name}: {key} {value} is not the card's {kind} row"

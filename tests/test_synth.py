@@ -197,3 +197,22 @@ def test_shared_texture_is_the_same_fine_structure_in_both_modalities():
     assert correlation_and_moving_std("none", noise_scale=0.0)[1] < 0.1 * none[1]
     with pytest.raises(ValueError, match="texture"):
         SyntheticPairGenerator(texture="per_image")
+
+
+def test_a_clinical_pair_has_the_ct_on_a_finer_grid_over_the_same_field_of_view(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from regplugins.data import write_clinical_pair
+
+    datalist = write_clinical_pair(tmp_path, mr_shape=(24, 24, 20), ct_shape=(48, 48, 34))
+    entry = json.loads(datalist.read_text())[0]
+    ct, mr, ct_label = (nib.load(str(tmp_path / entry[key])) for key in ("fixed", "moving", "fixed_label"))
+    assert (entry["fixed_modality"], ct.shape, mr.shape, ct.get_data_dtype()) == ("ct", (48, 48, 34), (24, 24, 20), np.int16)
+    # the outer voxel edges of both grids are the same world points
+    for image in (ct, mr):
+        edges = image.affine @ np.array([[-0.5, -0.5, -0.5, 1.0], [s - 0.5 for s in image.shape] + [1.0]]).T
+        assert np.allclose(edges, mr.affine @ np.array([[-0.5, -0.5, -0.5, 1.0], [23.5, 23.5, 19.5, 1.0]]).T, atol=1e-4)
+    labels = np.asanyarray(ct_label.dataobj)
+    assert ct_label.shape == ct.shape and labels.max() > 1 and float(np.asanyarray(ct.dataobj).min()) < -500

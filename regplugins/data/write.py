@@ -70,8 +70,10 @@ def write_synthetic_set(
 CLINICAL_MR_SHAPE, CLINICAL_CT_SHAPE = (256, 256, 176), (512, 512, 300)
 
 
-def write_clinical_pair(out: str | Path, seed: int = 0) -> Path:
-    """One CT-like/T1-like pair on clinical grids (:data:`CLINICAL_CT_SHAPE` against :data:`CLINICAL_MR_SHAPE`); its datalist.
+def write_clinical_pair(
+    out: str | Path, seed: int = 0, mr_shape: Sequence[int] = CLINICAL_MR_SHAPE, ct_shape: Sequence[int] = CLINICAL_CT_SHAPE
+) -> Path:
+    """One CT-like/T1-like pair on clinical grids (by default :data:`CLINICAL_CT_SHAPE` against :data:`CLINICAL_MR_SHAPE`); its datalist.
 
     The pair is generated on the MR grid (1 mm, the CT moved by the generator's random motion
     and deformation) and the CT and its labels are then resampled onto the finer CT grid over
@@ -82,14 +84,14 @@ def write_clinical_pair(out: str | Path, seed: int = 0) -> Path:
     import torch.nn.functional as F
 
     out = Path(out)
-    datalist = write_synthetic_set(out, n=1, shape=CLINICAL_MR_SHAPE, modalities=("ct", "t1"), seed=seed, spacing=1.0, moving_grid="same")
+    datalist = write_synthetic_set(out, n=1, shape=mr_shape, modalities=("ct", "t1"), seed=seed, spacing=1.0, moving_grid="same")
     entry = json.loads(datalist.read_text())[0]
     for key, mode in (("moving", "trilinear"), ("moving_label", "nearest-exact")):
         image = nib.load(str(out / entry[key]))
         volume = torch.from_numpy(np.asanyarray(image.dataobj, dtype=np.float32))[None, None]
-        volume = F.interpolate(volume, size=CLINICAL_CT_SHAPE, mode=mode, **({"align_corners": False} if mode == "trilinear" else {}))
+        volume = F.interpolate(volume, size=tuple(ct_shape), mode=mode, **({"align_corners": False} if mode == "trilinear" else {}))
         # target voxel i sits at source voxel (i + 1/2) * scale - 1/2 (voxel edges kept, as interpolate keeps them)
-        scale = np.array(CLINICAL_MR_SHAPE) / np.array(CLINICAL_CT_SHAPE)
+        scale = np.array(mr_shape) / np.array(ct_shape)
         to_source = np.eye(4)
         to_source[:3, :3], to_source[:3, 3] = np.diag(scale), scale / 2 - 0.5
         save_nifti(out / entry[key], np.rint(volume[0, 0].numpy()), image.affine @ to_source, dtype=np.int16)
