@@ -125,7 +125,7 @@ def test_the_cards_links_stay_inside_the_bundle_and_its_metadata_gives_the_cards
     """A release zip holds the bundle folder alone: a relative link out of it is dead there."""
     import re
 
-    card = (bundle / "docs" / "README.md").read_text()
+    card = (bundle / "docs" / "README.md").read_text(encoding="utf-8")
     for target in re.findall(r"\]\(([^)#]+)", card):
         if not target.startswith(("http://", "https://")):
             resolved = (bundle / "docs" / target).resolve()
