@@ -86,7 +86,8 @@ def warp_native_images(
             data, affine = volumes[name]
             grid = (data.shape, affine.tobytes())
             if grid not in points:
-                points[grid] = physical_sample_points(field_slab, slab_affine(fixed_affine_t, start), torch.as_tensor(affine)).float()
+                # kept in double precision: whether a point lies inside the image is decided as ITK decides it
+                points[grid] = physical_sample_points(field_slab, slab_affine(fixed_affine_t, start), torch.as_tensor(affine))
             outputs[name][start:stop] = sample_like_itk(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 

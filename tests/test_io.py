@@ -176,7 +176,7 @@ def test_labels_on_their_own_grid_are_warped_through_their_own_grid(tmp_path):
 
     for name, volume, affine, mode in (("warped", image, image_affine, "bilinear"), ("warped_label", label, label_affine, "nearest")):
         points = physical_sample_points(torch.from_numpy(field)[None], torch.as_tensor(fixed_affine), torch.as_tensor(affine))
-        alone = sample_like_itk(torch.tensor(volume, dtype=torch.float32)[None, None], points.float(), mode=mode)
+        alone = sample_like_itk(torch.tensor(volume, dtype=torch.float32)[None, None], points, mode=mode)
         np.testing.assert_allclose(outputs[name], alone[0, 0].numpy(), atol=1e-5)
     assert np.isin(outputs["warped_label"], np.arange(4)).all() and outputs["warped_label"].any()
 

@@ -40,6 +40,19 @@ def test_sample_at_voxel_grid_is_identity_and_shift_moves_by_one_voxel():
     assert torch.allclose(shifted[:, :, :-1], image[:, :, 1:], atol=1e-5)
 
 
+def test_sample_like_itk_keeps_the_edge_half_voxel_and_decides_it_in_double_precision():
+    from regplugins.layers import sample_like_itk
+
+    volume = torch.arange(1.0, 6.0).view(1, 1, 5, 1, 1).expand(1, 1, 5, 2, 2).contiguous()
+    edge = 0.5 - 1e-9  # half a voxel beyond the first voxel's centre, give or take what float32 cannot tell
+    along = torch.tensor([-0.5, -edge, -0.5 - 1e-9, 4.49, 4.5, -0.7], dtype=torch.float64)
+    points = torch.stack([along, torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)]).view(1, 3, 6, 1, 1)
+    values = sample_like_itk(volume, points)[0, 0, :, 0, 0]
+    # inside [-0.5, 4.5): the edge voxel repeated; outside: 0, as ITK's resampler gives
+    assert values.tolist() == [1.0, 1.0, 0.0, 5.0, 0.0, 0.0]
+    assert sample_like_itk(volume, points, mode="nearest")[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 5.0, 0.0, 0.0]
+
+
 def test_sample_points_is_sample_with_border_padding_and_differentiable_in_both_arguments():
     volume = torch.rand(3, 9, 7, 8, dtype=torch.float64, requires_grad=True)
     # points inside, on the edges and outside the grid

@@ -88,6 +88,8 @@ def sample_like_itk(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str 
     clamps the neighbours' indices) and gives 0 outside; nearest-neighbour rounds halves up.
     ``grid_sample``'s zero padding instead fades to 0 over the outermost voxel, which made
     ``warped.nii.gz`` differ from ITK by up to 60 % of the intensity range in the border shell.
+    Give the points in double precision, as ITK computes them: rounded to float32, a point within
+    about 1e-7 voxels of the edge can land on the other side of it than ITK's.
     """
     n = voxel_points.shape[1]
     last = torch.tensor(volume.shape[2:], device=voxel_points.device, dtype=voxel_points.dtype).view(1, n, *([1] * n)) - 0.5
