@@ -21,8 +21,6 @@ def bundle_dirs() -> list[Path]:
     return [*chosen, BUNDLES_DIR, INSTALLED_BUNDLES_DIR]
 
 
-
-
 def bundle_root(bundle: str | Path) -> Path:
     """The folder of ``bundle``: a path to a bundle, or the name of one in :func:`bundle_dirs`."""
     for root in (Path(bundle), *(folder / str(bundle) for folder in bundle_dirs())):
@@ -57,9 +55,9 @@ def inference_workflow(bundle: str | Path, bundle_logging: bool = True, **overri
 class BundleRunner:
     """A bundle's inference workflow built on its first pair and run again for each next one.
 
-    Building a workflow (parsing the config, building the network) costs seconds; a runner pays
-    it once, for a cohort (``regplugins register --datalist``) or a server (MONAI Label). The
-    checkpoint handler reloads the weights at each run, a few milliseconds. Each pair is
+    The config is parsed and the network built once per runner, for a cohort (``regplugins
+    register --datalist``) or a server (MONAI Label); beside a registration that saves little
+    (docs/benchmarks.md, "MONAI Label"). The checkpoint handler reloads the weights at each run. Each pair is
     checked (:func:`regplugins.io.check_registration_inputs`) before its work. Not thread-safe:
     a server holds a lock around :meth:`run`.
     """

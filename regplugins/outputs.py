@@ -23,7 +23,7 @@ from regplugins.io import load_nifti, save_itk_displacement_field, save_nifti
 from regplugins.layers import physical_sample_points, resample_ddf, sample_like_itk, slab_affine, slabs
 from regplugins.rigid.parameters import write_rigid_files
 
-__all__ = ["CONTRACT_FILES", "register_on_native_grids", "warp_native_images", "write_registration_outputs"]
+__all__ = ["CONTRACT_FILES", "register_on_native_grids", "warp_native_images", "warp_native_volumes", "write_registration_outputs"]
 
 
 def _to_native_grid(ddf: torch.Tensor, working_affine: torch.Tensor, image_path: str) -> np.ndarray:
@@ -65,19 +65,24 @@ def warp_native_images(
 
     ``field`` is ``(N, *fixed shape)`` in RAS mm. Returns ``ddf`` (the field), ``warped``, ``warped_label``
     when labels are given, and ``fixed_affine``. Sampling the native moving image, not a working
-    copy, keeps its full resolution in ``warped``; at its edge the rule is ITK's
-    (:func:`~regplugins.layers.sample_like_itk`), so ITK resampling with ``ddf.nii.gz`` gives ``warped``.
+    copy, keeps its full resolution in ``warped``; see :func:`warp_native_volumes`.
     """
-    spatial_dims = field.shape[0]
-    fixed_affine = nib.load(fixed_path).affine
-    outputs = {"ddf": field, "fixed_affine": fixed_affine}
     sources = {"warped": (moving_path, "bilinear")}
     if moving_label_path:
         sources["warped_label"] = (moving_label_path, "nearest")
+    return {"ddf": field, "fixed_affine": nib.load(fixed_path).affine, **warp_native_volumes(field, fixed_path, sources)}
+
+
+def warp_native_volumes(field: np.ndarray, fixed_path: str, sources: dict[str, tuple[str, str]]) -> dict[str, np.ndarray]:
+    """Each of ``sources`` (name: its file and ``"bilinear"`` or ``"nearest"``) on the fixed grid, through a physical field there.
+
+    At the edge of a source the rule is ITK's (:func:`~regplugins.layers.sample_like_itk`), so ITK
+    resampling with the field written as ``ddf.nii.gz`` gives the same volumes.
+    """
+    spatial_dims = field.shape[0]
     volumes = {name: load_nifti(path, spatial_dims) for name, (path, _) in sources.items()}
-    for name in sources:
-        outputs[name] = np.empty(field.shape[1:], dtype=np.float32)
-    fixed_affine_t = torch.as_tensor(fixed_affine)
+    outputs = {name: np.empty(field.shape[1:], dtype=np.float32) for name in sources}
+    fixed_affine = torch.as_tensor(nib.load(fixed_path).affine)
     # slab by slab of the fixed grid: a clinical grid's points in double precision would take gigabytes
     for start, stop in slabs(field.shape[1:]):
         field_slab = torch.as_tensor(field[:, start:stop])[None]
@@ -87,7 +92,7 @@ def warp_native_images(
             grid = (data.shape, affine.tobytes())
             if grid not in points:
                 # kept in double precision: whether a point lies inside the image is decided as ITK decides it
-                points[grid] = physical_sample_points(field_slab, slab_affine(fixed_affine_t, start), torch.as_tensor(affine))
+                points[grid] = physical_sample_points(field_slab, slab_affine(fixed_affine, start), torch.as_tensor(affine))
             outputs[name][start:stop] = sample_like_itk(torch.from_numpy(data)[None, None], points[grid], mode=mode)[0, 0].numpy()
     return outputs
 

@@ -32,20 +32,21 @@ from regplugins.io import (
 
 __all__ = ["DEFAULT_BUNDLES", "default_bundle", "as_nifti", "register_pairs", "apply_transform"]
 
-logger = logging.getLogger(__name__)
-
 # the bundle a pair gets without --bundle: the best of docs/benchmarks.md for its kind
 DEFAULT_BUNDLES = {"ct_mr": "ct_mr_gradient_fusion_reg", "mr_mr": "fcn_multires_selfsup_reg", "rigid": "head_ct_mr_rigid_reg"}
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def default_bundle(fixed: str, moving: str, rigid: bool = False) -> str:
-    """The bundle for a pair: the rigid head bundle on request, else by whether either image is a CT (values below -500)."""
+    """The bundle for a pair: the rigid head bundle on request, else by whether either image is a CT, told as the bundles tell it."""
     if rigid:
         return DEFAULT_BUNDLES["rigid"]
-    from regplugins.io import load_nifti
+    import torch
 
-    has_ct = any(load_nifti(path)[0].min() < -500.0 for path in (fixed, moving))
+    from regplugins.io import load_nifti
+    from regplugins.transforms import looks_like_ct
+
+    has_ct = any(looks_like_ct(torch.from_numpy(load_nifti(path)[0])) for path in (fixed, moving))
     return DEFAULT_BUNDLES["ct_mr" if has_ct else "mr_mr"]
 
 
@@ -141,7 +142,7 @@ def register_pairs(
             pairs = _nifti_pairs(given, Path(scratch))
             bundle = bundle or default_bundle(pairs[0]["fixed"], pairs[0]["moving"], rigid)
             runner = BundleRunner(bundle, output_dir=str(out_dir), **({"device": device} if device else {}), **settings)
-        except (RegistrationInputError, ValueError) as error:
+        except ValueError as error:  # RegistrationInputError among them
             raise SystemExit(f"error: {error}") from None
         records = []
         for index, (pair, original) in enumerate(zip(pairs, given), start=1):
@@ -154,7 +155,7 @@ def register_pairs(
                 else:
                     runner.run(pair)
                     record["status"] = "done"
-            except (RegistrationInputError, RuntimeError, ValueError, OSError) as error:
+            except (ValueError, RuntimeError, OSError) as error:  # RegistrationInputError among them
                 message = str(error) if isinstance(error, RegistrationInputError) else f"{pair['moving']}: {error}"
                 for key, path in pair.items():  # name the user's files, not their NIfTI copies
                     message = message.replace(path, original[key])
@@ -177,7 +178,7 @@ def apply_transform(transform: str, moving: str, reference: str, out: str, neare
     transform: linear, or nearest neighbour (``nearest``, for labels, written as integers).
     """
     from regplugins.rigid.parameters import read_rigid_tfm, rigid_field
-    from regplugins.outputs import warp_native_images
+    from regplugins.outputs import warp_native_volumes
 
     with tempfile.TemporaryDirectory(prefix="regplugins-inputs-") as scratch:
         try:
@@ -195,9 +196,9 @@ def apply_transform(transform: str, moving: str, reference: str, out: str, neare
                     raise RegistrationInputError(f"{transform}: the field's grid differs from {reference}; give the fixed image it was made for.")
         except ValueError as error:  # RegistrationInputError, or a transform file that is not ours
             raise SystemExit(f"error: {error}") from None
+        warped = warp_native_volumes(field, reference_path, {"out": (moving_path, "nearest" if nearest else "bilinear")})["out"]
         if nearest:
-            warped = warp_native_images(field, reference_path, moving_path, moving_label_path=moving_path)["warped_label"]
             save_nifti(out, np.rint(warped), affine, dtype=np.int32)
         else:
-            save_nifti(out, warp_native_images(field, reference_path, moving_path)["warped"], affine)
+            save_nifti(out, warped, affine)
     return str(out)

@@ -168,10 +168,8 @@ class RefineRigidd(MapTransform):
         moving_key: str = "moving",
         matrix_key: str = "rigid_matrix",
         quality_key: str = "rigid_quality",
-        qc: bool = False,
     ):
         super().__init__(keys=[parameters_key])
-        self.qc = as_flag(qc, "qc")
         self.refine, self.spacing_mm = refine, float(spacing_mm)
         self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
         self.matrix_key, self.quality_key = matrix_key, quality_key
