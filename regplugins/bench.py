@@ -9,6 +9,7 @@ memory (the high-water mark of its own address space) without the benchmark's me
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+import regplugins
 from regplugins.bundles import BUNDLES_DIR, inference_workflow
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.metrics import score_registration
@@ -355,7 +357,7 @@ def run_bench(
         return _bench_datalist(bundles, data, baselines, device, Path(out).resolve(), n, shape, kinds[0])
     reports = {k: _bench_datalist(bundles, data, baselines, device, Path(out).resolve() / k, n, shape, k) for k in kinds}
     machine = next(iter(reports.values()))["machine"]
-    report = {"device": device, "machine": machine, "kinds": reports}
+    report = {"date": datetime.date.today().isoformat(), "regplugins": regplugins.__version__, "device": device, "machine": machine, "kinds": reports}
     (Path(out) / "results.json").write_text(json.dumps(report, indent=2))
     sections = [f"### {k}\n\n{len(r['pairs'])} pairs, `{k}/results.md`\n\n{results_table(r['methods'])}" for k, r in reports.items()]
     (Path(out) / "results.md").write_text(f"Device {device} ({machine})\n\n" + "\n".join(sections))
@@ -378,7 +380,7 @@ def _bench_datalist(bundles, data, baselines, device, out_path: Path, n, shape, 
         folder = method_folder(out_path, method)
         timing = measure_method(method, str(datalist), folder, device, len(pairs))
         results[method] = score_method(pairs, folder, timing)
-    report = {"datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
+    report = {"date": datetime.date.today().isoformat(), "regplugins": regplugins.__version__, "datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
     report["pairs"] = [pair_output_name(pair["moving"], pair["fixed"]) for pair in pairs]
     (out_path / "results.json").write_text(json.dumps(report, indent=2))
     table = results_table(results)
