@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 
 MONAILABEL_APP := apps/monailabel_registration
 
-.PHONY: setup monailabel demo test clean
+.PHONY: setup monailabel demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ $(VENV)/.monailabel: $(VENV)/.installed $(MONAILABEL_APP)/requirements.txt
 
 demo: setup
 	$(PY) -m regplugins demo --out demo_out
+
+# ruff, as configured in pyproject.toml: `ruff format .` fixes what the second line reports
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: setup monailabel
 	$(PY) -m pytest -q

@@ -19,13 +19,13 @@ from monai.utils import convert_to_tensor
 from regplugins.layers import apply_affine, sample, voxel_grid
 from regplugins.losses import ParzenMutualInformationLoss
 
-__all__ = ["PREALIGNMENTS", "fit_affine", "warp_affine", "foreground_centre"]
+__all__ = ["PREALIGNMENTS", "fit_affine", "warp_affine", "foreground_center"]
 
 # the bundles' ``prealign`` setting: none, or the transform fitted
 PREALIGNMENTS = ("none", "rigid", "affine")
 
 
-def foreground_centre(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+def foreground_center(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
     """Voxel centre of mass ``(N,)`` of the voxels above ``threshold`` of a ``(*spatial)`` image.
 
     Background is 0 in both modalities after normalisation, so this is the centre of the head
@@ -48,12 +48,12 @@ def _skew(vector: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]), torch.stack([-y, x, zero])])
 
 
-def _matrix(rotation, stretch, translation, centre) -> torch.Tensor:
+def _matrix(rotation, stretch, translation, center) -> torch.Tensor:
     """Homogeneous voxel matrix of ``p -> c + t + R (I + S) (p - c)``, ``S`` the symmetric part of ``stretch``."""
-    n = centre.numel()
-    linear = torch.linalg.matrix_exp(_skew(rotation)) @ (torch.eye(n, dtype=centre.dtype) + (stretch + stretch.T) / 2)
-    top = torch.cat([linear, (centre + translation - linear @ centre)[:, None]], 1)
-    return torch.cat([top, torch.eye(n + 1, dtype=centre.dtype)[n:]])
+    n = center.numel()
+    linear = torch.linalg.matrix_exp(_skew(rotation)) @ (torch.eye(n, dtype=center.dtype) + (stretch + stretch.T) / 2)
+    top = torch.cat([linear, (center + translation - linear @ center)[:, None]], 1)
+    return torch.cat([top, torch.eye(n + 1, dtype=center.dtype)[n:]])
 
 
 def warp_affine(image: torch.Tensor, matrix: torch.Tensor, points: torch.Tensor | None = None, mode: str = "bilinear") -> torch.Tensor:
@@ -101,10 +101,10 @@ def fit_affine(
     n = fixed.dim()
     # plain tensors: MetaTensor's per-operation bookkeeping would double the time of the loop
     fixed, moving = (convert_to_tensor(image, dtype=torch.float32, track_meta=False).detach() for image in (fixed, moving))
-    centre = foreground_centre(fixed).double()
+    center = foreground_center(fixed).double()
     rotation = torch.zeros(1 if n == 2 else 3, dtype=torch.float64, requires_grad=True)
     stretch = torch.zeros(n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
-    translation = (foreground_centre(moving).double() - centre).requires_grad_(True)
+    translation = (foreground_center(moving).double() - center).requires_grad_(True)
     similarity = ParzenMutualInformationLoss(num_bins=num_bins)
     pool = F.avg_pool2d if n == 2 else F.avg_pool3d
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
@@ -128,10 +128,10 @@ def fit_affine(
                 optimizer.zero_grad(set_to_none=True)
                 chosen = torch.randint(grid.shape[1], (min(num_samples, grid.shape[1]),), generator=generator, device=fixed.device)
                 points = grid[:, chosen].view(n, -1, *([1] * (n - 1)))
-                matrix = to_level @ _matrix(rotation, stretch, translation, centre) @ to_full
+                matrix = to_level @ _matrix(rotation, stretch, translation, center) @ to_full
                 warped = warp_affine(moving_level, matrix, points)
                 target = fixed_level.flatten(2)[:, :, chosen].view_as(warped)
                 similarity(warped, target).backward()
                 optimizer.step()
                 schedule.step()
-    return _matrix(rotation, stretch, translation, centre).detach()
+    return _matrix(rotation, stretch, translation, center).detach()

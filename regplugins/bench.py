@@ -30,8 +30,14 @@ from regplugins.metrics import score_registration
 FIRE_AFFINE_PAIRS = {"modalities": ("t1", "t2"), "rotation_deg": 10.0, "translation_mm": 10.0, "scaling": 0.1}
 # MNI152 heads at the template's 2 mm (a 128^3 grid holds the whole head), fine anatomy shared by both contrasts
 MNI152_DEFORMABLE_PAIRS = {
-    "anatomy": "mni152", "subject_deformation_mm": 4.0, "spacing": 2.0, "texture": "shared",
-    "rotation_deg": 8.0, "translation_mm": 6.0, "scaling": 0.05, "deformation_mm": 3.0,
+    "anatomy": "mni152",
+    "subject_deformation_mm": 4.0,
+    "spacing": 2.0,
+    "texture": "shared",
+    "rotation_deg": 8.0,
+    "translation_mm": 6.0,
+    "scaling": 0.05,
+    "deformation_mm": 3.0,
 }
 # the held-out synthetic sets: fixed seeds far from the training seeds of every bundle
 SYNTHETIC_SETS = {
@@ -39,9 +45,22 @@ SYNTHETIC_SETS = {
     "t1_t2": {"modalities": ("t1", "t2")},
     "rigid": {"modalities": ("ct", "t1"), "deformation_mm": 0.0},
     # rigid pairs of MNI152 heads, one subject per seed: heads that share an anatomy, as real ones do
-    "rigid_mni152": {"modalities": ("ct", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0},
+    "rigid_mni152": {
+        "modalities": ("ct", "t1"),
+        "deformation_mm": 0.0,
+        "anatomy": "mni152",
+        "subject_deformation_mm": 4.0,
+        "deformation_scale_mm": 48.0,
+    },
     # the same heads as T2-like against T1-like, turned up to 10 degrees per axis: rigid MR/MR
-    "rigid_mni152_t2_t1": {"modalities": ("t2", "t1"), "deformation_mm": 0.0, "anatomy": "mni152", "subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0, "rotation_deg": 10.0},
+    "rigid_mni152_t2_t1": {
+        "modalities": ("t2", "t1"),
+        "deformation_mm": 0.0,
+        "anatomy": "mni152",
+        "subject_deformation_mm": 4.0,
+        "deformation_scale_mm": 48.0,
+        "rotation_deg": 10.0,
+    },
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
     "t1_t2_affine": FIRE_AFFINE_PAIRS,
     # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide
@@ -202,11 +221,16 @@ def _ground_truth_field(pair: dict, symmetry: bool) -> tuple[np.ndarray, dict]:
     """The ground-truth generation's rigid transform as a field on the fixed grid, and as ``rigid.json`` holds it."""
     import nibabel as nib
 
-    from regplugins.rigid import generate_ground_truth, grid_centre_lps, rigid_field
+    from regplugins.rigid import generate_ground_truth, grid_center_lps, rigid_field
 
     matrix = generate_ground_truth(pair["fixed"], pair["moving"], symmetry=symmetry)
     fixed = nib.load(pair["fixed"])
-    rigid = {"matrix_lps": matrix, "center_mm": grid_centre_lps(fixed.affine, fixed.shape[:3]), "method": "groundtruth", "symmetry_alignment": symmetry}
+    rigid = {
+        "matrix_lps": matrix,
+        "center_mm": grid_center_lps(fixed.affine, fixed.shape[:3]),
+        "method": "groundtruth",
+        "symmetry_alignment": symmetry,
+    }
     return rigid_field(matrix, fixed.affine, fixed.shape[:3]), rigid
 
 
@@ -380,7 +404,15 @@ def _bench_datalist(bundles, data, baselines, device, out_path: Path, n, shape, 
         folder = method_folder(out_path, method)
         timing = measure_method(method, str(datalist), folder, device, len(pairs))
         results[method] = score_method(pairs, folder, timing)
-    report = {"date": datetime.date.today().isoformat(), "regplugins": regplugins.__version__, "datalist": str(datalist), "device": device, "machine": _machine(device), "notes": notes, "methods": results}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "regplugins": regplugins.__version__,
+        "datalist": str(datalist),
+        "device": device,
+        "machine": _machine(device),
+        "notes": notes,
+        "methods": results,
+    }
     report["pairs"] = [pair_output_name(pair["moving"], pair["fixed"]) for pair in pairs]
     (out_path / "results.json").write_text(json.dumps(report, indent=2))
     table = results_table(results)

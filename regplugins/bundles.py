@@ -45,8 +45,12 @@ def inference_workflow(bundle: str | Path, bundle_logging: bool = True, **overri
 
     root = bundle_root(bundle)
     workflow = ConfigWorkflow(
-        config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(root / "configs" / "logging.conf") if bundle_logging else False, workflow_type="infer", bundle_root=str(root), **overrides,
+        config_file=str(root / "configs" / "inference.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf") if bundle_logging else False,
+        workflow_type="infer",
+        bundle_root=str(root),
+        **overrides,
     )
     workflow.initialize()
     return workflow
@@ -74,8 +78,12 @@ class BundleRunner:
         entry = {key: pair[key] for key in ("fixed", "moving", "moving_label") if pair.get(key)}
         if self.workflow is None:
             self.workflow = inference_workflow(
-                self.root, self.bundle_logging, fixed_image=entry["fixed"], moving_image=entry["moving"],
-                moving_label=entry.get("moving_label", ""), **self.overrides,
+                self.root,
+                self.bundle_logging,
+                fixed_image=entry["fixed"],
+                moving_image=entry["moving"],
+                moving_label=entry.get("moving_label", ""),
+                **self.overrides,
             )
         self.workflow.dataset.data = [entry]
         self.workflow.run()

@@ -1,5 +1,5 @@
 """The ``regplugins`` command (python-fire): ``regplugins register``, ``apply``, ``synth``, ``augment``, ``groundtruth``, ``demo``,
-``bench``, ``scaling`` and ``release``."""
+``bench``, ``scaling``, ``table`` and ``release``."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def apply(transform: str, moving: str, reference: str, out: str, nearest: bool =
     --nearest for labels. It reproduces the bundle's warped.nii.gz from its ddf.nii.gz, and maps
     any other image of the moving subject the same way.
     """
-    from regplugins.utils import as_flag
     from regplugins.register import apply_transform
+    from regplugins.utils import as_flag
 
     try:
         nearest = as_flag(nearest, "--nearest")
@@ -76,8 +76,14 @@ def synth(
     from regplugins.data import write_synthetic_set
 
     settings = dict(
-        modalities=_names(modalities), spacing=spacing, moving_grid=moving_grid, rotation_deg=rotation_deg, translation_mm=translation_mm,
-        deformation_mm=deformation_mm, anatomy=anatomy, subject_deformation_mm=subject_deformation_mm,
+        modalities=_names(modalities),
+        spacing=spacing,
+        moving_grid=moving_grid,
+        rotation_deg=rotation_deg,
+        translation_mm=translation_mm,
+        deformation_mm=deformation_mm,
+        anatomy=anatomy,
+        subject_deformation_mm=subject_deformation_mm,
     )
     if kind is not None:
         if kind not in SYNTHETIC_SETS:
@@ -118,8 +124,14 @@ def bench(
     from regplugins.bench import run_bench
 
     run_bench(
-        bundles=_names(bundles) if bundles else (), data=data, baselines=_names(baselines) if baselines else (),
-        device=device, out=out, n=n, shape=_ints(shape), kind=kind,
+        bundles=_names(bundles) if bundles else (),
+        data=data,
+        baselines=_names(baselines) if baselines else (),
+        device=device,
+        out=out,
+        n=n,
+        shape=_ints(shape),
+        kind=kind,
     )
 
 
@@ -137,9 +149,23 @@ def scaling(
     from regplugins.bench import run_scaling
 
     run_scaling(
-        bundles=_names(bundles) if bundles else (), baselines=_names(baselines) if baselines else (),
-        sizes=[size if str(size) == "clinical" else int(size) for size in _names(sizes)], device=device, out=out,
+        bundles=_names(bundles) if bundles else (),
+        baselines=_names(baselines) if baselines else (),
+        sizes=[size if str(size) == "clinical" else int(size) for size in _names(sizes)],
+        device=device,
+        out=out,
     )
+
+
+def table(results: str | None = None, readme: str = "README.md") -> None:
+    """Rewrite README's bundle table from the bench results that its marker names: `<!-- bundle table from FILE -->`.
+
+    --results RUN/results.json (a multi-kind `regplugins bench` run) first replaces FILE with that
+    run's summaries.
+    """
+    from regplugins.report import update_readme
+
+    print(update_readme(readme, results))
 
 
 def augment(
@@ -155,8 +181,11 @@ def augment(
     from regplugins.rigid import write_augmented_set
 
     try:
-        return str(write_augmented_set(datalist, out, n=n, test_fraction=test_fraction, max_rotation_deg=max_rotation_deg,
-                                       max_translation_mm=max_translation_mm, seed=seed))
+        return str(
+            write_augmented_set(
+                datalist, out, n=n, test_fraction=test_fraction, max_rotation_deg=max_rotation_deg, max_translation_mm=max_translation_mm, seed=seed
+            )
+        )
     except RegistrationInputError as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -167,9 +196,9 @@ def groundtruth(fixed: str, moving: str, out: str, symmetry: bool = True, seed: 
     PCA symmetry alignment of both heads, then One-Plus-One Mattes MI registration with the rigid
     head paper's settings; --symmetry False registers the original images directly, for comparison.
     """
-    from regplugins.utils import as_flag
     from regplugins.io import RegistrationInputError
     from regplugins.rigid import write_ground_truth
+    from regplugins.utils import as_flag
 
     try:
         symmetry = as_flag(symmetry, "--symmetry")
@@ -197,10 +226,20 @@ def release(bundles: str | Sequence[str], out: str = "release", repo: str | None
 
 
 def main() -> None:
-    fire.Fire({
-        "register": register, "apply": apply, "synth": synth, "augment": augment, "groundtruth": groundtruth, "demo": demo, "bench": bench, "scaling": scaling,
-        "release": release,
-    })
+    fire.Fire(
+        {
+            "register": register,
+            "apply": apply,
+            "synth": synth,
+            "augment": augment,
+            "groundtruth": groundtruth,
+            "demo": demo,
+            "bench": bench,
+            "scaling": scaling,
+            "table": table,
+            "release": release,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -77,12 +77,28 @@ def run_demo(out: str = "demo_out", bundle: str = "fcn_multires_selfsup_reg", de
     pair = build_demo_pair(out / "data", seed=seed)
     root = bundle_root(bundle)
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(root / "configs" / "inference.json"),
-        "--logging_file", str(root / "configs" / "logging.conf"),
-        "--bundle_root", str(root),
-        "--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"],
-        "--output_dir", str(out / "registered"), "--device", device, "--qc", "true",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "inference.json"),
+        "--logging_file",
+        str(root / "configs" / "logging.conf"),
+        "--bundle_root",
+        str(root),
+        "--fixed_image",
+        pair["fixed"],
+        "--moving_image",
+        pair["moving"],
+        "--moving_label",
+        pair["moving_label"],
+        "--output_dir",
+        str(out / "registered"),
+        "--device",
+        device,
+        "--qc",
+        "true",
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     folder = out / "registered" / pair_output_name(pair["moving"], pair["fixed"])

@@ -98,6 +98,12 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     predictions["identity"] = torch.zeros_like(val_targets)  # the baseline both heads must beat
     rmse = {head: RMSEMetric()(predicted, val_targets).mean().item() for head, predicted in predictions.items()}
     torch.save(network.state_dict(), ckpt_path)
-    summary = {"train_samples": len(targets), "epochs": len(history["sse"]), "stop": history["stop"], "gamma": history["gamma"][-1:], "val_rmse": rmse}
+    summary = {
+        "train_samples": len(targets),
+        "epochs": len(history["sse"]),
+        "stop": history["stop"],
+        "gamma": history["gamma"][-1:],
+        "val_rmse": rmse,
+    }
     print(summary)
     return summary

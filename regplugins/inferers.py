@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 
-class PairOptimisationInferer(Inferer):
+class PairOptimizationInferer(Inferer):
     """Feed-forward prediction, or the FCN paper's direct mode: optimise the network on this pair alone.
 
     With ``iterations == 0`` it returns ``network(inputs)``. Otherwise a copy of the network
@@ -63,6 +64,16 @@ class PairOptimisationInferer(Inferer):
             fields = self.run_network(inputs, model, *args, **kwargs)
         finest = fields[0] if isinstance(fields, (list, tuple)) else fields
         return finest.contiguous()
+
+
+class PairOptimisationInferer(PairOptimizationInferer):
+    """The name of :class:`PairOptimizationInferer` before regplugins 0.5.0, kept for configs that name it until 0.6.0."""
+
+    def __init__(self, *args, **kwargs):
+        warnings.warn(
+            "regplugins.inferers.PairOptimisationInferer is renamed PairOptimizationInferer; the old name goes in 0.6.0.", FutureWarning, stacklevel=2
+        )
+        super().__init__(*args, **kwargs)
 
 
 def bfloat16_is_fast(device: torch.device | str) -> bool:
@@ -130,11 +141,21 @@ class ValidPatchInferer(Inferer):
     trained on 68^3 patches). On that grid the tiled field is the field of the network run on the
     whole padded image, whatever the tiles' size, so larger patches give the same field with less
     of the margin computed twice. Patches are predicted ``batch_size`` at a time, in the
-    channels-last layout on CPU.
+    channels-last layout on CPU; ``mixed_precision`` runs the network in bfloat16
+    (:class:`AutocastInferer`), where :func:`bfloat16_is_fast` says it pays.
     """
 
-    def __init__(self, patch_size: int = 68, margin: int = 20, size_multiple: int = 4, batch_size: int = 8, padding_value: float = 0.0):
+    def __init__(
+        self,
+        patch_size: int = 68,
+        margin: int = 20,
+        size_multiple: int = 4,
+        batch_size: int = 8,
+        padding_value: float = 0.0,
+        mixed_precision: bool = False,
+    ):
         super().__init__()
+        self.run_network = AutocastInferer(enabled=mixed_precision)
         self.longest_tile = (patch_size - 2 * margin) // size_multiple * size_multiple
         if self.longest_tile < size_multiple:
             raise ValueError(f"patch_size {patch_size} leaves no output of {size_multiple} voxels inside a margin of {margin}.")
@@ -161,7 +182,7 @@ class ValidPatchInferer(Inferer):
         for first in range(0, len(starts), self.batch_size):
             chunk = starts[first : first + self.batch_size]
             patches = torch.cat([image[(..., *(slice(s, s + t.step + 2 * self.margin) for s, t in zip(start, tiles)))] for start in chunk])
-            predicted = network(patches, *args, **kwargs)
+            predicted = self.run_network(patches, network, *args, **kwargs)
             if field is None:
                 field = predicted.new_zeros(inputs.shape[0], predicted.shape[1], *padded)
             for index, start in enumerate(chunk):

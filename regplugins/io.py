@@ -65,9 +65,7 @@ def _datalist_entries(path: Path, sections: tuple[str, ...], what: str) -> list:
     return entries
 
 
-def registration_pairs(
-    fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = ""
-) -> list[dict]:
+def registration_pairs(fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = "") -> list[dict]:
     """The contract's pairs: one from ``--fixed_image/--moving_image[/--moving_label]`` or many from ``--datalist``."""
     if datalist:
         path = Path(datalist)
@@ -185,9 +183,7 @@ def _check_label_values(label, path: str) -> None:
         raise RegistrationInputError(f"{path}: the labels hold NaN or infinite values.")
     fractional = data[data != np.round(data)]
     if fractional.size:
-        raise RegistrationInputError(
-            f"{path}: labels must be whole numbers, found {fractional.flat[0]:g}; rounding would merge distinct labels."
-        )
+        raise RegistrationInputError(f"{path}: labels must be whole numbers, found {fractional.flat[0]:g}; rounding would merge distinct labels.")
 
 
 def check_registration_inputs(pairs: Sequence[dict], spatial_dims: int = 3) -> None:
@@ -245,9 +241,7 @@ def checked_output_dir(output_dir: str) -> bool:
     return True
 
 
-def checked_pairs(
-    fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = "", spatial_dims: int = 3
-) -> list[dict]:
+def checked_pairs(fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = "", spatial_dims: int = 3) -> list[dict]:
     """:func:`registration_pairs` checked by :func:`check_registration_inputs`; a bad input stops the process.
 
     Bundle configs build their pairs with this and evaluate them in ``initialize``, so a bad file
@@ -261,7 +255,7 @@ def checked_pairs(
     return pairs
 
 
-def checked_settings(prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None) -> bool:
+def checked_settings(prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None, ddf_spacing=None) -> bool:
     """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
 
     Bundle configs call this in ``initialize``, before the pairs are checked; a setting the
@@ -276,6 +270,8 @@ def checked_settings(prealign: str | None = None, refine_iterations=None, refine
         raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
     if refine_similarity is not None and refine_similarity not in SIMILARITIES:
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
+    if ddf_spacing is not None and (isinstance(ddf_spacing, bool) or not isinstance(ddf_spacing, (int, float)) or not 0 <= ddf_spacing < 1e3):
+        raise SystemExit(f"error: ddf_spacing: {ddf_spacing!r} is not 0 (the fixed grid) or a spacing in mm.")
     return True
 
 

@@ -37,9 +37,7 @@ __all__ = [
 ]
 
 
-def label_overlap(
-    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], labels: Sequence[int] | None = None
-) -> dict[int, dict[str, float]]:
+def label_overlap(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], labels: Sequence[int] | None = None) -> dict[int, dict[str, float]]:
     """Dice, HD95 and ASD (mm) per label, for two label maps on one grid.
 
     A label missing from either map gets Dice 0 and NaN distances.
@@ -102,7 +100,10 @@ def _sample_field(field: np.ndarray, affine: np.ndarray, at_field: np.ndarray, a
 
 
 def inverse_consistency_error(
-    forward: np.ndarray, forward_affine: np.ndarray, inverse: np.ndarray, inverse_affine: np.ndarray,
+    forward: np.ndarray,
+    forward_affine: np.ndarray,
+    inverse: np.ndarray,
+    inverse_affine: np.ndarray,
     mask: np.ndarray | None = None,
 ) -> float:
     """Mean distance in mm between ``x`` and ``x`` sent by the forward field and back by the inverse.
@@ -121,7 +122,7 @@ def field_error(field: np.ndarray, true_field: np.ndarray, mask: np.ndarray | No
     return float(error.mean() if mask is None else error[mask > 0].mean())
 
 
-def rigid_errors(matrix: np.ndarray, true_matrix: np.ndarray, centre: Sequence[float] | None = None) -> dict[str, float]:
+def rigid_errors(matrix: np.ndarray, true_matrix: np.ndarray, center: Sequence[float] | None = None) -> dict[str, float]:
     """Rotation error (degrees, angle of R_true^T R) and translation error (mm) of two 4x4 rigid transforms.
 
     The translation error is measured at ``centre`` (default the origin): the distance between
@@ -130,7 +131,7 @@ def rigid_errors(matrix: np.ndarray, true_matrix: np.ndarray, centre: Sequence[f
     n = matrix.shape[0] - 1
     relative = true_matrix[:n, :n].T @ matrix[:n, :n]
     cosine = np.clip((np.trace(relative) - (n - 2)) / 2.0, -1.0, 1.0) if n == 3 else np.clip(relative[0, 0], -1.0, 1.0)
-    point = np.append(np.zeros(n) if centre is None else np.asarray(centre, dtype=np.float64), 1.0)
+    point = np.append(np.zeros(n) if center is None else np.asarray(center, dtype=np.float64), 1.0)
     translation = np.linalg.norm((matrix @ point)[:n] - (true_matrix @ point)[:n])
     return {"rotation_error_deg": float(np.degrees(np.arccos(cosine))), "translation_error_mm": float(translation)}
 
@@ -148,13 +149,13 @@ def fit_rigid(field: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = N
     if mask is not None:
         keep = mask.reshape(-1) > 0
         points, moved = points[:, keep], moved[:, keep]
-    source_centre, target_centre = points.mean(axis=1, keepdims=True), moved.mean(axis=1, keepdims=True)
-    u, _, vt = np.linalg.svd((moved - target_centre) @ (points - source_centre).T)
+    source_center, target_center = points.mean(axis=1, keepdims=True), moved.mean(axis=1, keepdims=True)
+    u, _, vt = np.linalg.svd((moved - target_center) @ (points - source_center).T)
     reflection = np.diag([1.0] * (n - 1) + [np.sign(np.linalg.det(u @ vt))])
     rotation = u @ reflection @ vt
     matrix = np.eye(n + 1)
     matrix[:n, :n] = rotation
-    matrix[:n, n] = (target_centre - rotation @ source_centre)[:, 0]
+    matrix[:n, n] = (target_center - rotation @ source_center)[:, 0]
     return matrix
 
 
@@ -221,8 +222,8 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
         mask = load_nifti(pair["fixed_label"], spatial_dims)[0] if pair.get("fixed_label") else None
         rigid_file = folder / "rigid.json"
         matrix = read_rigid_matrix(rigid_file) if rigid_file.exists() else fit_rigid(field, affine, mask)
-        centre = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
-        scores.update(rigid_errors(matrix, read_rigid_matrix(pair["true_rigid"]), centre))
+        center = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
+        scores.update(rigid_errors(matrix, read_rigid_matrix(pair["true_rigid"]), center))
         if mask is not None and pair.get("true_ddf") and (folder / "warped_label.nii.gz").exists():
             from regplugins.outputs import warp_native_images
 
@@ -238,9 +239,7 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
 def score_datalist(pairs: Sequence[dict], output_dir: str | Path, spatial_dims: int = 3) -> dict:
     """Score every pair's outputs under ``output_dir``; writes and returns ``metrics.json`` (per pair and mean)."""
     output_dir = Path(output_dir)
-    per_pair = [
-        score_registration(pair, output_dir / pair_output_name(pair["moving"], pair["fixed"]), spatial_dims) for pair in pairs
-    ]
+    per_pair = [score_registration(pair, output_dir / pair_output_name(pair["moving"], pair["fixed"]), spatial_dims) for pair in pairs]
     keys = [k for k in per_pair[0] if isinstance(per_pair[0][k], float)]
     summary = {k: float(np.nanmean([p[k] for p in per_pair])) for k in keys}
     result = {"mean": summary, "pairs": per_pair}

@@ -71,7 +71,8 @@ class RegistrationInferTask(InferTask):
             type=InferType.SEGMENTATION,
             labels=atlas["names"],
             dimension=3,
-            description=f"Registration by {meta['name']} {meta['version']}: the moving image's labels (param 'moving', else the atlas) warped onto this image",
+            description=f"Registration by {meta['name']} {meta['version']}: "
+            "the moving image's labels (param 'moving', else the atlas) warped onto this image",
             config={"moving": ATLAS, "device": device},
         )
         self.datastore, self.atlas, self.output_dir = datastore, atlas, Path(output_dir)
@@ -122,12 +123,19 @@ class RegistrationInferTask(InferTask):
             # the client shows this message; the server would otherwise answer a bare 500
             raise HTTPException(status_code=400, detail=str(_root_cause(error))) from error
         folder = self.output_dir / pair_output_name(moving, fixed)
-        result = {"moving": moving_id, "label_names": names, "warped_image": str(folder / "warped.nii.gz"), "ddf": str(folder / "ddf.nii.gz"),
-                  "network_kept": warm}
+        result = {
+            "moving": moving_id,
+            "label_names": names,
+            "warped_image": str(folder / "warped.nii.gz"),
+            "ddf": str(folder / "ddf.nii.gz"),
+            "network_kept": warm,
+        }
         fixed_id = self._image_id(fixed)
         if fixed_id is not None:
             tag = f"ddf_{self.bundle.name}"
-            label_id = self.datastore.save_label(fixed_id, str(folder / "ddf.nii.gz"), tag, {"transform": "ITK displacement field", "moving": moving_id})
+            label_id = self.datastore.save_label(
+                fixed_id, str(folder / "ddf.nii.gz"), tag, {"transform": "ITK displacement field", "moving": moving_id}
+            )
             result["ddf_url"] = f"/datastore/label?label={label_id}&tag={tag}"
         if not moving_label:
             return None, result

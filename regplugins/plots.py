@@ -130,7 +130,7 @@ def save_registration_qc(fixed_path: str, moving_path: str, warped: np.ndarray, 
     spacing[orientation[:, 0].astype(int)] = np.linalg.norm(affine[:3, :3], axis=0)
     foreground = np.clip(volumes[0] - _display_window(volumes[0])[0], 0, None)
     profiles = [foreground.sum(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
-    centre = [int(round(float((np.arange(p.size) * p).sum() / max(p.sum(), 1e-6)))) for p in profiles]
+    center = [int(round(float((np.arange(p.size) * p).sum() / max(p.sum(), 1e-6)))) for p in profiles]
     outline = _outline_source(volumes[0], spacing)
     planes = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2))]
     titles = ["fixed", "moving before, fixed outlines", "moving after, fixed outlines", "Jacobian determinant"]
@@ -138,7 +138,7 @@ def save_registration_qc(fixed_path: str, moving_path: str, warped: np.ndarray, 
     for row, (plane, axis, (horizontal, vertical)) in enumerate(planes):
         aspect = spacing[vertical] / spacing[horizontal]
         for column, volume in enumerate(volumes):
-            image = np.take(volume, centre[axis], axis=axis).T
+            image = np.take(volume, center[axis], axis=axis).T
             ax = axes[row, column]
             if column == 3:
                 shown = ax.imshow(np.where(image <= 0, np.nan, image), origin="lower", cmap="coolwarm", vmin=0.5, vmax=1.5, aspect=aspect)
@@ -147,7 +147,7 @@ def save_registration_qc(fixed_path: str, moving_path: str, warped: np.ndarray, 
                 low, high = _display_window(volumes[0] if column == 0 else volume)
                 ax.imshow(image, origin="lower", cmap="gray", vmin=low, vmax=high, aspect=aspect)
                 if column:
-                    ax.contour(np.take(outline, centre[axis], axis=axis).T, levels=OUTLINE_LEVELS, colors=["yellow", "cyan"], linewidths=0.7)
+                    ax.contour(np.take(outline, center[axis], axis=axis).T, levels=OUTLINE_LEVELS, colors=["yellow", "cyan"], linewidths=0.7)
             ax.set_title(f"{titles[column]}" if row == 0 else "")
             ax.set_ylabel(plane)
             ax.set_xticks([])

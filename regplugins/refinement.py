@@ -113,9 +113,7 @@ class PairSimilarity:
         dtype = torch.bfloat16 if mixed_precision else torch.float32
         with torch.no_grad():
             # the intensities ride along as the last channel, for the mutual information
-            features = [
-                torch.cat([similarity_features(image[None, None].float(), similarity)[0], image[None].float()]) for image in (fixed, moving)
-            ]
+            features = [torch.cat([similarity_features(image[None, None].float(), similarity)[0], image[None].float()]) for image in (fixed, moving)]
         self.moving_features = _channels_last(features[1]).to(dtype)
         self.fixed_features = _channels_last(features[0]).to(dtype).flatten(0, -2)  # one row per voxel
         self.mutual_information_weight = float(mutual_information_weight)

@@ -103,10 +103,6 @@ def _quiet_library_chatter():
                 log.setLevel(level)
 
 
-def _outputs_exist(folder: Path) -> bool:
-    return (folder / "warped.nii.gz").exists() and ((folder / "ddf.nii.gz").exists() or (folder / "rigid.tfm").exists())
-
-
 def register_pairs(
     fixed: str = "",
     moving: str = "",
@@ -128,6 +124,7 @@ def register_pairs(
     error), output folder and seconds. An unknown bundle or a bad setting stops the run before any pair.
     """
     from regplugins.bundles import BundleRunner
+    from regplugins.outputs import has_registration_outputs
     from regplugins.utils import as_flag
 
     try:
@@ -150,7 +147,7 @@ def register_pairs(
             record = {"fixed": original["fixed"], "moving": original["moving"], "output": str(out_dir / name)}
             start = time.perf_counter()
             try:
-                if skip_existing and _outputs_exist(out_dir / name):
+                if skip_existing and has_registration_outputs(out_dir / name):
                     record["status"] = "skipped"
                 else:
                     runner.run(pair)
@@ -163,12 +160,33 @@ def register_pairs(
             record["seconds"] = round(time.perf_counter() - start, 2)
             records.append(record)
             line = f"[{index}/{len(pairs)}] {name}: "
-            print(line + (f"error: {record['error']}" if record["status"] == "failed" else f"{record['status']} in {record['seconds']} s, {record['output']}"), flush=True)
-    summary = {"bundle": Path(bundle).name, "bundle_root": str(runner.root), "done": sum(r["status"] == "done" for r in records), "skipped": sum(r["status"] == "skipped" for r in records),
-               "failed": sum(r["status"] == "failed" for r in records), "pairs": records}
+            print(
+                line
+                + (
+                    f"error: {record['error']}"
+                    if record["status"] == "failed"
+                    else f"{record['status']} in {record['seconds']} s, {record['output']}"
+                ),
+                flush=True,
+            )
+    summary = {
+        "bundle": Path(bundle).name,
+        "bundle_root": str(runner.root),
+        "done": sum(r["status"] == "done" for r in records),
+        "skipped": sum(r["status"] == "skipped" for r in records),
+        "failed": sum(r["status"] == "failed" for r in records),
+        "pairs": records,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _covers(field_shape, field_affine: np.ndarray, shape, affine: np.ndarray) -> bool:
+    """Whether every voxel centre of the grid ``affine``, ``shape`` lies inside the field's grid, as ITK's transform decides it."""
+    corners = np.array(np.meshgrid(*[[0, size - 1] for size in shape], indexing="ij")).reshape(len(shape), -1)
+    index = (np.linalg.inv(field_affine) @ affine @ np.vstack([corners, np.ones(corners.shape[1])]))[: len(shape)]
+    return bool(((index >= -0.5 - 1e-6) & (index < np.array(field_shape)[:, None] - 0.5)).all())
 
 
 def apply_transform(transform: str, moving: str, reference: str, out: str, nearest: bool = False) -> str:
@@ -177,8 +195,8 @@ def apply_transform(transform: str, moving: str, reference: str, out: str, neare
     The same sampling as the bundles' ``warped.nii.gz``, hence as ITK's resampler with the same
     transform: linear, or nearest neighbour (``nearest``, for labels, written as integers).
     """
+    from regplugins.outputs import field_on_grid, warp_native_volumes
     from regplugins.rigid.parameters import read_rigid_tfm, rigid_field
-    from regplugins.outputs import warp_native_volumes
 
     with tempfile.TemporaryDirectory(prefix="regplugins-inputs-") as scratch:
         try:
@@ -192,8 +210,12 @@ def apply_transform(transform: str, moving: str, reference: str, out: str, neare
                 field = rigid_field(read_rigid_tfm(transform), affine, shape)
             else:
                 field, field_affine = load_itk_displacement_field(transform)
-                if field.shape[1:] != tuple(shape) or not np.allclose(field_affine, affine, atol=1e-3):
-                    raise RegistrationInputError(f"{transform}: the field's grid differs from {reference}; give the fixed image it was made for.")
+                if field.shape[1:] != tuple(shape) or not np.allclose(field_affine, affine, atol=1e-3):  # a coarser ddf_spacing file
+                    if not _covers(field.shape[1:], field_affine, shape, affine):
+                        raise RegistrationInputError(
+                            f"{transform}: the field's grid does not cover {reference}; give the fixed image it was made for."
+                        )
+                    field = field_on_grid(field, field_affine, affine, shape)
         except ValueError as error:  # RegistrationInputError, or a transform file that is not ours
             raise SystemExit(f"error: {error}") from None
         warped = warp_native_volumes(field, reference_path, {"out": (moving_path, "nearest" if nearest else "bilinear")})["out"]

@@ -36,9 +36,15 @@ def export_torchscript(root: Path, filepath: Path) -> None:
     image = json.loads(meta_file.read_text())["network_data_format"]["inputs"]["image"]
     spatial = [size if isinstance(size, int) else TRACE_SIZE for size in image["spatial_shape"]]
     ckpt_export(
-        net_id="network_def", filepath=str(filepath), ckpt_file=str(root / "models" / "model.pt"),
-        meta_file=str(meta_file), config_file=str(root / "configs" / "inference.json"), key_in_ckpt="",
-        use_trace=True, input_shape=[1, image["num_channels"], *spatial], bundle_root=str(root),
+        net_id="network_def",
+        filepath=str(filepath),
+        ckpt_file=str(root / "models" / "model.pt"),
+        meta_file=str(meta_file),
+        config_file=str(root / "configs" / "inference.json"),
+        key_in_ckpt="",
+        use_trace=True,
+        input_shape=[1, image["num_channels"], *spatial],
+        bundle_root=str(root),
     )
 
 

@@ -15,16 +15,40 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundles" / "fcn_multires_selfsup_reg"
 # every bundle, and those that ship trained weights in models/model.pt
-BUNDLES = [BUNDLE, ROOT / "bundles" / "ct_mr_gradient_fusion_reg", ROOT / "bundles" / "ct_mr_dual_similarity_reg", ROOT / "bundles" / "head_ct_mr_rigid_reg",
-           ROOT / "bundles" / "fire_inverse_consistent_reg"]
+BUNDLES = [
+    BUNDLE,
+    ROOT / "bundles" / "ct_mr_gradient_fusion_reg",
+    ROOT / "bundles" / "ct_mr_dual_similarity_reg",
+    ROOT / "bundles" / "head_ct_mr_rigid_reg",
+    ROOT / "bundles" / "fire_inverse_consistent_reg",
+]
 TRAINED_BUNDLES = [bundle for bundle in BUNDLES if (bundle / "models" / "model.pt").exists()]
 
 
 # a train config's smallest run: one epoch of a few 32^3 pairs (keys a bundle lacks are ignored)
 TINY = [
-    "--working_shape", "[32,32,32]", "--working_spacing", "6.0", "--num_train_pairs", "4", "--num_val_pairs", "2",
-    "--train#trainer#max_epochs", "1", "--batch_size", "2", "--num_workers", "0", "--val_interval", "1", "--device", "cpu",
-    "--augmentations_per_original", "1", "--validation_augmentations", "1",
+    "--working_shape",
+    "[32,32,32]",
+    "--working_spacing",
+    "6.0",
+    "--num_train_pairs",
+    "4",
+    "--num_val_pairs",
+    "2",
+    "--train#trainer#max_epochs",
+    "1",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--val_interval",
+    "1",
+    "--device",
+    "cpu",
+    "--augmentations_per_original",
+    "1",
+    "--validation_augmentations",
+    "1",
 ]
 
 
@@ -66,14 +90,22 @@ def reoriented_copy(path: str, out: Path) -> str:
     return str(out)
 
 
-def run_bundle(*args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_bundle(
+    *args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it (``env``: variables to add)."""
     config_files = config if config.startswith("[") else str(bundle / "configs" / config)
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", config_files,
-        "--logging_file", str(bundle / "configs" / "logging.conf"),
-        "--bundle_root", str(bundle),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config_files,
+        "--logging_file",
+        str(bundle / "configs" / "logging.conf"),
+        "--bundle_root",
+        str(bundle),
         *args,
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
@@ -119,7 +151,10 @@ def itk_resample(moving_path: str, reference_path: str, ddf_path: str, nearest: 
     transform.SetDisplacementField(field)
     interpolator = itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
     resampled = itk.resample_image_filter(
-        moving, transform=transform, use_reference_image=True, reference_image=reference,
+        moving,
+        transform=transform,
+        use_reference_image=True,
+        reference_image=reference,
         interpolator=interpolator[itk.Image[itk.F, 3], itk.D].New(),
     )
     return np.transpose(itk.array_from_image(resampled), (2, 1, 0))

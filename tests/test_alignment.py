@@ -39,10 +39,10 @@ def test_fit_affine_recovers_the_rigid_motion_of_a_ct_mr_pair(rigid_ct_t1_pair, 
 def test_fit_affine_recovers_a_known_affine_with_scaling_and_shear(rigid_ct_t1_pair):
     pair, _ = rigid_ct_t1_pair
     # the CT-like image of the fixed anatomy, moved by scaling of up to 8 %, shear of 0.06 and a few voxels of translation
-    centre = torch.tensor([23.5, 23.5, 23.5], dtype=torch.float64)
+    center = torch.tensor([23.5, 23.5, 23.5], dtype=torch.float64)
     linear = torch.tensor([[1.08, 0.06, 0.0], [0.0, 0.95, 0.04], [0.03, 0.0, 1.05]], dtype=torch.float64)
     truth = torch.eye(4, dtype=torch.float64)
-    truth[:3, :3], truth[:3, 3] = linear, centre + torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64) - linear @ centre
+    truth[:3, :3], truth[:3, 3] = linear, center + torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64) - linear @ center
     ct = NormalizeModalityd("fixed_paired", modality="ct")(pair)["fixed_paired"]
     moving = warp_affine(ct[None].as_tensor(), truth)[0, 0]
     head = pair["fixed_label"][0].as_tensor() > 0

@@ -44,10 +44,10 @@ def test_fit_predicts_held_out_samples(linear_map):
 
 def test_inputs_are_mapped_to_unit_range_and_a_constant_one_to_zero(linear_map):
     net, _, train_features, _ = linear_map
-    normalised = (train_features - net.input_center) / net.input_scale
-    low, high = normalised[:, 1:].aminmax(dim=0)
+    normalized = (train_features - net.input_center) / net.input_scale
+    low, high = normalized[:, 1:].aminmax(dim=0)
     assert torch.allclose(low, -torch.ones(19)) and torch.allclose(high, torch.ones(19))
-    assert torch.all(normalised[:, 0] == 0)
+    assert torch.all(normalized[:, 0] == 0)
 
 
 def test_effective_number_of_parameters_is_well_below_the_total(linear_map):

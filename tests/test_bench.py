@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from regplugins.bench import peak_resident_mb, bundle_and_overrides, run_bench
+from regplugins.bench import bundle_and_overrides, peak_resident_mb, run_bench
 from regplugins.demo import labels_on_fixed_grid, mean_dice
 from regplugins.inferers import bfloat16_is_fast
 from regplugins.io import load_nifti, registration_pairs
@@ -50,7 +50,8 @@ def test_bench_scores_no_registration_and_a_bundle_and_its_variant(synthetic_pai
 def test_bundle_variants_parse_into_config_overrides():
     assert bundle_and_overrides("b") == ("b", {})
     assert bundle_and_overrides("b:fusion=average:working_spacing=[2,2,2]:network_def#variant=coarse") == (
-        "b", {"fusion": "average", "working_spacing": [2, 2, 2], "network_def#variant": "coarse"}
+        "b",
+        {"fusion": "average", "working_spacing": [2, 2, 2], "network_def#variant": "coarse"},
     )
 
 
@@ -93,9 +94,9 @@ def test_several_kinds_in_one_run_score_every_method_on_each_and_one_table_holds
 
 @pytest.mark.slow
 def test_tuned_ants_syn_corrects_the_bias_field_of_mr_first_and_registers_better_than_none(tmp_path):
-    from regplugins.bench import _n4_unless_ct
-
     import ants
+
+    from regplugins.bench import _n4_unless_ct
 
     # whole generated heads at 48^3 (an MNI152 head needs a grid of 2 mm voxels over 256 mm)
     report = run_bench(bundles=[], data="synth", kind="ct_t1", baselines=["none", "ants_syn_tuned"], n=1, shape=(48, 48, 48), out=str(tmp_path))

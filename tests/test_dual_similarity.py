@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from conftest import ROOT, loss_before_and_after_steps, read_datalist, run_bundle
 from regplugins.engines import prepare_paired_batch
-from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.inferers import ValidPatchInferer
+from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.losses import IntraModalitySimilarityLoss
 from regplugins.networks import PatchRegistrationUNet
+
+from conftest import ROOT, loss_before_and_after_steps, read_datalist, run_bundle
 
 BUNDLE = ROOT / "bundles" / "ct_mr_dual_similarity_reg"
 
 
-def test_unpadded_unet_maps_68_cubed_to_the_28_cubed_centre_field():
+def test_unpadded_unet_maps_68_cubed_to_the_28_cubed_center_field():
     network = PatchRegistrationUNet().eval()
     with torch.no_grad():
         assert network(torch.rand(1, 2, 68, 68, 68)).shape == (1, 3, 28, 28, 28)
@@ -28,7 +29,7 @@ def test_unpadded_unet_maps_68_cubed_to_the_28_cubed_centre_field():
         network(torch.rand(1, 2, 66, 68, 68))
 
 
-class CentreOfFirstChannel(torch.nn.Module):
+class CenterOfFirstChannel(torch.nn.Module):
     """A stand-in network whose field is the centre of its input's first channel, three times; it counts the patches it sees."""
 
     patches = 0
@@ -36,8 +37,8 @@ class CentreOfFirstChannel(torch.nn.Module):
     def forward(self, patch):
         self.patches += patch.shape[0]
         margin = PatchRegistrationUNet.margin
-        centre = patch[:, :1, margin:-margin, margin:-margin, margin:-margin]
-        return centre.repeat(1, 3, 1, 1, 1)
+        center = patch[:, :1, margin:-margin, margin:-margin, margin:-margin]
+        return center.repeat(1, 3, 1, 1, 1)
 
 
 @pytest.mark.parametrize("patch_size, patches", [(68, 2 * 3 * 2), (100, 1)])  # output tiles of at most 28 voxels, or 60
@@ -46,7 +47,7 @@ def test_tiling_reassembles_a_known_smooth_field_without_seams(patch_size, patch
     axes = torch.meshgrid(*(torch.linspace(0, 1, s) for s in shape), indexing="ij")
     field = torch.sin(3 * axes[0]) * torch.cos(2 * axes[1]) + axes[2] ** 2
     pair = torch.stack([field, torch.zeros(shape)])[None]
-    network = CentreOfFirstChannel()
+    network = CenterOfFirstChannel()
     assembled = ValidPatchInferer(patch_size=patch_size, batch_size=3)(pair, network)
     assert assembled.shape == (1, 3, *shape) and network.patches == patches
     torch.testing.assert_close(assembled, field.expand(1, 3, *shape))
@@ -63,6 +64,18 @@ def test_tiled_field_equals_the_network_on_the_whole_padded_image(patch_size):
         # the whole image, padded by the margin and up to the network's multiple of 4, in one pass
         whole = network(F.pad(pair, [20, 20, 20, 20 + 2, 20, 20]))
     torch.testing.assert_close(tiled, whole[:, :, :40, :30, :36], atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_precision_gives_the_float32_field_to_bfloat16_rounding_and_a_float32_result():
+    torch.manual_seed(0)
+    network = PatchRegistrationUNet().eval()
+    torch.nn.init.normal_(network.field.weight, std=0.1)
+    pair = torch.rand(1, 2, 40, 30, 36)
+    with torch.no_grad():
+        exact = ValidPatchInferer(patch_size=168)(pair, network)
+        rounded = ValidPatchInferer(patch_size=168, mixed_precision=True)(pair, network)
+    assert rounded.dtype == torch.float32 and not torch.equal(rounded, exact)
+    assert (rounded - exact).abs().max() < 0.05 * exact.abs().max()
 
 
 def _target(moving, fixed, moving_paired, fixed_paired, fixed_is_ct):
@@ -100,7 +113,8 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
     parser.read_config(str(BUNDLE / "configs/train.json"))
     # the motion of a raw pair (the config's default is the residual after pre-alignment), so the step has work to do
     parser.update({"working_shape": [28, 28, 28], "working_spacing": 6.0, "device": "cpu", "rotation_deg": 5.0, "translation_mm": 5.0})
-    sample = parser.get_parsed_content("validate#preprocessing")({"seed": 0})
+    parser.update({"num_val_pairs": 1, "num_workers": 0})
+    sample = parser.get_parsed_content("validate#dataset")[0]
     batch = {"image": sample["image"][None].as_tensor(), "fixed_modality": [sample["fixed_modality"]]}
     inputs, target = prepare_paired_batch(batch)
     assert inputs.shape == (1, 2, 68, 68, 68) and target["images"].shape[1] == 4
@@ -112,15 +126,27 @@ def test_one_training_step_lowers_the_loss_on_a_synthetic_paired_batch():
 def test_training_runs_on_a_users_paired_datalist(synthetic_pairs, tmp_path):
     """{ct, mr, paired_ct, paired_mr} entries: the synthetic set's files (moving CT, fixed T1) as a user's data."""
     entries = [
-        {"ct": e["moving"], "mr": e["fixed"], "paired_mr": e["moving_paired"], "paired_ct": e["fixed_paired"]}
-        for e in read_datalist(synthetic_pairs)
+        {"ct": e["moving"], "mr": e["fixed"], "paired_mr": e["moving_paired"], "paired_ct": e["fixed_paired"]} for e in read_datalist(synthetic_pairs)
     ]
     datalist = synthetic_pairs.parent / "paired.json"
     datalist.write_text(json.dumps(entries))
     result = run_bundle(
-        "--train_datalist", str(datalist), "--val_datalist", str(datalist), "--working_spacing", "4.0",
-        "--train#trainer#max_epochs", "1", "--num_workers", "0", "--device", "cpu", "--ckpt_dir", str(tmp_path),
-        config="train.json", bundle=BUNDLE,
+        "--train_datalist",
+        str(datalist),
+        "--val_datalist",
+        str(datalist),
+        "--working_spacing",
+        "4.0",
+        "--train#trainer#max_epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--ckpt_dir",
+        str(tmp_path),
+        config="train.json",
+        bundle=BUNDLE,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val_loss:" in result.stdout + result.stderr

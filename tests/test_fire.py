@@ -12,16 +12,17 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
-from conftest import ROOT, run_bundle
 from regplugins.engines import CyclicOptimizerUpdate, prepare_registration_batch
 from regplugins.io import load_itk_displacement_field
-from regplugins.layers import normalised_affine_flow, normalised_to_voxel, round_trip, sample, voxel_grid, warp_normalised
+from regplugins.layers import normalized_affine_flow, normalized_to_voxel, round_trip, sample, voxel_grid, warp_normalized
 from regplugins.losses import FIRELoss
 from regplugins.losses.fire import rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
 from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, compose_affine_nonrigid
 from regplugins.outputs import register_on_native_grids, write_registration_outputs
+
+from conftest import ROOT, run_bundle
 
 FIRE = ROOT / "bundles" / "fire_inverse_consistent_reg"
 SMALL = dict(channels=(4, 8, 8), num_res_blocks=1, transform_channels=8, affine_hidden=8)
@@ -70,11 +71,11 @@ def test_the_keypoint_affine_head_trained_on_one_pair_recovers_its_rotation_and_
     moving = torch.nn.functional.interpolate(torch.randn(1, 1, 6, 6), size=(32, 32), mode="bicubic", align_corners=True)
     angle = math.radians(10.0)
     truth = torch.tensor([[[math.cos(angle), -math.sin(angle), 0.1], [math.sin(angle), math.cos(angle), -0.05]]])
-    fixed = warp_normalised(moving, normalised_affine_flow(truth, (32, 32)))
+    fixed = warp_normalized(moving, normalized_affine_flow(truth, (32, 32)))
     head = KeypointAffineNetwork(spatial_dims=2, feature_channels=1, channels=8)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     for _ in range(150):
-        loss = (warp_normalised(moving, normalised_affine_flow(head(moving, fixed), (32, 32))) - fixed)[..., 6:-6, 6:-6].square().mean()
+        loss = (warp_normalized(moving, normalized_affine_flow(head(moving, fixed), (32, 32))) - fixed)[..., 6:-6, 6:-6].square().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -87,15 +88,15 @@ def test_the_keypoint_affine_head_trained_on_one_pair_recovers_its_rotation_and_
 def test_an_affine_composed_with_a_zero_field_is_the_affine_and_warps_as_it_says():
     shape = (20, 24, 16)
     theta = torch.tensor([[[1.0, 0.05, 0.0, 0.2], [0.0, 0.9, 0.1, -0.1], [0.02, 0.0, 1.1, 0.0]]])
-    assert torch.equal(compose_affine_nonrigid(theta, torch.zeros(1, 3, *shape)), normalised_affine_flow(theta, shape))
+    assert torch.equal(compose_affine_nonrigid(theta, torch.zeros(1, 3, *shape)), normalized_affine_flow(theta, shape))
     # a pure shift of 0.2 along axis 0 in normalised units is 0.2 * (20 - 1) / 2 voxels everywhere
     shift = torch.tensor([[[1.0, 0, 0, 0.2], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]])
-    ddf = normalised_to_voxel(normalised_affine_flow(shift, shape))
+    ddf = normalized_to_voxel(normalized_affine_flow(shift, shape))
     assert torch.allclose(ddf[:, 0], torch.full(shape, 1.9)) and torch.allclose(ddf[:, 1:], torch.zeros(1, 2, *shape), atol=1e-6)
     # the same normalised field warps a finer and a coarser copy of a volume alike
     fine, coarse = smooth_volume((40, 48, 32)), smooth_volume(shape)
-    warped_fine = warp_normalised(fine, normalised_affine_flow(shift, (40, 48, 32)))
-    warped_coarse = warp_normalised(coarse, normalised_affine_flow(shift, (40, 48, 32)))
+    warped_fine = warp_normalized(fine, normalized_affine_flow(shift, (40, 48, 32)))
+    warped_coarse = warp_normalized(coarse, normalized_affine_flow(shift, (40, 48, 32)))
     assert torch.allclose(torch.nn.functional.interpolate(warped_fine, size=shape, mode="trilinear", align_corners=True), warped_coarse, atol=0.05)
 
 
@@ -131,7 +132,7 @@ def test_fire_loss_terms_are_finite_and_every_term_depends_on_the_network():
         FIRELoss(weights={"typo": 1.0})
 
 
-def test_three_optimisers_step_in_turn_and_each_touches_only_its_own_group():
+def test_three_optimizers_step_in_turn_and_each_touches_only_its_own_group():
     torch.manual_seed(0)
     network = FIRENet(spatial_dims=2, **SMALL)
     groups = network.parameter_groups()
@@ -139,12 +140,20 @@ def test_three_optimisers_step_in_turn_and_each_touches_only_its_own_group():
     optimizers = [torch.optim.Adam(groups[name], lr=1e-2) for name in ("affine", "nonrigid", "synthesis")]
     data = [{"image": torch.rand(2, 32, 32) * 2 - 1} for _ in range(3)]
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=torch.utils.data.DataLoader(data, batch_size=1),
-        network=network, optimizer=optimizers[2], loss_function=FIRELoss(), prepare_batch=prepare_registration_batch,
-        iteration_update=CyclicOptimizerUpdate(optimizers), decollate=False,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=torch.utils.data.DataLoader(data, batch_size=1),
+        network=network,
+        optimizer=optimizers[2],
+        loss_function=FIRELoss(),
+        prepare_batch=prepare_registration_batch,
+        iteration_update=CyclicOptimizerUpdate(optimizers),
+        decollate=False,
     )
     snapshots = [{name: [p.detach().clone() for p in params] for name, params in groups.items()}]
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: snapshots.append({n: [p.detach().clone() for p in ps] for n, ps in groups.items()}))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda _: snapshots.append({n: [p.detach().clone() for p in ps] for n, ps in groups.items()})
+    )
     trainer.run()
     for iteration, stepped in enumerate(("affine", "nonrigid", "synthesis")):
         before, after = snapshots[iteration], snapshots[iteration + 1]
@@ -177,10 +186,28 @@ def test_inverse_field_is_written_on_the_moving_grid_and_is_consistent_with_the_
 def test_train_config_runs_one_iteration_in_3d_and_with_one_override_in_2d(tmp_path, dims_override):
     size = ["--working_size", "32", "--working_spacing", "6.0"] if not dims_override else []
     result = run_bundle(
-        "--num_train_pairs", "1", "--num_val_pairs", "1", "--train#trainer#max_epochs", "1", "--batch_size", "1",
-        "--num_workers", "0", "--device", "cpu", "--ckpt_dir", str(tmp_path), "--network_def#channels", "[4,8,8]",
-        "--network_def#transform_channels", "8", *size, *dims_override,
-        config="train.json", bundle=FIRE,
+        "--num_train_pairs",
+        "1",
+        "--num_val_pairs",
+        "1",
+        "--train#trainer#max_epochs",
+        "1",
+        "--batch_size",
+        "1",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--ckpt_dir",
+        str(tmp_path),
+        "--network_def#channels",
+        "[4,8,8]",
+        "--network_def#transform_channels",
+        "8",
+        *size,
+        *dims_override,
+        config="train.json",
+        bundle=FIRE,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "model.pt", map_location="cpu")
@@ -193,6 +220,6 @@ def test_train_config_pairs_one_ordered_pair_of_modalities_so_the_synthesis_has_
     parser = ConfigParser()
     parser.read_config(str(FIRE / "configs" / "train.json"))
     parser.update({"spatial_dims": 2, **override})
-    synthesis = parser.get_parsed_content("train#synthesis")
+    synthesis = parser.get_parsed_content("train#dataset").transform.transforms[0]  # the first of regplugins.data.synthetic_pairs
     directions = {(pair["moving_modality"], pair["fixed_modality"]) for pair in (synthesis({"seed": s}) for s in range(6))}
     assert directions == {expected}

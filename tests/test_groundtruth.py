@@ -9,18 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import load_nifti, save_nifti
 from regplugins.metrics import rigid_errors
 from regplugins.rigid import (
-    grid_centre_lps,
+    grid_center_lps,
     ras_to_lps,
     rigid_matrix,
     settle_moving_frame,
     symmetry_frame,
     write_ground_truth,
 )
+
+from conftest import ROOT
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 # the synthetic pair of the registration tests: its head's principal axes come out alike in CT and
@@ -65,8 +66,8 @@ def test_symmetry_frames_of_a_head_and_of_its_rotated_copy_give_back_the_rotatio
     assert np.prod(signs) > 0  # both frames right-handed: the flips keep a proper rotation
     recovered = frame @ np.diag([*signs, 1.0]) @ np.linalg.inv(moved_frame)
     assert _rotation_angle_deg(recovered, motion) < 2.0
-    centre_error = np.linalg.norm(recovered[:3, 3] - motion[:3, 3])
-    assert centre_error < 1.0, centre_error
+    center_error = np.linalg.norm(recovered[:3, 3] - motion[:3, 3])
+    assert center_error < 1.0, center_error
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +79,26 @@ def head_pair(tmp_path_factory):
     """
     folder = tmp_path_factory.mktemp("head")
     generator = SyntheticPairGenerator(
-        shape=(64, 52, 44), spacing=3.0, modalities=("ct", "t1"), deformation_mm=0.0, rotation_deg=10.0,
-        translation_mm=5.0, moving_grid="random", skull_probability=1.0,
+        shape=(64, 52, 44),
+        spacing=3.0,
+        modalities=("ct", "t1"),
+        deformation_mm=0.0,
+        rotation_deg=10.0,
+        translation_mm=5.0,
+        moving_grid="random",
+        skull_probability=1.0,
     )
     pair = generator(HEAD_SEED)
     paths = {}
     for key in ("fixed", "moving"):
         paths[key] = str(folder / f"{key}.nii.gz")
         save_nifti(paths[key], pair[key][0].numpy(), pair[key].affine.numpy())
-    centre = grid_centre_lps(pair["fixed"].affine.numpy(), pair["fixed"].shape[1:])
+    center = grid_center_lps(pair["fixed"].affine.numpy(), pair["fixed"].shape[1:])
     return {
-        **paths, "true_lps": ras_to_lps(pair["true_affine"].numpy()), "centre_lps": centre, "folder": folder,
+        **paths,
+        "true_lps": ras_to_lps(pair["true_affine"].numpy()),
+        "centre_lps": center,
+        "folder": folder,
         "fixed_head": pair["fixed_label"][0].numpy() > 0,
     }
 
@@ -129,7 +139,10 @@ def test_settling_the_moving_frame_undoes_any_order_of_its_axes(head_pair):
 
 
 def test_settling_falls_back_to_the_fixed_axes_when_no_relabelling_of_the_moving_frame_fits(head_pair):
-    """A principal frame turned 45 degrees off the head (ill-defined axes) loses to "the heads turned alike", which starts the registration as the plain run does."""
+    """A principal frame turned 45 degrees off the head (ill-defined axes) loses to "the heads turned alike".
+
+    The latter starts the registration as the plain run does.
+    """
     turned = rigid_matrix([45.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     fixed_frame, settled = _settled_frames(head_pair, turned)
     assert np.allclose(settled[:3, :3], fixed_frame[:3, :3])
@@ -155,7 +168,9 @@ def test_written_tfm_maps_points_as_the_returned_matrix_and_the_warped_ct_lies_o
 def test_groundtruth_command_on_a_missing_file_names_it_and_writes_nothing(head_pair, tmp_path):
     missing, out = tmp_path / "missing.nii.gz", tmp_path / "out"
     command = ["groundtruth", "--fixed", str(missing), "--moving", head_pair["moving"], "--out", str(out)]
-    result = subprocess.run([sys.executable, "-m", "regplugins", *command], capture_output=True, encoding="utf-8", errors="replace", cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "regplugins", *command], capture_output=True, encoding="utf-8", errors="replace", cwd=ROOT, timeout=120
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"error: {missing}: file not found."
     assert not out.exists()

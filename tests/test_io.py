@@ -149,8 +149,11 @@ def test_an_output_dir_that_cannot_take_outputs_stops_before_anything_is_made(tm
 
     a_file = tmp_path / "results.txt"
     a_file.write_text("a user's file")
-    for output_dir, problem in ((a_file, "is a file, not a folder"), (a_file / "pairs", "results.txt is a file"),
-                                ("/proc/self/out", "/proc/self is not writable")):
+    for output_dir, problem in (
+        (a_file, "is a file, not a folder"),
+        (a_file / "pairs", "results.txt is a file"),
+        ("/proc/self/out", "/proc/self is not writable"),
+    ):
         with pytest.raises(SystemExit, match=problem) as error:
             checked_output_dir(str(output_dir))
         assert str(error.value).startswith(f"error: {output_dir}: ")
@@ -196,9 +199,9 @@ def _oblique_pair(tmp_path):
 
 def test_warped_equals_itk_resampling_with_the_field_everywhere_on_an_oblique_pair(tmp_path):
     """The border shell of the moving image used to differ from ITK by up to 60 % of the intensity range."""
-    from conftest import itk_resample
-
     from regplugins.outputs import warp_native_images, write_registration_outputs
+
+    from conftest import itk_resample
 
     paths, field = _oblique_pair(tmp_path)
     outputs = warp_native_images(field, paths["fixed"], paths["moving"], paths["label"])
@@ -209,6 +212,28 @@ def test_warped_equals_itk_resampling_with_the_field_everywhere_on_an_oblique_pa
     assert np.abs(by_itk - warped).max() < 1e-3 * 150.0
     labels_by_itk = itk_resample(paths["label"], paths["fixed"], folder / "ddf.nii.gz", nearest=True)
     assert (labels_by_itk == label).mean() > 0.999  # nearest neighbour may differ where a point falls on a voxel's half
+
+
+def test_a_coarser_ddf_file_is_what_itk_reads_and_its_cost_is_stated(tmp_path):
+    """``ddf_spacing`` shrinks ddf.nii.gz; warped.nii.gz then follows the field ITK reads from it, and quality.json says how far that is."""
+    from regplugins.outputs import warp_native_images, write_registration_outputs
+    from regplugins.register import apply_transform
+
+    from conftest import itk_resample
+
+    paths, field = _oblique_pair(tmp_path)
+    outputs = warp_native_images(field, paths["fixed"], paths["moving"], paths["label"], ddf_spacing=4.5)  # the fixed grid's 1.5 mm, times 3
+    cost = outputs["ddf_file_error_mm"]
+    assert 0.0 < cost["mean"] < cost["max"] < 0.5  # the sine is not linear between coarse voxels, but smooth
+    folder = write_registration_outputs(tmp_path / "out", outputs, quality={"ddf_file_error_mm": cost})
+    written = nib.load(str(folder / "ddf.nii.gz"))
+    assert written.shape[:3] == (6, 5, 5) and np.allclose(written.affine[:3, :3], np.diag([4.5, 4.5, 4.5]))  # reaching past (14, 13, 12)
+    warped = nib.load(str(folder / "warped.nii.gz")).get_fdata()
+    assert np.abs(itk_resample(paths["moving"], paths["fixed"], folder / "ddf.nii.gz") - warped).max() < 1e-3 * 150.0
+    full = warp_native_images(field, paths["fixed"], paths["moving"])
+    assert np.abs(full["warped"] - warped).max() > 1e-3 * 150.0  # the full field would have warped otherwise
+    applied = apply_transform(str(folder / "ddf.nii.gz"), paths["moving"], paths["fixed"], str(tmp_path / "applied.nii.gz"))
+    np.testing.assert_allclose(nib.load(applied).get_fdata(), warped, atol=1e-3 * 150.0)  # `regplugins apply` reads it as ITK does
 
 
 def test_a_rerun_keeps_the_users_files_and_drops_contract_files_it_does_not_write(tmp_path):
@@ -242,8 +267,16 @@ def test_two_processes_saving_one_pair_at_once_leave_one_complete_run(tmp_path):
 
     folder = tmp_path / "pair"
     for trial in range(4):
-        runs = [subprocess.Popen([sys.executable, "-c", SAVE_ONE_PAIR, str(folder), str(trial * 10 + k)], cwd=ROOT,
-                                 stderr=subprocess.PIPE, encoding="utf-8", errors="replace") for k in (1, 2)]
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SAVE_ONE_PAIR, str(folder), str(trial * 10 + k)],
+                cwd=ROOT,
+                stderr=subprocess.PIPE,
+                encoding="utf-8",
+                errors="replace",
+            )
+            for k in (1, 2)
+        ]
         assert [run.wait(timeout=120) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
         marker = json.loads((folder / "quality.json").read_text())["marker"]
         assert marker in (trial * 10 + 1, trial * 10 + 2)
@@ -270,3 +303,21 @@ def test_slab_by_slab_warping_gives_the_whole_grids_result(tmp_path, monkeypatch
     assert torch.equal(resample_ddf(ddf, working, fixed_affine, field.shape[1:]), whole_field)
     for name, value in warp_native_images(field, paths["fixed"], paths["moving"], paths["label"]).items():
         np.testing.assert_array_equal(value, whole[name], err_msg=name)
+
+
+def test_skip_existing_leaves_out_the_pairs_with_finished_outputs_and_ends_a_finished_run(tmp_path, capsys):
+    from regplugins.outputs import pending_pairs
+
+    pairs = [{"fixed": f"/data/f{i}.nii.gz", "moving": f"/data/m{i}.nii.gz"} for i in range(3)]
+    done = tmp_path / "m1_to_f1"
+    done.mkdir()
+    for name in ("warped.nii.gz", "ddf.nii.gz"):
+        (done / name).write_bytes(b"")
+    (tmp_path / "m2_to_f2").mkdir()  # a folder without the outputs: not finished
+    (tmp_path / "m2_to_f2" / "warped.nii.gz").write_bytes(b"")
+    assert pending_pairs(pairs, str(tmp_path)) == pairs
+    assert pending_pairs(pairs, str(tmp_path), skip_existing="true") == [pairs[0], pairs[2]]
+    assert "1 of 3 pairs already have their outputs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as finished:
+        pending_pairs(pairs[1:2], str(tmp_path), skip_existing=True)
+    assert finished.value.code == 0

@@ -8,8 +8,8 @@ from regplugins.layers import (
     cached_warp,
     compose_ddf,
     ddf_to_physical,
-    invert_ddf,
     fit_affine_to_points,
+    invert_ddf,
     resample_ddf,
     sample,
     sample_points,
@@ -126,7 +126,7 @@ def test_gradient_magnitude_of_a_ramp_is_its_slope():
     assert flat.abs().max() < 1e-4
 
 
-def test_soft_argmax_of_peaked_heat_maps_is_their_peaks_in_normalised_coordinates():
+def test_soft_argmax_of_peaked_heat_maps_is_their_peaks_in_normalized_coordinates():
     heatmaps = torch.full((1, 2, 5, 9), -50.0)
     heatmaps[0, 0, 0, 0] = heatmaps[0, 1, 3, 6] = 50.0
     points = soft_argmax_points(heatmaps)

@@ -53,10 +53,13 @@ def test_mind_variance_floor_takes_away_the_reward_for_blurring_the_noise_of_the
     """Aligned T1 and CT prepared as the train configs do: moving the T1's air by half a voxel, which moves no anatomy,
     only blurs its noise; with the MIND authors' floor on V that lowers MIND, with a floor of 1 % it raises it."""
     keys = ["fixed", "fixed_paired"]
-    prepare = Compose([
-        NormalizeModalityd(keys), AntiAliasd(keys, pixdim=4.0),
-        Spacingd(keys + ["fixed_label"], pixdim=4.0, mode=["bilinear", "bilinear", "nearest"]),
-    ])
+    prepare = Compose(
+        [
+            NormalizeModalityd(keys),
+            AntiAliasd(keys, pixdim=4.0),
+            Spacingd(keys + ["fixed_label"], pixdim=4.0, mode=["bilinear", "bilinear", "nearest"]),
+        ]
+    )
     for seed in (0, 1):
         pair = prepare(SyntheticPairGenerator(shape=(96, 96, 96), spacing=2.0, modalities=("t1", "ct"))(seed))
         fixed, moving = pair["fixed"][None].as_tensor(), pair["fixed_paired"][None].as_tensor()
@@ -125,7 +128,7 @@ def test_global_ncc_values():
     assert GlobalNCCLoss(reduction="none")(image, image).shape == (2,)
 
 
-def test_laplacian_regulariser_zero_for_affine_field_and_exact_for_quadratic():
+def test_laplacian_regularizer_zero_for_affine_field_and_exact_for_quadratic():
     x = torch.arange(8.0).view(8, 1, 1).expand(8, 8, 8)
     affine_field = torch.stack([0.5 * x, torch.zeros_like(x), torch.ones_like(x)])[None]
     assert LaplacianRegularizationLoss(l1=1.0, l2=0.0)(affine_field) < 1e-8
@@ -154,7 +157,9 @@ def test_gradient_fusion_smoothness_is_voxelmorphs_mean_over_axes():
 
 def test_inverse_consistency_small_for_true_inverse_large_for_mismatch():
     generator = torch.Generator().manual_seed(1)
-    velocity = 2.0 * torch.nn.functional.interpolate(torch.randn(1, 3, 4, 4, 4, generator=generator), size=(24, 24, 24), mode="trilinear", align_corners=True)
+    velocity = 2.0 * torch.nn.functional.interpolate(
+        torch.randn(1, 3, 4, 4, 4, generator=generator), size=(24, 24, 24), mode="trilinear", align_corners=True
+    )
     integrate = DVF2DDF(num_steps=7)
     forward, backward = integrate(velocity), integrate(-velocity)
     consistent = InverseConsistencyLoss()(forward, backward)

@@ -16,8 +16,9 @@ import pytest
 import requests
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from conftest import ROOT, TRAINED_BUNDLES, read_datalist
 from regplugins.demo import labels_on_fixed_grid, mean_dice
+
+from conftest import ROOT, TRAINED_BUNDLES, read_datalist
 
 APP = ROOT / "apps" / "monailabel_registration"
 
@@ -45,9 +46,27 @@ def server(synthetic_pairs, tmp_path_factory):
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-         "--host", "127.0.0.1", "--port", str(port), "--conf", "device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=str(tmp_path_factory.mktemp("cwd")),
+        [
+            sys.executable,
+            "-m",
+            "monailabel.main",
+            "start_server",
+            "--app",
+            str(app),
+            "--studies",
+            str(studies),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--conf",
+            "device",
+            "cpu",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=str(tmp_path_factory.mktemp("cwd")),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -70,12 +89,16 @@ def server(synthetic_pairs, tmp_path_factory):
 
 def _infer(server, bundle: str, params: dict) -> tuple[dict, bytes]:
     response = requests.post(
-        f"{server['url']}/infer/{bundle}", params={"image": "fixed_t1", "output": "all"},
-        files={"params": (None, json.dumps(params))}, timeout=600,
+        f"{server['url']}/infer/{bundle}",
+        params={"image": "fixed_t1", "output": "all"},
+        files={"params": (None, json.dumps(params))},
+        timeout=600,
     )
     assert response.status_code == 200, response.text[-2000:]
-    parts = {part.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0].decode(): part.content
-             for part in MultipartDecoder.from_response(response).parts}
+    parts = {
+        part.headers[b"Content-Disposition"].split(b'name="')[1].split(b'"')[0].decode(): part.content
+        for part in MultipartDecoder.from_response(response).parts
+    }
     return json.loads(parts["params"]), parts["image"]
 
 
@@ -137,8 +160,10 @@ def test_infer_without_a_moving_image_registers_the_atlas(server, tmp_path):
 
 def test_infer_names_a_moving_image_missing_from_the_datastore(server):
     response = requests.post(
-        f"{server['url']}/infer/{TRAINED_BUNDLES[0].name}", params={"image": "fixed_t1", "output": "json"},
-        files={"params": (None, json.dumps({"moving": "no_such_image"}))}, timeout=120,
+        f"{server['url']}/infer/{TRAINED_BUNDLES[0].name}",
+        params={"image": "fixed_t1", "output": "json"},
+        files={"params": (None, json.dumps({"moving": "no_such_image"}))},
+        timeout=120,
     )
     assert response.status_code == 400
     assert "no_such_image" in response.json()["detail"]

@@ -78,8 +78,16 @@ def test_refinement_of_a_large_deformation_does_not_fold():
 
 def refinement_inputs(pair: dict, pred: torch.Tensor) -> dict:
     """What the bundles' post-processing holds for one pair: working grid = the fixed grid here."""
-    native = {key: MetaTensor(pair[key].as_tensor(), affine=pair[key].affine, meta={"filename_or_obj": f"{key}.nii.gz"}) for key in ("fixed", "moving")}
-    return {"pred": pred, "native_fixed": native["fixed"], "native_moving": native["moving"], "fixed": native["fixed"], "prealign_matrix": torch.eye(4)}
+    native = {
+        key: MetaTensor(pair[key].as_tensor(), affine=pair[key].affine, meta={"filename_or_obj": f"{key}.nii.gz"}) for key in ("fixed", "moving")
+    }
+    return {
+        "pred": pred,
+        "native_fixed": native["fixed"],
+        "native_moving": native["moving"],
+        "fixed": native["fixed"],
+        "prealign_matrix": torch.eye(4),
+    }
 
 
 def test_refinement_of_a_moving_image_on_another_grid_keeps_the_refined_field_and_records_each_stage():
@@ -115,10 +123,12 @@ def test_bad_refinement_settings_stop_with_one_clear_error():
         ({"refine_iterations": 2.5}, "error: refine_iterations"),
         ({"refine_similarity": "mutual"}, "error: refine_similarity: 'mutual' is not one of mind_ssc, mind, ncc."),
         ({"prealign": "syn"}, "error: prealign: 'syn' is not one of none, rigid, affine."),
+        ({"ddf_spacing": -2.0}, r"error: ddf_spacing: -2.0 is not 0 \(the fixed grid\) or a spacing in mm."),
+        ({"ddf_spacing": "3mm"}, "error: ddf_spacing: '3mm'"),
     ]:
         with pytest.raises(SystemExit, match=message):
             checked_settings(**settings)
-    assert checked_settings("affine", 30, "mind_ssc")
+    assert checked_settings("affine", 30, "mind_ssc", 3.0) and checked_settings(ddf_spacing=0)
 
 
 def test_sampled_similarity_agrees_with_its_whole_image_form(pair, similarity):

@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import ROOT, itk_resample
 from regplugins.io import load_nifti, pair_output_name, save_nifti
+
+from conftest import ROOT, itk_resample
 
 
 def regplugins(*args: str, cwd: Path = ROOT, python: str = sys.executable) -> subprocess.CompletedProcess:
@@ -34,7 +35,10 @@ def write_dicom_series(image_path: str, folder: Path) -> Path:
     for k in range(image.GetDepth()):
         slice_k = image[:, :, k]
         tags = {
-            "0008|0060": "CT", "0020|000e": series, "0020|000d": series + ".1", "0020|0013": str(k + 1),
+            "0008|0060": "CT",
+            "0020|000e": series,
+            "0020|000d": series + ".1",
+            "0020|0013": str(k + 1),
             "0020|0037": "\\".join(map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))),
             "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, k)))),
             "0018|0050": str(image.GetSpacing()[2]),
@@ -92,8 +96,17 @@ def test_register_prints_a_line_per_pair_and_apply_reproduces_its_outputs(pair, 
     fixed, moving = tmp_path / "fixed.mha", tmp_path / "moving.nrrd"
     itk.imwrite(itk.imread(pair["fixed"]), str(fixed))
     itk.imwrite(itk.imread(pair["moving"]), str(moving))
-    result = regplugins("register", str(fixed), str(moving), "--out", str(tmp_path / "out"), "--moving-label", pair["moving_label"],
-                        "--qc", *(["--rigid"] if rigid else ["--refine-iterations", "5"]))
+    result = regplugins(
+        "register",
+        str(fixed),
+        str(moving),
+        "--out",
+        str(tmp_path / "out"),
+        "--moving-label",
+        pair["moving_label"],
+        "--qc",
+        *(["--rigid"] if rigid else ["--refine-iterations", "5"]),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "out" / "moving_to_fixed"
     assert result.stdout.splitlines() == [result.stdout.strip()] and str(folder) in result.stdout
@@ -103,8 +116,9 @@ def test_register_prints_a_line_per_pair_and_apply_reproduces_its_outputs(pair, 
     transform = folder / ("rigid.tfm" if rigid else "ddf.nii.gz")
     for name, source, nearest in (("warped", moving, []), ("warped_label", pair["moving_label"], ["--nearest"])):
         applied = tmp_path / f"{name}_applied.nii.gz"
-        result = regplugins("apply", "--transform", str(transform), "--moving", str(source), "--reference", str(fixed),
-                            "--out", str(applied), *nearest)
+        result = regplugins(
+            "apply", "--transform", str(transform), "--moving", str(source), "--reference", str(fixed), "--out", str(applied), *nearest
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         ours = nib.load(str(folder / f"{name}.nii.gz")).get_fdata()
         np.testing.assert_allclose(nib.load(str(applied)).get_fdata(), ours, atol=1e-3 * np.abs(ours).max())
@@ -113,13 +127,15 @@ def test_register_prints_a_line_per_pair_and_apply_reproduces_its_outputs(pair, 
         assert np.abs(by_itk - nib.load(str(folder / "warped.nii.gz")).get_fdata()).max() < 1e-3 * np.abs(by_itk).max()
 
 
-def test_apply_refuses_a_field_made_for_another_grid(pair, tmp_path):
+def test_apply_refuses_a_field_whose_grid_does_not_cover_the_reference(pair, tmp_path):
     from regplugins.io import save_itk_displacement_field
 
     ddf = tmp_path / "ddf.nii.gz"
     save_itk_displacement_field(ddf, np.zeros((3, 10, 10, 10), dtype=np.float32), np.eye(4))
-    result = regplugins("apply", "--transform", str(ddf), "--moving", pair["moving"], "--reference", pair["fixed"], "--out", str(tmp_path / "w.nii.gz"))
-    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith(f"error: {ddf}: the field's grid differs")
+    result = regplugins(
+        "apply", "--transform", str(ddf), "--moving", pair["moving"], "--reference", pair["fixed"], "--out", str(tmp_path / "w.nii.gz")
+    )
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith(f"error: {ddf}: the field's grid does not cover")
     assert not (tmp_path / "w.nii.gz").exists()
 
 
@@ -134,7 +150,9 @@ def test_a_cohort_goes_on_past_a_failing_pair_and_resumes(pair, pairs, tmp_path)
     result = regplugins("register", "--datalist", str(datalist), "--out", str(out), "--refine_iterations", "0")
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert len(lines) == 3 and lines[1] == f"[2/3] absent_to_{Path(pairs[1]['fixed']).name[:-7]}: error: {tmp_path / 'absent.nii.gz'}: file not found."
+    assert (
+        len(lines) == 3 and lines[1] == f"[2/3] absent_to_{Path(pairs[1]['fixed']).name[:-7]}: error: {tmp_path / 'absent.nii.gz'}: file not found."
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert [p["status"] for p in summary["pairs"]] == ["done", "failed", "done"] and summary["bundle"] == "ct_mr_gradient_fusion_reg"
     assert all((Path(p["output"]) / "warped.nii.gz").exists() for p in summary["pairs"] if p["status"] == "done")
@@ -167,8 +185,13 @@ def test_register_works_from_a_wheel_installed_without_the_checkout(pair, tmp_pa
     """A normal (not editable) install finds the bundles it carries as data files, from any folder."""
     import sysconfig
 
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(ROOT)],
-                           capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(ROOT)],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -176,12 +199,36 @@ def test_register_works_from_a_wheel_installed_without_the_checkout(pair, tmp_pa
     # the project's dependencies come from this environment's site-packages, regplugins only from the wheel:
     # a path added by a .pth file is not a site folder, so the editable install's own .pth there is not run
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
-                                *map(str, (tmp_path / "wheel").glob("*.whl"))], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            *map(str, (tmp_path / "wheel").glob("*.whl")),
+        ],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
 
-    result = regplugins("register", pair["fixed"], pair["moving"], "--out", str(tmp_path / "out"), "--refine_iterations", "0",
-                        cwd=tmp_path, python=str(venv / "bin" / "python"))
+    result = regplugins(
+        "register",
+        pair["fixed"],
+        pair["moving"],
+        "--out",
+        str(tmp_path / "out"),
+        "--refine_iterations",
+        "0",
+        cwd=tmp_path,
+        python=str(venv / "bin" / "python"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["bundle_root"].startswith(str(venv))
     assert (tmp_path / "out" / pair_output_name(pair["moving"], pair["fixed"]) / "ddf.nii.gz").exists()

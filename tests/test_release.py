@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, read_datalist, run_bundle, writes_inverse_field
-from regplugins.inferers import ForwardInverseInferer, PairOptimisationInferer
+from regplugins.inferers import ForwardInverseInferer, PairOptimizationInferer
 from regplugins.io import load_itk_displacement_field, pair_output_name
 from regplugins.release import build_release
+
+from conftest import BUNDLE, BUNDLES, ROOT, TRAINED_BUNDLES, read_datalist, run_bundle, writes_inverse_field
 
 
 @pytest.fixture(scope="module", params=TRAINED_BUNDLES, ids=lambda path: path.name)
@@ -46,7 +47,10 @@ def test_downloaded_release_registers_with_model_pt_and_model_ts_alike(release, 
     bundles.mkdir()
     download = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "download", "--name", bundle.name, "--url", zip_path.as_uri(), "--bundle_dir", str(bundles)],
-        capture_output=True, encoding="utf-8", errors="replace", timeout=300,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
     )
     assert download.returncode == 0, download.stderr[-2000:]
     downloaded = bundles / bundle.name
@@ -58,9 +62,27 @@ def test_downloaded_release_registers_with_model_pt_and_model_ts_alike(release, 
         # the networks alone with either export: pair optimisation (the fcn bundle's option) needs model.pt, and a
         # refinement on the pair would magnify the exports' rounding differences (the rigid one samples at random);
         # in float32, since bfloat16 (the default on CPUs with AVX-512 BF16) rounds the traced and the eager graph apart
-        result = run_bundle("--fixed_image", fixed, "--moving_image", moving, "--output_dir", str(out), "--device", "cpu",
-                            "--ckpt_path", str(downloaded / "models" / weights), "--optimise_iterations", "0",
-                            "--refine_iterations", "0", "--refine", "false", "--mixed_precision", "False", bundle=downloaded)
+        result = run_bundle(
+            "--fixed_image",
+            fixed,
+            "--moving_image",
+            moving,
+            "--output_dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--ckpt_path",
+            str(downloaded / "models" / weights),
+            "--optimize_iterations",
+            "0",
+            "--refine_iterations",
+            "0",
+            "--refine",
+            "false",
+            "--mixed_precision",
+            "False",
+            bundle=downloaded,
+        )
         if weights == "model.ts" and writes_inverse_field(bundle):
             # the export holds network_def's forward field alone, not the inverse that FIRE's inference writes
             assert result.returncode != 0 and "not models/model.ts" in result.stderr, result.stderr[-3000:]
@@ -95,7 +117,7 @@ def test_release_refuses_a_bundle_without_weights_or_with_a_stale_regplugins_pin
 
 @pytest.mark.parametrize(
     "inferer",
-    [ForwardInverseInferer(), PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2)],
+    [ForwardInverseInferer(), PairOptimizationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2)],
     ids=["forward_inverse", "pair_optimisation"],
 )
 def test_inferers_that_need_more_than_the_forward_field_refuse_a_torchscript_network(inferer):
@@ -134,6 +156,10 @@ def test_the_cards_links_stay_inside_the_bundle_and_its_metadata_gives_the_cards
     rows = {kind: line for line in card.splitlines() for kind in re.findall(r"\(`([a-z0-9_]+)`\)", line)}
     for key, value in metrics.items():
         name, kind = re.match(r"mean_(dice|field_error_mm|rotation_error_deg|translation_error_mm)_(.+)", key).groups()
-        cell = {"dice": f"{value:.3f} (", "field_error_mm": f"({value:.2f} mm)", "rotation_error_deg": f"{value:.2f}°",
-                "translation_error_mm": f"{value:.2f} mm"}[name]
+        cell = {
+            "dice": f"{value:.3f} (",
+            "field_error_mm": f"({value:.2f} mm)",
+            "rotation_error_deg": f"{value:.2f}°",
+            "translation_error_mm": f"{value:.2f} mm",
+        }[name]
         assert cell in rows[kind], f"{bundle.name}: {key} {value} is not the card's {kind} row"

@@ -12,12 +12,13 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from conftest import ROOT, TINY, run_bundle
 from regplugins.data import grid_affine, write_synthetic_set
 from regplugins.io import load_itk_displacement_field, load_nifti, pair_output_name, registration_pairs
 from regplugins.layers import voxel_grid
-from regplugins.rigid import grid_centre_lps, ras_to_lps, read_rigid_tfm, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
+from regplugins.rigid import grid_center_lps, ras_to_lps, read_rigid_tfm, rigid_matrix, rigid_parameters, write_augmented_set, write_rigid_files
 from regplugins.transforms import RandHeadScaled, RandRigidMotiond
+
+from conftest import ROOT, TINY, run_bundle
 
 RIGID = ROOT / "bundles" / "head_ct_mr_rigid_reg"
 
@@ -26,10 +27,10 @@ def test_euler_parameters_to_matrix_to_itk_tfm_round_trip_is_exact(tmp_path):
     import itk
 
     rng = np.random.default_rng(0)
-    angles, translation, centre = rng.uniform(-30, 30, 3), rng.uniform(-10, 10, 3), rng.uniform(-50, 50, 3)
-    matrix = rigid_matrix(angles, translation, centre)
-    assert np.allclose(rigid_parameters(matrix, centre)[0], angles) and np.allclose(rigid_parameters(matrix, centre)[1], translation)
-    write_rigid_files(tmp_path, matrix, centre)
+    angles, translation, center = rng.uniform(-30, 30, 3), rng.uniform(-10, 10, 3), rng.uniform(-50, 50, 3)
+    matrix = rigid_matrix(angles, translation, center)
+    assert np.allclose(rigid_parameters(matrix, center)[0], angles) and np.allclose(rigid_parameters(matrix, center)[1], translation)
+    write_rigid_files(tmp_path, matrix, center)
     transform = itk.transformread(str(tmp_path / "rigid.tfm"))[0]
     assert transform.GetNameOfClass() == "Euler3DTransform"
     assert np.allclose(np.degrees(list(transform.GetParameters())[:3]), angles, atol=1e-9)
@@ -43,8 +44,8 @@ def test_euler_parameters_to_matrix_to_itk_tfm_round_trip_is_exact(tmp_path):
 def _blob(shape=(32, 32, 32), spacing=3.0) -> MetaTensor:
     """A smooth, asymmetric volume: rotations and shifts of it are all different."""
     grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    centres = torch.tensor([[0.3, -0.2, 0.1], [-0.35, 0.25, -0.1], [0.0, 0.3, 0.35]])
-    image = sum(torch.exp(-((grid - c.view(3, 1, 1, 1)) ** 2).sum(0) / 0.08) for c in centres)
+    centers = torch.tensor([[0.3, -0.2, 0.1], [-0.35, 0.25, -0.1], [0.0, 0.3, 0.35]])
+    image = sum(torch.exp(-((grid - c.view(3, 1, 1, 1)) ** 2).sum(0) / 0.08) for c in centers)
     return MetaTensor(image[None].float(), affine=grid_affine([spacing] * 3, shape))
 
 
@@ -57,7 +58,7 @@ def test_random_rigid_motion_is_undone_by_its_parameters():
     angles, translation = moved["label"][:3].double().numpy(), moved["label"][3:].double().numpy()
     assert np.abs(angles).max() > 1.0 and np.abs(moved["moving"] - fixed).max() > 0.1
     affine = fixed.affine.double().numpy()
-    motion = ras_to_lps(rigid_matrix(angles, translation, grid_centre_lps(affine, fixed.shape[1:])))
+    motion = ras_to_lps(rigid_matrix(angles, translation, grid_center_lps(affine, fixed.shape[1:])))
     # warped(x) = moved(T x): the fixed image again, away from the border the motion emptied
     back = warp_affine(moved["moving"].as_tensor()[None], torch.from_numpy(np.linalg.inv(affine) @ motion @ affine))[0]
     inner = (slice(None), *(slice(6, -6),) * 3)
@@ -93,8 +94,7 @@ def _centroid(image) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def rigid_pairs(tmp_path_factory):
     """Two rigid-only CT-like/T1-like head pairs at 3 mm with up to 10 degrees and 5 mm of motion."""
-    return write_synthetic_set(tmp_path_factory.mktemp("rigid"), n=2, shape=(64, 64, 64), spacing=3.0, seed=21,
-                               deformation_mm=0.0, rotation_deg=10.0)
+    return write_synthetic_set(tmp_path_factory.mktemp("rigid"), n=2, shape=(64, 64, 64), spacing=3.0, seed=21, deformation_mm=0.0, rotation_deg=10.0)
 
 
 def test_augmented_copies_keep_their_original_subset_and_carry_the_composed_truth(rigid_pairs, tmp_path):
@@ -156,15 +156,18 @@ def test_classifier_and_ann_stages_train_and_the_inference_networks_load_them(tm
     """train.json, then train_ann.json on its CNN, and train_classifier.json, each at its smallest."""
     from monai.bundle import ConfigParser
 
-    configs = {name: json.dumps([str(RIGID / "configs" / "train.json"), str(RIGID / "configs" / f"{name}.json")])
-               for name in ("train_ann", "train_classifier")}
+    configs = {
+        name: json.dumps([str(RIGID / "configs" / "train.json"), str(RIGID / "configs" / f"{name}.json")])
+        for name in ("train_ann", "train_classifier")
+    }
     for config in ("train.json", configs["train_classifier"]):
         result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), config=config, bundle=RIGID)
         assert result.returncode == 0, result.stderr[-3000:]
     assert "val_accuracy:" in result.stdout + result.stderr
     # enough copies that the 2636 weights of the ANN have more target values than parameters
-    result = run_bundle(*TINY, "--ckpt_dir", str(tmp_path), "--ann_augmentations_per_original", "120", "--ann_epochs", "3",
-                        config=configs["train_ann"], bundle=RIGID)
+    result = run_bundle(
+        *TINY, "--ckpt_dir", str(tmp_path), "--ann_augmentations_per_original", "120", "--ann_epochs", "3", config=configs["train_ann"], bundle=RIGID
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'val_rmse': {'regression'" in result.stdout
     parser = ConfigParser()
@@ -193,8 +196,9 @@ def test_shipped_classifier_separates_ct_from_mr():
     images, classes = [], []
     heads = {"generated": {}, "mni152": {"subject_deformation_mm": 4.0, "deformation_scale_mm": 48.0}}
     for seed, (anatomy, mr) in enumerate(itertools.product(heads, ("t1", "t2", "pd"))):
-        generator = SyntheticPairGenerator(shape=shape, spacing=spacing[0], modalities=("ct", mr), deformation_mm=0.0, anatomy=anatomy,
-                                           **heads[anatomy])
+        generator = SyntheticPairGenerator(
+            shape=shape, spacing=spacing[0], modalities=("ct", mr), deformation_mm=0.0, anatomy=anatomy, **heads[anatomy]
+        )
         pair = generator(3_000_000 + seed)
         pair = NormalizeModalityd(keys=["moving", "fixed"])(pair)
         images += [pair["moving"], pair["fixed"]]
@@ -251,8 +255,8 @@ def test_saver_inverts_a_swapped_pair_back_into_the_users_order(rigid_pairs, tmp
         records[swapped] = json.loads((tmp_path / str(swapped) / pair_output_name(pair["moving"], pair["fixed"]) / "rigid.json").read_text())
         assert out["output_folder"].endswith(pair_output_name(pair["moving"], pair["fixed"]))
     for swapped, network_fixed in ((False, loaded["fixed"]), (True, loaded["moving"])):
-        centre = grid_centre_lps(network_fixed.affine.numpy(), network_fixed.shape[1:])
-        expected = rigid_matrix(parameters[:3].numpy(), parameters[3:].numpy(), centre)
+        center = grid_center_lps(network_fixed.affine.numpy(), network_fixed.shape[1:])
+        expected = rigid_matrix(parameters[:3].numpy(), parameters[3:].numpy(), center)
         assert np.allclose(records[swapped]["matrix"], np.linalg.inv(expected) if swapped else expected, atol=1e-6)
         assert records[swapped]["auto_order"]["swapped"] == swapped
     assert records[True]["auto_order"]["ct_image"] == pair["fixed"] and records[True]["auto_order"]["mr_image"] == pair["moving"]
@@ -264,8 +268,16 @@ def test_shipped_regressor_recovers_the_motion_of_held_out_mni152_heads():
 
     parser = ConfigParser()
     parser.read_config(str(RIGID / "configs" / "train.json"))
-    parser.update({"bundle_root": str(RIGID), "device": "cpu", "num_workers": 0, "num_train_pairs": 3_000_000, "num_val_pairs": 6,
-                   "validation_augmentations": 1})
+    parser.update(
+        {
+            "bundle_root": str(RIGID),
+            "device": "cpu",
+            "num_workers": 0,
+            "num_train_pairs": 3_000_000,
+            "num_val_pairs": 6,
+            "validation_augmentations": 1,
+        }
+    )
     batch = [parser.get_parsed_content("validate#dataset")[i] for i in range(6)]
     images, truth = torch.stack([torch.as_tensor(item["image"]) for item in batch]), torch.stack([item["label"] for item in batch])
     state = torch.load(RIGID / "models" / "model.pt", map_location="cpu")
@@ -283,10 +295,22 @@ def test_shipped_regressor_recovers_the_motion_of_held_out_mni152_heads():
 @pytest.fixture(scope="module")
 def mni152_rigid_pairs(tmp_path_factory):
     """A rigid-only CT-like/T1-like and a T2-like/T1-like pair of MNI152 heads at 3 mm, up to 10 degrees and 5 mm apart."""
-    return {path: write_synthetic_set(tmp_path_factory.mktemp(path), n=1, shape=(64, 64, 64), spacing=3.0, seed=22, modalities=modalities,
-                                      deformation_mm=0.0, rotation_deg=10.0, anatomy="mni152", subject_deformation_mm=4.0,
-                                      deformation_scale_mm=48.0)
-            for path, modalities in {"ct_mr": ("ct", "t1"), "mr_mr": ("t2", "t1")}.items()}
+    return {
+        path: write_synthetic_set(
+            tmp_path_factory.mktemp(path),
+            n=1,
+            shape=(64, 64, 64),
+            spacing=3.0,
+            seed=22,
+            modalities=modalities,
+            deformation_mm=0.0,
+            rotation_deg=10.0,
+            anatomy="mni152",
+            subject_deformation_mm=4.0,
+            deformation_scale_mm=48.0,
+        )
+        for path, modalities in {"ct_mr": ("ct", "t1"), "mr_mr": ("t2", "t1")}.items()
+    }
 
 
 @pytest.mark.slow
@@ -305,8 +329,8 @@ def test_bundle_recovers_a_known_motion_and_swapped_roles_give_its_inverse(mni15
         matrices[order] = np.asarray(record["matrix"])
     scores = score_registration(pair, tmp_path / "given" / pair_output_name(pair["moving"], pair["fixed"]))
     assert scores["rotation_error_deg"] < 0.5 and scores["translation_error_mm"] < 0.5, scores
-    centre = grid_centre_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
-    inverse_gap = rigid_errors(np.linalg.inv(matrices["swapped"]), matrices["given"], centre)
+    center = grid_center_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
+    inverse_gap = rigid_errors(np.linalg.inv(matrices["swapped"]), matrices["given"], center)
     assert inverse_gap["rotation_error_deg"] < 0.5 and inverse_gap["translation_error_mm"] < 0.5, inverse_gap
 
 
@@ -336,8 +360,9 @@ def test_rigid_tfm_read_by_itk_reproduces_warped_image(rigid_pairs, tmp_path):
     import itk
 
     pair = registration_pairs(datalist=str(rigid_pairs))[1]
-    result = run_bundle("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--output_dir", str(tmp_path), "--device", "cpu",
-                        bundle=RIGID)
+    result = run_bundle(
+        "--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--output_dir", str(tmp_path), "--device", "cpu", bundle=RIGID
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / pair_output_name(pair["moving"], pair["fixed"])
     fixed, moving = itk.imread(pair["fixed"], itk.F), itk.imread(pair["moving"], itk.F)

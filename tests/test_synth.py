@@ -9,7 +9,9 @@ from regplugins.metrics import fit_rigid, folding_percent, jacobian_determinant,
 
 def warp_labels_with_true_field(pair):
     fixed_affine = pair["fixed_label"].affine
-    warped = warp_physical(pair["moving_label"][None].as_tensor(), pair["moving_label"].affine, pair["true_ddf"][None].as_tensor(), fixed_affine, "nearest")
+    warped = warp_physical(
+        pair["moving_label"][None].as_tensor(), pair["moving_label"].affine, pair["true_ddf"][None].as_tensor(), fixed_affine, "nearest"
+    )
     return warped[0, 0].numpy()
 
 
@@ -51,8 +53,11 @@ def test_registered_paired_images_are_the_other_scan_through_the_true_transform(
     for key in ("fixed", "moving", "fixed_label", "moving_label", "true_ddf"):  # only the paired images change
         assert torch.equal(rendered[key], registered[key]), key
     moving_on_fixed = warp_physical(
-        registered["moving"][None].as_tensor(), registered["moving"].affine, registered["true_ddf"][None].as_tensor(),
-        registered["fixed"].affine, "bilinear",
+        registered["moving"][None].as_tensor(),
+        registered["moving"].affine,
+        registered["true_ddf"][None].as_tensor(),
+        registered["fixed"].affine,
+        "bilinear",
     )[0]
     head = registered["fixed_label"] > 0
     assert torch.allclose(registered["fixed_paired"][head], moving_on_fixed[head], rtol=1e-3, atol=1.0)
@@ -94,7 +99,9 @@ def test_scaling_makes_the_global_motion_affine_and_keeps_rigid_seeds():
     # the true field is the affine itself
     field, grid = affine_pair["true_ddf"].numpy(), affine_pair["true_ddf"].affine.numpy()
     world = np.einsum("ij,j...->i...", grid[:3, :3], np.indices(field.shape[1:]).astype(float)) + grid[:3, 3, None, None, None]
-    moved = np.einsum("ij,j...->i...", affine_pair["true_affine"][:3, :3].numpy(), world) + affine_pair["true_affine"][:3, 3, None, None, None].numpy()
+    moved = (
+        np.einsum("ij,j...->i...", affine_pair["true_affine"][:3, :3].numpy(), world) + affine_pair["true_affine"][:3, 3, None, None, None].numpy()
+    )
     assert np.allclose(world + field, moved, atol=1e-3)
     # the scales are drawn after the anatomy: the same seed gives the same head
     assert torch.equal(rigid["fixed_label"], affine_pair["fixed_label"])
@@ -107,8 +114,10 @@ def test_two_dimensional_pairs_and_user_label_maps():
     labels[:, 6:18, 6:18, 6:18] = 1
     labels[:, 9:15, 9:15, 9:15] = 2
     user = SyntheticPairGenerator(
-        labels=labels, labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
-        tissue_of_label={0: "background", 1: "grey_matter", 2: "white_matter"}, modalities=("ct", "t1"),
+        labels=labels,
+        labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
+        tissue_of_label={0: "background", 1: "grey_matter", 2: "white_matter"},
+        modalities=("ct", "t1"),
     )(0)
     assert torch.equal(user["fixed_label"].long(), labels)
     assert set(user["moving_label"].unique().tolist()) <= {0, 1, 2}
@@ -130,8 +139,9 @@ def test_intensity_spread_zero_gives_every_pair_one_protocols_contrast():
     from regplugins.data.synth import SKULL
 
     def skull_90th_percentile(spread):
-        generator = SyntheticPairGenerator(shape=(64, 64, 64), spacing=2.0, skull_probability=1.0, deformation_mm=0, rotation_deg=0,
-                                           translation_mm=0, intensity_spread=spread)
+        generator = SyntheticPairGenerator(
+            shape=(64, 64, 64), spacing=2.0, skull_probability=1.0, deformation_mm=0, rotation_deg=0, translation_mm=0, intensity_spread=spread
+        )
         values = []
         for seed in range(4):
             pair = generator(seed)
@@ -184,8 +194,14 @@ def test_shared_texture_is_the_same_fine_structure_in_both_modalities():
 
     def correlation_and_moving_std(texture, noise_scale=1.0):
         pair = SyntheticPairGenerator(
-            labels=labels, labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])), tissue_of_label={0: "background", 1: "white_matter"},
-            modalities=("ct", "t1"), rotation_deg=10, translation_mm=0, deformation_mm=0, texture=texture,
+            labels=labels,
+            labels_affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])),
+            tissue_of_label={0: "background", 1: "white_matter"},
+            modalities=("ct", "t1"),
+            rotation_deg=10,
+            translation_mm=0,
+            deformation_mm=0,
+            texture=texture,
             noise_scale=noise_scale,
         )(1)
         fixed, moving = fine_structure(pair, "fixed"), fine_structure(pair, "moving")

@@ -39,8 +39,17 @@ def test_pretrained_weights_are_loaded_before_the_first_iteration(bundle, tmp_pa
     def parsed(pretrained_weights):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs/train.json"))
-        parser.update({"working_shape": [32, 32, 32], "working_spacing": 6.0, "num_train_pairs": 2, "num_val_pairs": 1,
-                       "num_workers": 0, "device": "cpu", "pretrained_weights": pretrained_weights})
+        parser.update(
+            {
+                "working_shape": [32, 32, 32],
+                "working_spacing": 6.0,
+                "num_train_pairs": 2,
+                "num_val_pairs": 1,
+                "num_workers": 0,
+                "device": "cpu",
+                "pretrained_weights": pretrained_weights,
+            }
+        )
         return parser
 
     from_scratch = parsed("")
@@ -64,8 +73,8 @@ def test_validation_warps_the_labels_at_the_synthesis_grid(name):
     """Both bundles synthesise at twice the working resolution; their validation scores the labels there, not resampled to the working grid."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
-    parser.update({"working_shape": [16, 16, 16], "working_spacing": 6.0, "num_workers": 0, "device": "cpu"})
-    pair = parser.get_parsed_content("validate#preprocessing")({"seed": 1_000_000})
+    parser.update({"working_shape": [16, 16, 16], "working_spacing": 6.0, "num_val_pairs": 1, "num_workers": 0, "device": "cpu"})
+    pair = parser.get_parsed_content("validate#dataset")[0]
     assert pair["image"].shape[1:] == (16, 16, 16) and pair["moving_label_full"].shape[1:] == (32, 32, 32)
     shift = torch.zeros(3, 16, 16, 16)
     shift[0] = 1.0  # one 6 mm working voxel: two synthesis voxels
@@ -82,8 +91,16 @@ def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_pat
     def datasets(cache_dir):
         parser = ConfigParser()
         parser.read_config(str(ROOT / "bundles" / name / "configs/train.json"))
-        parser.update({"working_shape": [16, 16, 16], "working_spacing": 8.0, "num_train_pairs": 3, "num_val_pairs": 1,
-                       "num_workers": 0, "cache_dir": cache_dir})
+        parser.update(
+            {
+                "working_shape": [16, 16, 16],
+                "working_spacing": 8.0,
+                "num_train_pairs": 3,
+                "num_val_pairs": 1,
+                "num_workers": 0,
+                "cache_dir": cache_dir,
+            }
+        )
         return parser.get_parsed_content("validate#dataset"), parser.get_parsed_content("train#dataset")
 
     in_memory, _ = datasets(None)
@@ -104,9 +121,23 @@ def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_pat
 def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
     configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
-        "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(BUNDLE),
-        "--logging_file", str(BUNDLE / "configs/logging.conf"), *TINY, "--ckpt_dir", str(tmp_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",  # a free port
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(BUNDLE),
+        "--logging_file",
+        str(BUNDLE / "configs/logging.conf"),
+        *TINY,
+        "--ckpt_dir",
+        str(tmp_path),
     ]
     command.remove("--device")
     command.remove("cpu")
@@ -136,8 +167,8 @@ def test_autocast_inferer_trains_in_bfloat16_on_the_cpu_with_float32_outputs():
     assert AutocastInferer(enabled=False)(pair, network.eval()).dtype == torch.float32
 
 
-def test_pair_optimisation_in_bfloat16_lowers_the_loss_and_returns_float32():
-    from regplugins.inferers import PairOptimisationInferer
+def test_pair_optimization_in_bfloat16_lowers_the_loss_and_returns_float32():
+    from regplugins.inferers import PairOptimizationInferer
     from regplugins.losses import MINDLoss, MultiResolutionRegistrationLoss, TotalVariationLoss
     from regplugins.networks import MultiResolutionFCN
 
@@ -148,7 +179,7 @@ def test_pair_optimisation_in_bfloat16_lowers_the_loss_and_returns_float32():
     loss = MultiResolutionRegistrationLoss(MINDLoss(), TotalVariationLoss(), regularizer_weight=0.02)
     inner_dtypes = []
     network.conv1.register_forward_hook(lambda module, inputs, output: inner_dtypes.append(output.dtype))
-    field = PairOptimisationInferer(loss=loss, iterations=5, mixed_precision=True)(pair, network)
+    field = PairOptimizationInferer(loss=loss, iterations=5, mixed_precision=True)(pair, network)
     assert set(inner_dtypes) == {torch.bfloat16} and len(inner_dtypes) == 6  # five steps and the answer, all in bfloat16
     assert field.dtype == torch.float32 and field.shape == (1, 3, 16, 16, 16)
     with torch.no_grad():
@@ -161,3 +192,17 @@ def test_bfloat16_is_not_chosen_for_an_absent_gpu_or_a_device_that_computes_noth
     assert bfloat16_is_fast("meta") is False
     if not torch.cuda.is_available():
         assert bfloat16_is_fast("cuda") is False
+
+
+def test_the_old_spelling_of_a_renamed_setting_still_works_for_one_release_and_says_so():
+    from regplugins.inferers import PairOptimisationInferer
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / "fcn_multires_selfsup_reg" / "configs" / "inference.json"))
+    parser.update({"device": "cpu", "optimise_iterations": 3})
+    with pytest.warns(FutureWarning, match="optimise_iterations is renamed optimize_iterations"):
+        assert parser.get_parsed_content("inferer").iterations == 3
+    parser.update({"optimise_iterations": None, "optimize_iterations": 4})
+    assert parser.get_parsed_content("inferer", lazy=False).iterations == 4
+    with pytest.warns(FutureWarning, match="renamed PairOptimizationInferer"):
+        assert PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2).iterations == 2

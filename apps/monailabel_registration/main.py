@@ -42,8 +42,12 @@ class RegistrationApp(MONAILabelApp):
         self.output_dir = conf.get("output_dir") or os.path.join(studies, "registrations")
         self.device = conf.get("device", "cpu")
         super().__init__(
-            app_dir=app_dir, studies=studies, conf=conf, name="regplugins registration",
-            description="Deformable and rigid registration by the regplugins MONAI bundles", version=regplugins.__version__,
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="regplugins registration",
+            description="Deformable and rigid registration by the regplugins MONAI bundles",
+            version=regplugins.__version__,
         )
 
     def init_infers(self):

@@ -42,7 +42,7 @@ def mni152_brain() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
-def _centred_head(csf_mm: float, skull_mm: float, scalp_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _centered_head(csf_mm: float, skull_mm: float, scalp_mm: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The brain labels with the three shells on the template's grid, padded to hold them, and that
     grid's affine moved so that the head's bounding box is centred on the world origin."""
     from scipy.ndimage import distance_transform_edt
@@ -58,21 +58,19 @@ def _centred_head(csf_mm: float, skull_mm: float, scalp_mm: float) -> tuple[torc
     head[outside & (distance_mm <= csf_mm + skull_mm)] = 4
     head[outside & (distance_mm <= csf_mm)] = 1
     inside = np.argwhere(head > 0)
-    centred = affine.copy()
-    centred[:3, 3] = -affine[:3, :3] @ ((inside.min(0) + inside.max(0)) / 2.0)
-    return torch.from_numpy(head)[None, None].float(), torch.from_numpy(centred)
+    centered = affine.copy()
+    centered[:3, 3] = -affine[:3, :3] @ ((inside.min(0) + inside.max(0)) / 2.0)
+    return torch.from_numpy(head)[None, None].float(), torch.from_numpy(centered)
 
 
-def mni152_head_labels(
-    shape: Sequence[int], affine: torch.Tensor, csf_mm: float = 2.0, skull_mm: float = 6.0, scalp_mm: float = 5.0
-) -> torch.Tensor:
+def mni152_head_labels(shape: Sequence[int], affine: torch.Tensor, csf_mm: float = 2.0, skull_mm: float = 6.0, scalp_mm: float = 5.0) -> torch.Tensor:
     """The MNI152 head's labels (:data:`HEAD_TISSUES`) on the grid of ``shape`` and ``affine``, ``(1, *shape)``.
 
     The head's bounding box is centred on the world origin (a grid made by
     :func:`~regplugins.data.grid_affine` is centred there too), in its template orientation
     (RAS), sampled by nearest neighbour.
     """
-    head, head_affine = _centred_head(float(csf_mm), float(skull_mm), float(scalp_mm))
+    head, head_affine = _centered_head(float(csf_mm), float(skull_mm), float(scalp_mm))
     to_head_voxel = torch.linalg.inv(head_affine) @ affine.double()
     points = apply_affine(to_head_voxel, voxel_grid(shape, dtype=torch.float64)).float().unsqueeze(0)
     return sample(head, points, mode="nearest")[0].long()

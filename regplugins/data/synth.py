@@ -28,8 +28,8 @@ from monai.data import MetaTensor
 from monai.networks.blocks import DVF2DDF
 from monai.transforms import Transform
 
-from regplugins.utils import as_flag
 from regplugins.layers import apply_affine, sample, voxel_grid
+from regplugins.utils import as_flag
 
 from .anatomy import HEAD_TISSUES, mni152_head_labels
 
@@ -40,14 +40,42 @@ _T = {name: i for i, name in enumerate(TISSUES)}
 
 # range of the per-label mean intensity, by modality and tissue (CT in HU, MR in [0, 1] before scaling)
 INTENSITY_RANGES = {
-    "ct": {"background": (-1000, -1000), "csf": (0, 15), "grey_matter": (35, 45), "white_matter": (20, 30),
-           "fat": (-120, -80), "soft_tissue": (20, 60), "bone": (400, 1500)},
-    "t1": {"background": (0.0, 0.02), "csf": (0.05, 0.25), "grey_matter": (0.35, 0.55), "white_matter": (0.6, 0.85),
-           "fat": (0.75, 1.0), "soft_tissue": (0.3, 0.5), "bone": (0.0, 0.1)},
-    "t2": {"background": (0.0, 0.02), "csf": (0.8, 1.0), "grey_matter": (0.45, 0.6), "white_matter": (0.3, 0.45),
-           "fat": (0.2, 0.9), "soft_tissue": (0.25, 0.45), "bone": (0.0, 0.1)},
-    "pd": {"background": (0.0, 0.02), "csf": (0.75, 0.95), "grey_matter": (0.6, 0.8), "white_matter": (0.5, 0.65),
-           "fat": (0.6, 0.9), "soft_tissue": (0.45, 0.65), "bone": (0.0, 0.12)},
+    "ct": {
+        "background": (-1000, -1000),
+        "csf": (0, 15),
+        "grey_matter": (35, 45),
+        "white_matter": (20, 30),
+        "fat": (-120, -80),
+        "soft_tissue": (20, 60),
+        "bone": (400, 1500),
+    },
+    "t1": {
+        "background": (0.0, 0.02),
+        "csf": (0.05, 0.25),
+        "grey_matter": (0.35, 0.55),
+        "white_matter": (0.6, 0.85),
+        "fat": (0.75, 1.0),
+        "soft_tissue": (0.3, 0.5),
+        "bone": (0.0, 0.1),
+    },
+    "t2": {
+        "background": (0.0, 0.02),
+        "csf": (0.8, 1.0),
+        "grey_matter": (0.45, 0.6),
+        "white_matter": (0.3, 0.45),
+        "fat": (0.2, 0.9),
+        "soft_tissue": (0.25, 0.45),
+        "bone": (0.0, 0.1),
+    },
+    "pd": {
+        "background": (0.0, 0.02),
+        "csf": (0.75, 0.95),
+        "grey_matter": (0.6, 0.8),
+        "white_matter": (0.5, 0.65),
+        "fat": (0.6, 0.9),
+        "soft_tissue": (0.45, 0.65),
+        "bone": (0.0, 0.12),
+    },
 }
 
 # label ids of the generated head; interior structures follow from FIRST_STRUCTURE_LABEL on
@@ -62,10 +90,10 @@ def grid_affine(spacing: Sequence[float], shape: Sequence[int], rotation: torch.
     linear = torch.diag(torch.tensor([float(s) for s in spacing], dtype=torch.float64))
     if rotation is not None:
         linear = rotation.double() @ linear
-    centre = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=torch.float64)
+    center = torch.tensor([(s - 1) / 2.0 for s in shape], dtype=torch.float64)
     affine = torch.eye(n + 1, dtype=torch.float64)
     affine[:n, :n] = linear
-    affine[:n, n] = -linear @ centre
+    affine[:n, n] = -linear @ center
     return affine
 
 
@@ -73,9 +101,7 @@ def _uniform(low: float, high: float, generator: torch.Generator) -> float:
     return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
 
 
-def _smooth_noise(
-    shape: Sequence[int], scale: float, generator: torch.Generator, channels: int = 1, device=None
-) -> torch.Tensor:
+def _smooth_noise(shape: Sequence[int], scale: float, generator: torch.Generator, channels: int = 1, device=None) -> torch.Tensor:
     """Standard-normal noise on a coarse grid (``scale`` voxels apart), interpolated to ``shape`` on ``device``."""
     coarse = [max(2, math.ceil(s / max(scale, 1.0)) + 1) for s in shape]
     noise = torch.randn(1, channels, *coarse, generator=generator).to(device)
@@ -281,9 +307,9 @@ class SyntheticPairGenerator:
         n, shape = self.spatial_dims, self.shape
         extent = torch.tensor([s * p for s, p in zip(shape, self.spacing)])
         world = apply_affine(self.fixed_affine.float(), voxel_grid(shape, device=self.device))
-        centre = torch.tensor([_uniform(-0.03, 0.03, generator) * e for e in extent.tolist()], device=self.device)
+        center = torch.tensor([_uniform(-0.03, 0.03, generator) * e for e in extent.tolist()], device=self.device)
         semi_axes = torch.tensor([_uniform(0.36, 0.44, generator) * e for e in extent.tolist()], device=self.device)
-        offset = (world - centre.view(n, *([1] * n))) / semi_axes.view(n, *([1] * n))
+        offset = (world - center.view(n, *([1] * n))) / semi_axes.view(n, *([1] * n))
         radius = offset.norm(dim=0) + 0.04 * _smooth_noise(shape, 12.0, generator, device=self.device)[0]
         mean_axis = semi_axes.mean().item()
         with_skull = _uniform(0, 1, generator) < self.skull_probability
@@ -291,9 +317,7 @@ class SyntheticPairGenerator:
         skull = _uniform(4.0, 9.0, generator) / mean_axis if with_skull else 0.0
         rim = _uniform(2.0, 5.0, generator) / mean_axis
         labels = torch.zeros(shape, dtype=torch.int64, device=self.device)
-        structures = _smooth_noise(
-            shape, _uniform(6.0, 14.0, generator), generator, channels=self.num_structures, device=self.device
-        )
+        structures = _smooth_noise(shape, _uniform(6.0, 14.0, generator), generator, channels=self.num_structures, device=self.device)
         labels[:] = FIRST_STRUCTURE_LABEL + structures.argmax(dim=0)
         labels[radius >= 1 - scalp - skull - rim] = CSF_RIM
         labels[radius >= 1 - scalp - skull] = SKULL
@@ -316,18 +340,13 @@ class SyntheticPairGenerator:
         """
         n = self.spatial_dims
         half = [max(4, s // 2) for s in self.shape]
-        voxel_size = torch.tensor(
-            [p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32, device=self.device
-        )
+        voxel_size = torch.tensor([p * s / h for p, s, h in zip(self.spacing, self.shape, half)], dtype=torch.float32, device=self.device)
         scale = self.deformation_scale_mm / voxel_size.min().item()
         velocity = deformation_mm * _smooth_noise(half, scale, generator, channels=n, device=self.device)
         velocity = (velocity / voxel_size.view(n, *([1] * n))).unsqueeze(0)
         mode = "bilinear" if n == 2 else "trilinear"
         factor = torch.tensor([s / h for s, h in zip(self.shape, half)], device=self.device).view(1, n, *([1] * n))
-        return tuple(
-            F.interpolate(self.integrate(v), size=self.shape, mode=mode, align_corners=True) * factor
-            for v in (velocity, -velocity)
-        )
+        return tuple(F.interpolate(self.integrate(v), size=self.shape, mode=mode, align_corners=True) * factor for v in (velocity, -velocity))
 
     def _global_motion(self, generator: torch.Generator) -> torch.Tensor:
         """World-frame rigid (with ``scaling``, affine) motion about the fixed grid's centre, ``(N + 1, N + 1)``."""
@@ -335,15 +354,15 @@ class SyntheticPairGenerator:
         num_angles = 1 if n == 2 else 3
         angles = [_uniform(-self.rotation_deg, self.rotation_deg, generator) for _ in range(num_angles)]
         translation = torch.tensor([_uniform(-self.translation_mm, self.translation_mm, generator) for _ in range(n)])
-        centre = self.fixed_affine[:n, :n] @ torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=torch.float64)
-        centre = centre + self.fixed_affine[:n, n]
+        center = self.fixed_affine[:n, :n] @ torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=torch.float64)
+        center = center + self.fixed_affine[:n, n]
         linear = _rotation_matrix(angles)
         if self.scaling:  # drawn only when asked for, so rigid sets keep their seeds' pairs
             scales = [_uniform(1 - self.scaling, 1 + self.scaling, generator) for _ in range(n)]
             linear = linear @ torch.diag(torch.tensor(scales, dtype=torch.float64))
         motion = torch.eye(n + 1, dtype=torch.float64)
         motion[:n, :n] = linear
-        motion[:n, n] = centre - linear @ centre + translation.double()
+        motion[:n, n] = center - linear @ center + translation.double()
         return motion
 
     def _moving_geometry(self, generator: torch.Generator) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -95,8 +95,14 @@ def write_clinical_pair(
         to_source = np.eye(4)
         to_source[:3, :3], to_source[:3, 3] = np.diag(scale), scale / 2 - 0.5
         save_nifti(out / entry[key], np.rint(volume[0, 0].numpy()), image.affine @ to_source, dtype=np.int16)
-    swapped = {"fixed": entry["moving"], "moving": entry["fixed"], "fixed_label": entry["moving_label"], "moving_label": entry["fixed_label"],
-               "fixed_modality": "ct", "moving_modality": "t1"}
+    swapped = {
+        "fixed": entry["moving"],
+        "moving": entry["fixed"],
+        "fixed_label": entry["moving_label"],
+        "moving_label": entry["fixed_label"],
+        "fixed_modality": "ct",
+        "moving_modality": "t1",
+    }
     datalist.write_text(json.dumps([swapped], indent=2))
     return datalist
 

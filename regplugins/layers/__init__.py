@@ -4,15 +4,15 @@ gradient maps, field fusion, keypoints and their affine fit, and a fast Gaussian
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
 from .keypoints import fit_affine_to_points, soft_argmax_points
-from .normalised import normalised_affine_flow, normalised_grid, normalised_to_voxel, resize_normalised, warp_normalised
+from .normalized import normalized_affine_flow, normalized_grid, normalized_to_voxel, resize_normalized, warp_normalized
 from .smoothing import gaussian_smooth
 from .spatial import (
     affine_to_ddf,
     apply_affine,
     cached_warp,
     compose_ddf,
-    invert_ddf,
     ddf_to_physical,
+    invert_ddf,
     physical_sample_points,
     resample_ddf,
     round_trip,

@@ -49,9 +49,7 @@ class GatedFusion(nn.Module):
         """The two gate maps, each shaped like its field, with values in [0, 1]."""
         return torch.sigmoid(self.gate(torch.cat([first, second], dim=1))).chunk(2, dim=1)
 
-    def fuse(
-        self, first: torch.Tensor, second: torch.Tensor, first_gate: torch.Tensor, second_gate: torch.Tensor
-    ) -> torch.Tensor:
+    def fuse(self, first: torch.Tensor, second: torch.Tensor, first_gate: torch.Tensor, second_gate: torch.Tensor) -> torch.Tensor:
         """Re-weight each field by its gate, concatenate, and map back to one field by the 1x1x1 convolution."""
         return self.bottleneck(torch.cat([first * first_gate, second * second_gate], dim=1))
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from .normalised import normalised_grid
+from .normalized import normalized_grid
 
 __all__ = ["soft_argmax_points", "fit_affine_to_points"]
 
 
 def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
     """``(B, K, N)``: each channel's softmax over space, averaged over the normalised voxel coordinates."""
-    points = normalised_grid(heatmaps.shape[2:], heatmaps).flatten(1)
+    points = normalized_grid(heatmaps.shape[2:], heatmaps).flatten(1)
     return torch.einsum("bkv,nv->bkn", heatmaps.flatten(2).softmax(dim=2), points)
 
 
@@ -27,9 +27,9 @@ def fit_affine_to_points(source: torch.Tensor, target: torch.Tensor, ridge: floa
     """
     n = source.shape[-1]
     source_mean, target_mean = source.mean(dim=1, keepdim=True), target.mean(dim=1, keepdim=True)
-    centred_source, centred_target = source - source_mean, target - target_mean
+    centered_source, centered_target = source - source_mean, target - target_mean
     identity = torch.eye(n, dtype=source.dtype, device=source.device)
-    normal_matrix = centred_source.mT @ centred_source + ridge * identity
-    linear = torch.linalg.solve(normal_matrix, centred_source.mT @ centred_target + ridge * identity).mT
+    normal_matrix = centered_source.mT @ centered_source + ridge * identity
+    linear = torch.linalg.solve(normal_matrix, centered_source.mT @ centered_target + ridge * identity).mT
     translation = target_mean.mT - linear @ source_mean.mT
     return torch.cat([linear, translation], dim=2)

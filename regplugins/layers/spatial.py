@@ -64,9 +64,7 @@ def apply_affine(affine: torch.Tensor, points: torch.Tensor, channel_dim: int = 
     return torch.movedim(moved.reshape(channels_first.shape), 0, channel_dim)
 
 
-def sample(
-    volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
-) -> torch.Tensor:
+def sample(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Sample ``volume`` ``(B, C, *S)`` at voxel coordinates ``(B, N, *P)`` of its own grid.
 
     ``mode`` is ``"bilinear"`` (trilinear in 3D) or ``"nearest"``; points are voxel indices, so
@@ -75,8 +73,8 @@ def sample(
     n = voxel_points.shape[1]
     sizes = torch.tensor(volume.shape[2:], device=voxel_points.device, dtype=voxel_points.dtype)
     scale = (2.0 / (sizes - 1).clamp(min=1)).view(1, n, *([1] * n))
-    normalised = voxel_points * scale - 1.0
-    grid = torch.movedim(normalised, 1, -1).flip(-1)
+    normalized = voxel_points * scale - 1.0
+    grid = torch.movedim(normalized, 1, -1).flip(-1)
     return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
@@ -118,7 +116,10 @@ def sample_points(volume: torch.Tensor, voxel_points: torch.Tensor) -> torch.Ten
     weights = (tuple(1 - w for w in upper), upper)
     low = low.long()
     strides = [math.prod(shape[axis + 1 :]) for axis in range(n)]
-    offsets = ((low * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0), (torch.minimum(low + 1, last.long()) * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0))
+    offsets = (
+        (low * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0),
+        (torch.minimum(low + 1, last.long()) * torch.tensor(strides, device=low.device).view(n, 1)).unbind(0),
+    )
     table = volume.reshape(-1, volume.shape[-1])
     result = 0
     for corner in itertools.product((0, 1), repeat=n):
@@ -199,9 +200,7 @@ def slab_affine(affine: torch.Tensor, start: int) -> torch.Tensor:
     return shifted
 
 
-def resample_ddf(
-    ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: torch.Tensor, target_shape: Sequence[int]
-) -> torch.Tensor:
+def resample_ddf(ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: torch.Tensor, target_shape: Sequence[int]) -> torch.Tensor:
     """Physical field ``(B, N, *target_shape)`` in mm on a target grid, from a voxel DDF on a source grid.
 
     Used to map a field predicted on the working grid back onto the fixed image's native grid:

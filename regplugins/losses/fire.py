@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.loss import _Loss
 
-from regplugins.layers import normalised_to_voxel
+from regplugins.layers import normalized_to_voxel
 
 from .regularization import laplacian
 from .utils import reduce_per_sample
@@ -53,11 +53,10 @@ class FIRELoss(_Loss):
         """Each named term per sample, ``smoothness`` (unweighted) included."""
         values = {name: sum(rms(outputs[a], outputs[b]) for a, b in pairs) for name, pairs in FIRE_TERMS.items()}
         fields = [outputs["nonrigid_ab"], outputs["nonrigid_ba"]]
-        values["smoothness"] = sum(laplacian(normalised_to_voxel(f)).square().sum(dim=1).flatten(1).mean(dim=1) for f in fields)
+        values["smoothness"] = sum(laplacian(normalized_to_voxel(f)).square().sum(dim=1).flatten(1).mean(dim=1) for f in fields)
         return values
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
         values = self.terms(outputs)
         total = sum(self.weights[name] * values[name] for name in FIRE_TERMS) + self.smoothness_weight * values["smoothness"]
         return reduce_per_sample(total, self.reduction)
-

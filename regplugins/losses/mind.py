@@ -62,9 +62,7 @@ class MINDDescriptor(nn.Module):
     the MIND authors' code's; the descriptors of noise then still reward any warp that blurs it.
     """
 
-    def __init__(
-        self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, descriptor: str = "mind_ssc", variance_floor: float = 0.001
-    ):
+    def __init__(self, spatial_dims: int = 3, radius: int = 1, dilation: int = 2, descriptor: str = "mind_ssc", variance_floor: float = 0.001):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"MIND is defined for 2D and 3D images, got spatial_dims={spatial_dims}.")

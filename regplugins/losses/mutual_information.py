@@ -36,8 +36,8 @@ class ParzenMutualInformationLoss(_Loss):
     def _weights(self, values: torch.Tensor) -> torch.Tensor:
         """``(B, K, num_bins)`` triangular window weights of ``(B, K)`` values: each row sums to 1."""
         position = values.clamp(0.0, 1.0).unsqueeze(-1) * (self.num_bins - 1)
-        centres = torch.arange(self.num_bins, device=values.device, dtype=values.dtype)
-        return (1.0 - (position - centres).abs()).clamp(min=0.0)
+        centers = torch.arange(self.num_bins, device=values.device, dtype=values.dtype)
+        return (1.0 - (position - centers).abs()).clamp(min=0.0)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:

@@ -49,8 +49,8 @@ class IntraModalitySimilarityLoss(_Loss):
             raise ValueError(f"the field {tuple(ddf.shape[2:])} must be the centre of the patch {tuple(images.shape[2:])}.")
         pad = [m for margin in reversed(margins) for m in (margin, margin)]
         warped = cached_warp()(images[:, [0, 2]], F.pad(ddf, pad))
-        centre = (..., *(slice(m, m + f) for m, f in zip(margins, ddf.shape[2:])))
-        warped, images = warped[centre], images[centre]
+        center = (..., *(slice(m, m + f) for m, f in zip(margins, ddf.shape[2:])))
+        warped, images = warped[center], images[center]
         fixed_modality_term = self.ncc(warped[:, 1:2], images[:, 1:2])  # fixed vs warped moving anatomy, fixed modality
         moving_modality_term = self.ncc(warped[:, 0:1], images[:, 3:4])  # warped moving vs fixed anatomy, moving modality
         ct, mr = self.ct_weight, self.mr_weight

@@ -104,10 +104,10 @@ class BayesianRegularizedANN(nn.Module):
             (lists); and ``stop``, why training ended (``"epochs"``, ``"mu_max"`` or ``"min_grad"``).
         """
         x, t = features.double(), targets.double()
-        normalisation = min_max(x) + min_max(t)
-        for buffer, value in zip((self.input_center, self.input_scale, self.target_center, self.target_scale), normalisation):
+        normalization = min_max(x) + min_max(t)
+        for buffer, value in zip((self.input_center, self.input_scale, self.target_center, self.target_scale), normalization):
             buffer.copy_(value)
-        x_center, x_scale, t_center, t_scale = normalisation
+        x_center, x_scale, t_center, t_scale = normalization
         x, t = augment((x - x_center) / x_scale), (t - t_center) / t_scale
         self.nguyen_widrow_()
         # the optimised vector, on the device of the data: each layer's weights, with its bias as the weight of a

@@ -66,9 +66,7 @@ class MultiResolutionFCN(nn.Module):
         self.deconv1 = deconv(c3, d1)
         self.conv4 = conv(d1 + (c2 if skip_connections else 0), conv4_channels)
         self.deconv2 = deconv(conv4_channels, d2)
-        self.heads = nn.ModuleList(
-            [self._head(c) for c in (d2 + (c1 if skip_connections else 0), conv4_channels, c3)]
-        )
+        self.heads = nn.ModuleList([self._head(c) for c in (d2 + (c1 if skip_connections else 0), conv4_channels, c3)])
 
     def _head(self, channels: int) -> nn.Module:
         head = Conv[Conv.CONV, self.spatial_dims](channels, self.spatial_dims, kernel_size=3, padding=1)

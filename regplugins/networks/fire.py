@@ -21,13 +21,13 @@ from torch import nn
 
 from regplugins.layers import (
     fit_affine_to_points,
-    normalised_affine_flow,
-    normalised_grid,
-    normalised_to_voxel,
-    resize_normalised,
+    normalized_affine_flow,
+    normalized_grid,
+    normalized_to_voxel,
+    resize_normalized,
     round_trip,
     soft_argmax_points,
-    warp_normalised,
+    warp_normalized,
 )
 
 __all__ = [
@@ -59,7 +59,7 @@ def compose_affine_nonrigid(theta: torch.Tensor, nonrigid: torch.Tensor) -> torc
     """
     n = nonrigid.shape[1]
     shape = nonrigid.shape[2:]
-    return normalised_affine_flow(theta, shape) + torch.einsum("bij,bj...->bi...", theta[:, :, :n], nonrigid)
+    return normalized_affine_flow(theta, shape) + torch.einsum("bij,bj...->bi...", theta[:, :, :n], nonrigid)
 
 
 class SynthesisEncoder(nn.Sequential):
@@ -108,9 +108,7 @@ class AffineNetwork(nn.Module):
         )
         # leaky: the pooled features barely differ between pairs, so one bias step can silence every ReLU unit
         # at once (all 64 did in a 3D CPU run), leaving an affine that no longer depends on its input
-        self.fully_connected = nn.Sequential(
-            nn.Linear(2 * channels, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, spatial_dims * (spatial_dims + 1))
-        )
+        self.fully_connected = nn.Sequential(nn.Linear(2 * channels, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, spatial_dims * (spatial_dims + 1)))
         nn.init.zeros_(self.fully_connected[-1].weight)
         identity = torch.eye(spatial_dims, spatial_dims + 1)
         with torch.no_grad():
@@ -147,9 +145,7 @@ class KeypointAffineNetwork(nn.Module):
         anchor_width: the Gaussian's standard deviation, in normalised units (1 is half the image).
     """
 
-    def __init__(
-        self, spatial_dims: int, feature_channels: int, channels: int = 32, keypoints_per_axis: int = 3, anchor_width: float = 0.25
-    ):
+    def __init__(self, spatial_dims: int, feature_channels: int, channels: int = 32, keypoints_per_axis: int = 3, anchor_width: float = 0.25):
         super().__init__()
         self.detector = nn.Sequential(
             _conv(spatial_dims, feature_channels, channels),
@@ -167,7 +163,7 @@ class KeypointAffineNetwork(nn.Module):
     def points(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, K, N)``: the soft-argmax points of the detector's heat maps, each weighted around its anchor."""
         heatmaps = self.detector(features)
-        grid = normalised_grid(heatmaps.shape[2:], heatmaps).flatten(1)  # (N, V)
+        grid = normalized_grid(heatmaps.shape[2:], heatmaps).flatten(1)  # (N, V)
         log_prior = -(grid[None] - self.anchors[..., None]).square().sum(dim=1) / (2 * self.anchor_width**2)  # (K, V)
         return soft_argmax_points(heatmaps + log_prior.view(1, *heatmaps.shape[1:]))
 
@@ -225,7 +221,7 @@ class TransformationNetwork(nn.Module):
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Affines ``(B, N, N + 1)`` and the non-rigid normalised field on the feature grid."""
         theta = self.affine(features_a, features_b)
-        warped_a = warp_normalised(features_a, normalised_affine_flow(theta, features_a.shape[2:]))
+        warped_a = warp_normalized(features_a, normalized_affine_flow(theta, features_a.shape[2:]))
         return theta, self.nonrigid(warped_a, features_b)
 
 
@@ -298,9 +294,9 @@ class FIRENet(nn.Module):
         out = {"x_a": x_a, "x_b": x_b, "g_a": g_a, "g_b": g_b}
         for direction, transform, (source, target) in (("ab", self.transform_ab, (g_a, g_b)), ("ba", self.transform_ba, (g_b, g_a))):
             theta, nonrigid = transform(source, target)
-            out[f"affine_{direction}"] = normalised_affine_flow(theta, shape)
+            out[f"affine_{direction}"] = normalized_affine_flow(theta, shape)
             out[f"nonrigid_{direction}"] = nonrigid
-            out[f"flow_{direction}"] = compose_affine_nonrigid(theta, resize_normalised(nonrigid, shape))
+            out[f"flow_{direction}"] = compose_affine_nonrigid(theta, resize_normalized(nonrigid, shape))
         return out
 
     def forward(self, pair: torch.Tensor, with_inverse: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -313,24 +309,24 @@ class FIRENet(nn.Module):
             return self.training_outputs(pair)
         fields = self._fields(pair)
         kind = "affine" if self.output == "affine" else "flow"
-        forward = normalised_to_voxel(fields[f"{kind}_ab"])
-        return torch.cat([forward, normalised_to_voxel(fields[f"{kind}_ba"])], dim=1) if with_inverse else forward
+        forward = normalized_to_voxel(fields[f"{kind}_ab"])
+        return torch.cat([forward, normalized_to_voxel(fields[f"{kind}_ba"])], dim=1) if with_inverse else forward
 
     def training_outputs(self, pair: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything eq. 2-4 compare, named after the paper's symbols (``syn_b`` is x^_B, ``syn_bt`` is x^_BT)."""
         out = self._fields(pair)
         x_a, x_b, g_a, g_b = out["x_a"], out["x_b"], out["g_a"], out["g_b"]
         out["syn_b"], out["syn_a"] = self.decoder_ab(g_a), self.decoder_ba(g_b)
-        out["g_a_warped"], out["g_b_warped"] = warp_normalised(g_a, out["flow_ab"]), warp_normalised(g_b, out["flow_ba"])
+        out["g_a_warped"], out["g_b_warped"] = warp_normalized(g_a, out["flow_ab"]), warp_normalized(g_b, out["flow_ba"])
         out["syn_bt"], out["syn_at"] = self.decoder_ab(out["g_a_warped"]), self.decoder_ba(out["g_b_warped"])
         out["g_syn_b"], out["g_syn_a"] = self.encoder(out["syn_b"]), self.encoder(out["syn_a"])
         out["cycle_a"], out["cycle_b"] = self.decoder_ba(out["g_syn_b"]), self.decoder_ab(out["g_syn_a"])
-        out["x_a_warped"], out["x_b_warped"] = warp_normalised(x_a, out["flow_ab"]), warp_normalised(x_b, out["flow_ba"])
+        out["x_a_warped"], out["x_b_warped"] = warp_normalized(x_a, out["flow_ab"]), warp_normalized(x_b, out["flow_ba"])
         out["reg_b"], out["reg_a"] = self.decoder_ab(self.encoder(out["x_a_warped"])), self.decoder_ba(self.encoder(out["x_b_warped"]))
-        ddf_ab, ddf_ba = normalised_to_voxel(out["flow_ab"]), normalised_to_voxel(out["flow_ba"])
+        ddf_ab, ddf_ba = normalized_to_voxel(out["flow_ab"]), normalized_to_voxel(out["flow_ba"])
         out["x_a_round_trip"], out["x_b_round_trip"] = round_trip(x_a, ddf_ab, ddf_ba), round_trip(x_b, ddf_ba, ddf_ab)
-        out["syn_b_affine"] = self.decoder_ab(warp_normalised(g_a, out["affine_ab"]))
-        out["syn_a_affine"] = self.decoder_ba(warp_normalised(g_b, out["affine_ba"]))
-        out["reg_b_affine"] = self.decoder_ab(self.encoder(warp_normalised(x_a, out["affine_ab"])))
-        out["reg_a_affine"] = self.decoder_ba(self.encoder(warp_normalised(x_b, out["affine_ba"])))
+        out["syn_b_affine"] = self.decoder_ab(warp_normalized(g_a, out["affine_ab"]))
+        out["syn_a_affine"] = self.decoder_ba(warp_normalized(g_b, out["affine_ba"]))
+        out["reg_b_affine"] = self.decoder_ab(self.encoder(warp_normalized(x_a, out["affine_ab"])))
+        out["reg_a_affine"] = self.decoder_ba(self.encoder(warp_normalized(x_b, out["affine_ba"])))
         return out

@@ -14,9 +14,7 @@ from regplugins.layers import GatedFusion, GradientMagnitude
 FUSION_MODES = ("gated", "average", "none")
 
 
-def voxelmorph_branch(
-    spatial_dims: int, in_channels: int, channels: Sequence[int], final_conv_channels: Sequence[int]
-) -> VoxelMorphUNet:
+def voxelmorph_branch(spatial_dims: int, in_channels: int, channels: Sequence[int], final_conv_channels: Sequence[int]) -> VoxelMorphUNet:
     """One branch of the paper: MONAI's VoxelMorph U-Net with stride-2 convolutions instead of max-pooling.
 
     The last convolution starts near zero (weights N(0, 1e-5), zero bias), as in VoxelMorph, so

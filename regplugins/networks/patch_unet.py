@@ -19,7 +19,7 @@ def _valid_convolutions(spatial_dims: int, in_channels: int, out_channels: int) 
     return nn.Sequential(*layers)
 
 
-def _centre_crop(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _center_crop(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     starts = [(s - t) // 2 for s, t in zip(image.shape[2:], size)]
     return image[(slice(None), slice(None), *(slice(a, a + t) for a, t in zip(starts, size)))]
 
@@ -80,7 +80,7 @@ class PatchRegistrationUNet(nn.Module):
         skip1 = self.encode1(pair)
         skip2 = self.encode2(skip1)
         x = self.up2(self.bottom(skip2))
-        x = self.decode2(torch.cat([_centre_crop(skip2, x.shape[2:]), x], dim=1))
+        x = self.decode2(torch.cat([_center_crop(skip2, x.shape[2:]), x], dim=1))
         x = self.up1(x)
-        x = self.decode1(torch.cat([_centre_crop(skip1, x.shape[2:]), x], dim=1))
+        x = self.decode1(torch.cat([_center_crop(skip1, x.shape[2:]), x], dim=1))
         return self.field(x)

@@ -45,9 +45,7 @@ def feature_encoder(spatial_dims: int, channels: Sequence[int], coordinate_chann
     for level, out_channels in enumerate(channels):
         if level > 0:
             layers.append(Pool[Pool.MAX, spatial_dims](kernel_size=2))
-        layers.append(
-            Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, norm="batch", act=("leakyrelu", {"negative_slope": 0.1}))
-        )
+        layers.append(Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, norm="batch", act=("leakyrelu", {"negative_slope": 0.1})))
         in_channels = out_channels
     layers += [Pool[Pool.ADAPTIVEAVG, spatial_dims](1), nn.Flatten()]
     return nn.Sequential(*layers)

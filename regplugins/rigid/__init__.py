@@ -1,10 +1,11 @@
 """Rigid CT/MR registration of the head: ITK Euler parameters, the paper's augmentation, ground-truth generation."""
 
 from .augment import write_augmented_set
+from .groundtruth import generate_ground_truth, settle_moving_frame, symmetry_frame, write_ground_truth
 from .parameters import (
     euler_angles,
     euler_rotation,
-    grid_centre_lps,
+    grid_center_lps,
     random_rigid_parameters,
     ras_to_lps,
     read_rigid_tfm,
@@ -13,4 +14,3 @@ from .parameters import (
     rigid_parameters,
     write_rigid_files,
 )
-from .groundtruth import generate_ground_truth, settle_moving_frame, symmetry_frame, write_ground_truth

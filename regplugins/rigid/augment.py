@@ -11,7 +11,7 @@ import torch
 
 from regplugins.io import load_nifti, registration_pairs, save_nifti
 
-from .parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_matrix
+from .parameters import grid_center_lps, random_rigid_parameters, ras_to_lps, rigid_matrix
 
 __all__ = ["write_augmented_set"]
 
@@ -59,10 +59,10 @@ def write_augmented_set(
         if pair.get("true_rigid"):
             truth = np.asarray(json.loads(Path(pair["true_rigid"]).read_text())["matrix"], dtype=np.float64)
         moving, moving_affine = load_nifti(pair["moving"])
-        moving_centre = grid_centre_lps(moving_affine, moving.shape)
+        moving_center = grid_center_lps(moving_affine, moving.shape)
         for copy in range(int(n)):
             angles, translation = random_rigid_parameters(rng, max_rotation_deg, max_translation_mm)
-            motion = rigid_matrix(angles, translation, moving_centre)
+            motion = rigid_matrix(angles, translation, moving_center)
             stem = f"{index:03d}_{copy:03d}"
             entry = {"fixed": os.path.relpath(pair["fixed"], out), "original": index}
             for key, mode in (("moving", "bilinear"), ("moving_label", "nearest")):

@@ -53,7 +53,7 @@ def _geometry(image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _grid_centre(image) -> np.ndarray:
+def _grid_center(image) -> np.ndarray:
     """The physical (LPS) centre of an image's voxel grid: the rotation centre of the written transform."""
     origin, spacing, direction, size = _geometry(image)
     return origin + direction @ (spacing * (size - 1) / 2.0)
@@ -282,21 +282,26 @@ def generate_ground_truth(
     # half the head's RMS distance from its centre: see the parameter scales in _register
     radius_mm = 0.5 * float(np.sqrt(np.sum(np.var(fixed_points, axis=0))))
     settings = dict(
-        radius_mm=radius_mm, growth_factor=growth_factor, epsilon=epsilon, initial_radius=initial_radius,
-        iterations=iterations, spatial_samples=spatial_samples, histogram_bins=histogram_bins,
-        use_all_pixels=use_all_pixels, pyramid_levels=pyramid_levels, seed=seed,
+        radius_mm=radius_mm,
+        growth_factor=growth_factor,
+        epsilon=epsilon,
+        initial_radius=initial_radius,
+        iterations=iterations,
+        spatial_samples=spatial_samples,
+        histogram_bins=histogram_bins,
+        use_all_pixels=use_all_pixels,
+        pyramid_levels=pyramid_levels,
+        seed=seed,
     )
     if not symmetry:
-        return _register(fixed, moving, center_mm=_grid_centre(fixed), **settings)
+        return _register(fixed, moving, center_mm=_grid_center(fixed), **settings)
     fixed_frame = _principal_frame(fixed_points)
     moving_frame = settle_moving_frame(fixed, fixed_frame, moving, symmetry_frame(moving, spacing_mm), histogram_bins)
     registered = _register(_in_frame(fixed, fixed_frame), _in_frame(moving, moving_frame), center_mm=np.zeros(3), **settings)
     return moving_frame @ registered @ np.linalg.inv(fixed_frame)
 
 
-def write_ground_truth(
-    fixed: str | Path, moving: str | Path, out: str | Path, symmetry: bool = True, **settings
-) -> np.ndarray:
+def write_ground_truth(fixed: str | Path, moving: str | Path, out: str | Path, symmetry: bool = True, **settings) -> np.ndarray:
     """Check the pair, generate its ground truth, and write ``rigid.tfm``, ``rigid.json`` and ``warped.nii.gz`` into ``out``.
 
     A bad input raises :class:`regplugins.io.RegistrationInputError` naming the file before anything
@@ -312,7 +317,7 @@ def write_ground_truth(
     matrix = generate_ground_truth(fixed_image, moving_image, symmetry=symmetry, **settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    center = _grid_centre(fixed_image)
+    center = _grid_center(fixed_image)
     write_rigid_files(out, matrix, center, method="groundtruth", symmetry_alignment=bool(symmetry))
     transform = itk.transformread(str(out / "rigid.tfm"))[0]
     warped = itk.resample_image_filter(

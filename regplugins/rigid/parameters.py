@@ -23,7 +23,7 @@ __all__ = [
     "rigid_parameters",
     "ras_to_lps",
     "random_rigid_parameters",
-    "grid_centre_lps",
+    "grid_center_lps",
     "rigid_field",
     "write_rigid_files",
 ]
@@ -83,12 +83,11 @@ def random_rigid_parameters(
     return euler_angles(rotation), rng.uniform(-max_translation_mm, max_translation_mm, size=3)
 
 
-def grid_centre_lps(affine: np.ndarray, spatial_shape) -> np.ndarray:
+def grid_center_lps(affine: np.ndarray, spatial_shape) -> np.ndarray:
     """World centre (LPS mm) of a grid with RAS voxel-to-world ``affine``: the centre the rigid parameters turn about."""
     affine = np.asarray(affine, dtype=np.float64)
-    centre = affine[:3, :3] @ ((np.asarray(spatial_shape, dtype=np.float64) - 1) / 2) + affine[:3, 3]
-    return centre * np.array([-1.0, -1.0, 1.0])
-
+    center = affine[:3, :3] @ ((np.asarray(spatial_shape, dtype=np.float64) - 1) / 2) + affine[:3, 3]
+    return center * np.array([-1.0, -1.0, 1.0])
 
 
 def rigid_field(matrix_lps: np.ndarray, affine: np.ndarray, spatial_shape) -> np.ndarray:

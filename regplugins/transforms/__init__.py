@@ -2,5 +2,5 @@
 
 from .intensity import GradientMagnituded, NormalizeModalityd, looks_like_ct
 from .io import SaveRegistrationd
-from .spatial import AffineAlignd, AntiAliasd, ComposeAffined, InvertDisplacementd, RefineDisplacementd, Warpd
 from .rigid import OrderByModalityd, RandHeadScaled, RandRigidMotiond, RefineRigidd, SaveRigidRegistrationd, modality_path
+from .spatial import AffineAlignd, AntiAliasd, ComposeAffined, InvertDisplacementd, RefineDisplacementd, Warpd

@@ -48,7 +48,7 @@ class NormalizeModalityd(MapTransform):
                 raise ValueError(f"modality must be one of {MODALITIES}, got {m!r}.")
         self.ct_window, self.mr_percentiles = ct_window, mr_percentiles
 
-    def normalise(self, image: torch.Tensor, modality: str) -> torch.Tensor:
+    def normalize(self, image: torch.Tensor, modality: str) -> torch.Tensor:
         image = image.float()
         is_ct = modality == "ct" or (modality == "auto" and looks_like_ct(image))
         if is_ct:
@@ -64,7 +64,7 @@ class NormalizeModalityd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key, modality in self.key_iterator(d, self.modality):
-            d[key] = self.normalise(d[key], modality.lower())
+            d[key] = self.normalize(d[key], modality.lower())
         return d
 
 

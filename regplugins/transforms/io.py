@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from monai.transforms import MapTransform
 from regplugins.io import pair_output_name
 from regplugins.outputs import register_on_native_grids, write_registration_outputs
 from regplugins.utils import as_flag
+
+logger = logging.getLogger(__name__)
 
 
 class SaveRegistrationd(MapTransform):
@@ -22,7 +25,10 @@ class SaveRegistrationd(MapTransform):
     labels, if any. ``inverse_ddf_key``, when given, holds the inverse voxel DDF on the working
     grid, written as ``inverse_ddf.nii.gz`` on the moving grid; ``quality_key``, when the data holds
     it, the record of :class:`regplugins.transforms.RefineDisplacementd` (``quality.json``); ``qc``
-    adds the picture ``qc.png``. See :func:`write_registration_outputs` for how the folder is written.
+    adds the picture ``qc.png``; ``ddf_spacing`` (mm) writes ``ddf.nii.gz`` on a coarser grid and
+    records in ``quality.json`` how far the field ITK reads from it is from the registration's
+    (:func:`regplugins.outputs.warp_native_images`). See :func:`write_registration_outputs` for how
+    the folder is written.
     """
 
     def __init__(
@@ -36,8 +42,12 @@ class SaveRegistrationd(MapTransform):
         inverse_ddf_key: str | None = None,
         quality_key: str = "quality",
         qc: bool = False,
+        ddf_spacing: float = 0.0,
     ):
         super().__init__(keys=[ddf_key])
+        if float(ddf_spacing) < 0:
+            raise ValueError(f"ddf_spacing must be 0 (the fixed grid) or a spacing in mm, got {ddf_spacing}.")
+        self.ddf_spacing = float(ddf_spacing)
         self.quality_key, self.qc = quality_key, as_flag(qc, "qc")
         self.output_dir = Path(output_dir)
         self.ddf_key, self.working_grid_key, self.inverse_ddf_key = ddf_key, working_grid_key, inverse_ddf_key
@@ -50,9 +60,17 @@ class SaveRegistrationd(MapTransform):
         label_path = d.get(self.label_key) or None
         inverse = torch.as_tensor(d[self.inverse_ddf_key]) if self.inverse_ddf_key else None
         outputs = register_on_native_grids(
-            torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path, inverse
+            torch.as_tensor(d[self.ddf_key]), d[self.working_grid_key].affine, fixed_path, moving_path, label_path, inverse, self.ddf_spacing
         )
-        folder = write_registration_outputs(self.output_dir / pair_output_name(moving_path, fixed_path), outputs, quality=d.get(self.quality_key),
-                                            qc=(fixed_path, moving_path) if self.qc else None)
+        name = pair_output_name(moving_path, fixed_path)
+        quality = d.get(self.quality_key)
+        if "ddf_file_error_mm" in outputs:
+            cost = outputs["ddf_file_error_mm"]
+            quality = {**(quality or {}), "ddf_file_error_mm": cost}
+            logger.info(
+                f"{name}: ddf.nii.gz on a {cost['ddf_spacing']:g} mm grid; the field ITK reads from it is "
+                f"{cost['mean']:.3f} mm from the registration's on average, {cost['max']:.3f} mm at most."
+            )
+        folder = write_registration_outputs(self.output_dir / name, outputs, quality=quality, qc=(fixed_path, moving_path) if self.qc else None)
         d["output_folder"] = str(folder)
         return d

@@ -16,12 +16,12 @@ from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
 from regplugins.alignment import warp_affine
-from regplugins.utils import as_flag
 from regplugins.io import pair_output_name
-from regplugins.rigid.parameters import grid_centre_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
-from regplugins.rigid.refinement import mattes_value, refine_rigid, resampled
 from regplugins.outputs import warp_native_images, write_registration_outputs
+from regplugins.rigid.parameters import grid_center_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
+from regplugins.rigid.refinement import mattes_value, refine_rigid, resampled
 from regplugins.transforms.spatial import keep_best_stage
+from regplugins.utils import as_flag
 
 __all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
 
@@ -83,7 +83,7 @@ class RandRigidMotiond(Randomizable, MapTransform):
         angles, translation = random_rigid_parameters(rng, self.max_rotation_deg, self.max_translation_mm)
         fixed = d[self.fixed_key]
         affine = np.asarray(fixed.affine, dtype=np.float64)
-        motion = ras_to_lps(rigid_matrix(angles, translation, grid_centre_lps(affine, fixed.shape[1:])))
+        motion = ras_to_lps(rigid_matrix(angles, translation, grid_center_lps(affine, fixed.shape[1:])))
         voxel_matrix = torch.from_numpy(np.linalg.inv(affine) @ np.linalg.inv(motion) @ affine)
         for key in self.key_iterator(d):
             moved = warp_affine(convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)[None], voxel_matrix)[0]
@@ -142,7 +142,7 @@ def modality_path(ct_probability_moving: float, ct_probability_fixed: float) -> 
 def network_matrix(parameters: torch.Tensor, working: MetaTensor) -> np.ndarray:
     """The LPS 4x4 matrix of the network's six parameters, which turn about the centre of the working grid ``working``."""
     parameters = np.asarray(torch.as_tensor(parameters).detach().cpu(), dtype=np.float64).reshape(6)
-    return rigid_matrix(parameters[:3], parameters[3:], grid_centre_lps(working.affine, working.shape[1:]))
+    return rigid_matrix(parameters[:3], parameters[3:], grid_center_lps(working.affine, working.shape[1:]))
 
 
 class RefineRigidd(MapTransform):
@@ -179,13 +179,13 @@ class RefineRigidd(MapTransform):
         fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
         fixed, moving = resampled(fixed_path, self.spacing_mm), resampled(moving_path, self.spacing_mm)
         native = nib.load(fixed_path)
-        centre = grid_centre_lps(native.affine, native.shape[:3])
+        center = grid_center_lps(native.affine, native.shape[:3])
         candidates = {"none": np.eye(4), "network": network_matrix(d[self.parameters_key], d[self.fixed_key])}
-        values = {name: mattes_value(fixed, moving, matrix, centre) for name, matrix in candidates.items()}
+        values = {name: mattes_value(fixed, moving, matrix, center) for name, matrix in candidates.items()}
         if self.refine:
             start = min(values, key=values.get)
-            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], centre, spacing_mm=self.spacing_mm)
-            values["refinement"] = mattes_value(fixed, moving, candidates["refinement"], centre)
+            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], center, spacing_mm=self.spacing_mm)
+            values["refinement"] = mattes_value(fixed, moving, candidates["refinement"], center)
         kept = keep_best_stage(pair_output_name(moving_path, fixed_path), values, "Mattes MI")  # ITK's sign: lower is more similar
         d[self.matrix_key] = candidates[kept]
         d[self.quality_key] = {"mattes_mutual_information": {k: round(v, 6) for k, v in values.items()}, "kept": kept}
@@ -242,8 +242,8 @@ class SaveRigidRegistrationd(MapTransform):
         fixed = nib.load(fixed_path)
         field = rigid_field(matrix, fixed.affine, fixed.shape[:3])
         outputs = warp_native_images(field, fixed_path, moving_path, d.get(self.label_key) or None)
-        centre = grid_centre_lps(fixed.affine, fixed.shape[:3])
+        center = grid_center_lps(fixed.affine, fixed.shape[:3])
         folder = self.output_dir / pair_output_name(moving_path, fixed_path)
-        rigid = {"matrix_lps": matrix, "center_mm": centre, **details}
+        rigid = {"matrix_lps": matrix, "center_mm": center, **details}
         d["output_folder"] = str(write_registration_outputs(folder, outputs, rigid=rigid, qc=(fixed_path, moving_path) if self.qc else None))
         return d

@@ -286,7 +286,9 @@ class RefineDisplacementd(MapTransform):
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
                 fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
                 scores["refinement"] = pair.score(fields["refinement"])
-            name = pair_output_name(str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed")))
+            name = pair_output_name(
+                str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed"))
+            )
             kept = keep_best_stage(name, scores, "dissimilarity")
             d[key] = fields[kept]
             d[self.quality_key] = {

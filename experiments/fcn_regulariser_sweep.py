@@ -5,7 +5,7 @@ validation pairs of `fcn_multires_selfsup_reg`'s train config and prints the lab
 after, for each regulariser weight. The bundle's `regularizer_weight` defaults rest on this
 measurement (see its model card). About 10 minutes on 2 CPU cores:
 
-    python docs/experiments/fcn_regulariser_sweep.py
+    python experiments/fcn_regulariser_sweep.py
 """
 
 from pathlib import Path
@@ -27,10 +27,10 @@ def main(num_pairs: int = 4, iterations: int = 100) -> None:
     torch.set_num_threads(1)
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
-    config.update({"bundle_root": str(BUNDLE)})
+    config.update({"bundle_root": str(BUNDLE), "num_val_pairs": num_pairs, "num_workers": 0})
     num_labels = config.get_parsed_content("num_labels")
-    preprocessing = config.get_parsed_content("train#preprocessing")
-    pairs = [preprocessing({"seed": 1_000_000 + s}) for s in range(num_pairs)]
+    dataset = config.get_parsed_content("validate#dataset")  # seeds 1,000,000 on
+    pairs = [dataset[i] for i in range(num_pairs)]
     mind, warp, warp_labels = MINDLoss(), cached_warp(), cached_warp("nearest")
     regularizers = {"total variation": TotalVariationLoss(), "diffusion": DiffusionLoss()}
     for name, weight in SETTINGS:

@@ -6,7 +6,7 @@ and moved by about 1.1 mm (where the network leaves a pair), and finishes it as 
 resampled through the start, and the residual rigid motion fitted by
 ``regplugins.alignment.fit_affine``. Prints the errors against the truth and the seconds.
 
-    python docs/experiments/rigid_finish_probe.py bench_rigid/rigid_mni152/data_rigid_mni152_4x144x144x144 \
+    python experiments/rigid_finish_probe.py bench_rigid/rigid_mni152/data_rigid_mni152_4x144x144x144 \
         "dict(levels=(2, 1), iterations=(30, 60), num_samples=16384)"
 """
 
@@ -37,12 +37,14 @@ for item in json.load(open(f"{folder}/datalist.json")):
     affine = d["fixed"].affine.double().numpy()
     truth = read_rigid_matrix(f"{folder}/{item['true_rigid']}")  # RAS, fixed point to moving point
     image = nib.load(pair["fixed"])
-    centre = image.affine[:3, :3] @ ((np.array(image.shape[:3]) - 1) / 2) + image.affine[:3, 3]
-    start = truth @ rigid_matrix([1.0, -0.7, 0.6], [0.8, -0.5, 0.6], centre)
+    center = image.affine[:3, :3] @ ((np.array(image.shape[:3]) - 1) / 2) + image.affine[:3, 3]
+    start = truth @ rigid_matrix([1.0, -0.7, 0.6], [0.8, -0.5, 0.6], center)
     start_voxels = torch.from_numpy(np.linalg.inv(affine) @ start @ affine)
     started = warp_affine(d["moving"][None].as_tensor().float(), start_voxels)[0, 0]
     finished = (start_voxels @ fit_affine(d["fixed"][0], started, transform="rigid", **settings)).numpy()
     fitted = time.perf_counter()
-    before, after = rigid_errors(start, truth, centre), rigid_errors(affine @ finished @ np.linalg.inv(affine), truth, centre)
-    print(f"{item['moving']}: start {before['rotation_error_deg']:.2f} deg {before['translation_error_mm']:.2f} mm -> "
-          f"{after['rotation_error_deg']:.3f} deg {after['translation_error_mm']:.3f} mm; load {loaded - began:.2f} s, fit {fitted - loaded:.2f} s")
+    before, after = rigid_errors(start, truth, center), rigid_errors(affine @ finished @ np.linalg.inv(affine), truth, center)
+    print(
+        f"{item['moving']}: start {before['rotation_error_deg']:.2f} deg {before['translation_error_mm']:.2f} mm -> "
+        f"{after['rotation_error_deg']:.3f} deg {after['translation_error_mm']:.3f} mm; load {loaded - began:.2f} s, fit {fitted - loaded:.2f} s"
+    )

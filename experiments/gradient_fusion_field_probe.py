@@ -19,7 +19,7 @@ generator settings (here: MNI152 heads, one subject per seed, in place of random
 ``--mind_descriptor`` and ``--mind_variance_floor`` are the bundle's (the paper's ``mind`` since
 0.5.0; the training record's runs before 0.5.0 used ``mind_ssc``, which repeats them).
 
-    python docs/experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
+    python experiments/gradient_fusion_field_probe.py --pairs 3 --free_field_steps 200 [fusion:model.pt ...]
 """
 
 import argparse
@@ -56,9 +56,12 @@ def fit_to_pair(pair, loss, steps: int, learning_rate: float, network=None) -> N
         terms = loss_terms(loss, images, fused, gradient_field)
         if step % 50 == 0 or step == steps:
             with torch.no_grad():
-                print(f"  {name}, Adam at {learning_rate}, step {step}: loss {' + '.join(f'{t:.4f}' for t in terms)}"
-                      f" = {sum(terms):.4f}, fused field {fused.norm(dim=1).mean():.2f} voxels, cosine with the true"
-                      f" field {cosine_with(fused, truth):.2f}, Dice {label_dice(pair, fused.detach()):.4f}", flush=True)
+                print(
+                    f"  {name}, Adam at {learning_rate}, step {step}: loss {' + '.join(f'{t:.4f}' for t in terms)}"
+                    f" = {sum(terms):.4f}, fused field {fused.norm(dim=1).mean():.2f} voxels, cosine with the true"
+                    f" field {cosine_with(fused, truth):.2f}, Dice {label_dice(pair, fused.detach()):.4f}",
+                    flush=True,
+                )
         optimizer.zero_grad()
         sum(terms).backward()
         optimizer.step()
@@ -85,7 +88,9 @@ def main():
         fused_smoothness_weight=args.smoothness,
         gradient_smoothness_weight=args.smoothness,
         similarity=regplugins.losses.MINDLoss(
-            smoothing_sigma=args.mind_smoothing_sigma, descriptor=args.mind_descriptor, dilation=args.mind_dilation,
+            smoothing_sigma=args.mind_smoothing_sigma,
+            descriptor=args.mind_descriptor,
+            dilation=args.mind_dilation,
             variance_floor=args.mind_variance_floor,
         ),
     )
@@ -97,19 +102,25 @@ def main():
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
             with torch.no_grad():
                 terms = loss_terms(loss, images, alpha * truth, alpha * truth)
-            print(f"  {alpha:.2f} x true field: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f} + smoothness"
-                  f" {terms[2]:.4f} + {terms[3]:.4f} = {sum(terms):.4f}, Dice {label_dice(pair, alpha * truth):.4f}")
+            print(
+                f"  {alpha:.2f} x true field: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f} + smoothness"
+                f" {terms[2]:.4f} + {terms[3]:.4f} = {sum(terms):.4f}, Dice {label_dice(pair, alpha * truth):.4f}"
+            )
         for shift in (0.25, 0.5):  # moves no label, only blurs the moving image by interpolation
             field = torch.full_like(truth, shift)
             with torch.no_grad():
                 terms = loss_terms(loss, images, field, field)
-            print(f"  constant shift of {shift} voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f},"
-                  f" Dice {label_dice(pair, field):.4f}")
+            print(
+                f"  constant shift of {shift} voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f},"
+                f" Dice {label_dice(pair, field):.4f}"
+            )
         field = 0.5 * air_around_head(pair).expand_as(truth)  # moves the air around the head, not the head
         with torch.no_grad():
             terms = loss_terms(loss, images, field, field)
-        print(f"  the air alone shifted by 0.5 voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f}"
-              f" + smoothness {terms[2]:.4f} + {terms[3]:.4f} = {sum(terms):.4f}, Dice {label_dice(pair, field):.4f}")
+        print(
+            f"  the air alone shifted by 0.5 voxels along each axis: MIND {terms[0]:.4f} + gradient MIND {terms[1]:.4f}"
+            f" + smoothness {terms[2]:.4f} + {terms[3]:.4f} = {sum(terms):.4f}, Dice {label_dice(pair, field):.4f}"
+        )
         blurred = torch.cat([regplugins.layers.gaussian_smooth(images[:, :1], [0.5] * 3), images[:, 1:]], dim=1)
         with torch.no_grad():
             terms = loss_terms(loss, blurred, torch.zeros_like(truth), torch.zeros_like(truth))
@@ -122,9 +133,11 @@ def main():
                 ddf = network.eval()(images)
             head = pair["fixed_label"][0] > 0
             length = ddf.norm(dim=1)[0]
-            print(f"  {checkpoint}: field {length.mean():.3f} voxels (at most {length.max():.3f}; {length[head].mean():.3f}"
-                  f" in the head, {length[~head].mean():.3f} outside), cosine with the true field {cosine_with(ddf, truth):.2f}"
-                  f" ({cosine_with(ddf, truth, head):.2f} in the head), Dice {label_dice(pair, ddf):.4f}")
+            print(
+                f"  {checkpoint}: field {length.mean():.3f} voxels (at most {length.max():.3f}; {length[head].mean():.3f}"
+                f" in the head, {length[~head].mean():.3f} outside), cosine with the true field {cosine_with(ddf, truth):.2f}"
+                f" ({cosine_with(ddf, truth, head):.2f} in the head), Dice {label_dice(pair, ddf):.4f}"
+            )
         if args.free_field_steps:
             fit_to_pair(pair, loss, args.free_field_steps, args.free_field_learning_rate)
         if args.network_fit_steps:

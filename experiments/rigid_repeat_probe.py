@@ -6,7 +6,7 @@ to the moving one and the network asked again, ``--passes`` times, composing the
 the rotation (degrees) and translation (mm) errors after each pass, as ``regplugins bench`` scores
 them (the first pass is the bundle's own answer).
 
-    python docs/experiments/rigid_repeat_probe.py bench_rigid_mni_fast/data_rigid_mni152_4x144x144x144/datalist.json
+    python experiments/rigid_repeat_probe.py bench_rigid_mni_fast/data_rigid_mni152_4x144x144x144/datalist.json
 """
 
 import argparse
@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 
 from regplugins.alignment import warp_affine
 from regplugins.metrics import read_rigid_matrix, rigid_errors
-from regplugins.rigid.parameters import grid_centre_lps, ras_to_lps, rigid_matrix
+from regplugins.rigid.parameters import grid_center_lps, ras_to_lps, rigid_matrix
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "head_ct_mr_rigid_reg"
 
@@ -39,15 +39,15 @@ def errors_per_pass(network, preprocessing, pair: dict, passes: int) -> list[tup
     data = preprocessing({"fixed": pair["fixed"], "moving": pair["moving"]})
     working_affine = np.asarray(data["fixed"].affine, dtype=np.float64)
     fixed, moving = (data[key].as_tensor().float() for key in ("fixed", "moving"))
-    centre = grid_centre_lps(working_affine, fixed.shape[1:])
+    center = grid_center_lps(working_affine, fixed.shape[1:])
     native = nib.load(pair["fixed"])
-    native_centre = native.affine[:3, :3] @ ((np.array(native.shape[:3]) - 1) / 2) + native.affine[:3, 3]
+    native_center = native.affine[:3, :3] @ ((np.array(native.shape[:3]) - 1) / 2) + native.affine[:3, 3]
     true, total, moved, errors = read_rigid_matrix(pair["true_rigid"]), np.eye(4), moving, []
     for _ in range(passes):
         with torch.no_grad():
             parameters = network(torch.cat([moved, fixed])[None])[0].double().numpy()
-        total = total @ rigid_matrix(parameters[:3], parameters[3:], centre)  # LPS, fixed point to moving point
-        scores = rigid_errors(ras_to_lps(total), true, native_centre)
+        total = total @ rigid_matrix(parameters[:3], parameters[3:], center)  # LPS, fixed point to moving point
+        scores = rigid_errors(ras_to_lps(total), true, native_center)
         errors.append((scores["rotation_error_deg"], scores["translation_error_mm"]))
         moved = warp_affine(moving[None], torch.from_numpy(np.linalg.inv(working_affine) @ ras_to_lps(total) @ working_affine))[0]
     return errors
@@ -67,8 +67,10 @@ def main():
         print(entry["moving"], " ".join(f"{r:.2f} deg {t:.2f} mm" for r, t in table[-1]), flush=True)
     table = np.array(table)
     for index in range(args.passes):
-        print(f"pass {index + 1}: rotation mean {table[:, index, 0].mean():.3f} median {np.median(table[:, index, 0]):.3f} deg, "
-              f"translation mean {table[:, index, 1].mean():.3f} median {np.median(table[:, index, 1]):.3f} mm")
+        print(
+            f"pass {index + 1}: rotation mean {table[:, index, 0].mean():.3f} median {np.median(table[:, index, 0]):.3f} deg, "
+            f"translation mean {table[:, index, 1].mean():.3f} median {np.median(table[:, index, 1]):.3f} mm"
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ as it is, then with oneDNN held to AVX2 to see a CPU without bfloat16 units: the
 back to reference kernels, which is why the bundles' `mixed_precision` defaults to
 `regplugins.inferers.bfloat16_is_fast(device)` instead of on.
 
-    python docs/experiments/bfloat16_step_time.py
-    ONEDNN_MAX_CPU_ISA=AVX2 python docs/experiments/bfloat16_step_time.py
+    python experiments/bfloat16_step_time.py
+    ONEDNN_MAX_CPU_ISA=AVX2 python experiments/bfloat16_step_time.py
 """
 
 import time

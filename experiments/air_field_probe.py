@@ -10,7 +10,7 @@ shifted by half a voxel along each axis and of the true field. A network whose f
 in the air than in the head, and whose MIND is below the true field's, has learnt to blur the
 air's noise (docs/experiments/ct_mr_gradient_fusion_reg.md, "What the networks learnt instead").
 
-    python docs/experiments/air_field_probe.py --pairs 3 fcn_multires_selfsup_reg:bundles/fcn_multires_selfsup_reg/models/model.pt
+    python experiments/air_field_probe.py --pairs 3 fcn_multires_selfsup_reg:bundles/fcn_multires_selfsup_reg/models/model.pt
 """
 
 import argparse
@@ -56,10 +56,18 @@ def main():
             with torch.no_grad():
                 ddf = network(images)
             length = ddf.norm(dim=1)[0]
-            print(f"  {checkpoint}: field {length[head].mean():.3f} voxels in the head, {length[~head].mean():.3f} outside,"
-                  f" cosine with the true field in the head {cosine_with(ddf, truth, head):.2f}, Dice {label_dice(pair, ddf):.4f}")
-            fields = {"no field": torch.zeros_like(truth), "network": ddf, "network in the head only": ddf * (1 - air),
-                      "network in the air only": ddf * air, "air shifted 0.5": 0.5 * air.expand_as(truth), "true field": truth}
+            print(
+                f"  {checkpoint}: field {length[head].mean():.3f} voxels in the head, {length[~head].mean():.3f} outside,"
+                f" cosine with the true field in the head {cosine_with(ddf, truth, head):.2f}, Dice {label_dice(pair, ddf):.4f}"
+            )
+            fields = {
+                "no field": torch.zeros_like(truth),
+                "network": ddf,
+                "network in the head only": ddf * (1 - air),
+                "network in the air only": ddf * air,
+                "air shifted 0.5": 0.5 * air.expand_as(truth),
+                "true field": truth,
+            }
             for floor, loss in losses.items():
                 with torch.no_grad():
                     values = {name: loss(warp(images[:, :1], field), images[:, 1:]).item() for name, field in fields.items()}

@@ -2,7 +2,7 @@
 so that several training runs of the same setting can share them. With a GPU the pairs are made
 on it (`synthesis_device`), one after another; without one, on every CPU core.
 
-    python docs/experiments/fill_pair_cache.py BUNDLE_DIR CACHE_DIR '{"num_train_pairs": 192, ...}'
+    python experiments/fill_pair_cache.py BUNDLE_DIR CACHE_DIR '{"num_train_pairs": 192, ...}'
 """
 
 import json

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .spatial import cached_warp, voxel_grid
 
-__all__ = ["normalised_grid", "normalised_to_voxel", "resize_normalised", "warp_normalised", "normalised_affine_flow"]
+__all__ = ["normalized_grid", "normalized_to_voxel", "resize_normalized", "warp_normalized", "normalized_affine_flow"]
 
 
 def _half_extent(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
@@ -22,12 +22,12 @@ def _half_extent(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tens
     return torch.tensor([(s - 1) / 2.0 for s in spatial_shape], dtype=like.dtype, device=like.device).view(n, *([1] * n))
 
 
-def normalised_to_voxel(flow: torch.Tensor) -> torch.Tensor:
+def normalized_to_voxel(flow: torch.Tensor) -> torch.Tensor:
     """Voxel DDF of a normalised displacement field ``(B, N, *S)`` on its own grid."""
     return flow * _half_extent(flow.shape[2:], flow)
 
 
-def resize_normalised(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+def resize_normalized(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """The field interpolated onto another resolution of its grid; normalised values need no rescaling."""
     if tuple(flow.shape[2:]) == tuple(spatial_shape):
         return flow
@@ -35,19 +35,19 @@ def resize_normalised(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch
     return F.interpolate(flow, size=tuple(spatial_shape), mode=mode, align_corners=True)
 
 
-def warp_normalised(volume: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def warp_normalized(volume: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``volume o phi`` for a normalised field on any resolution of the volume's grid (MONAI's Warp)."""
-    return cached_warp()(volume, normalised_to_voxel(resize_normalised(flow, volume.shape[2:])))
+    return cached_warp()(volume, normalized_to_voxel(resize_normalized(flow, volume.shape[2:])))
 
 
-def normalised_grid(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+def normalized_grid(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     """Normalised coordinates ``(N, *spatial_shape)`` of the grid's points, on ``like``'s device and dtype."""
     return voxel_grid(spatial_shape, device=like.device, dtype=like.dtype) / _half_extent(spatial_shape, like) - 1
 
 
-def normalised_affine_flow(theta: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
+def normalized_affine_flow(theta: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Normalised displacement ``theta p - p`` of affines ``(B, N, N + 1)`` acting on normalised points."""
     n = len(spatial_shape)
-    points = normalised_grid(spatial_shape, theta)
+    points = normalized_grid(spatial_shape, theta)
     moved = torch.einsum("bij,j...->bi...", theta[:, :, :n], points) + theta[:, :, n].reshape(-1, n, *([1] * n))
     return moved - points

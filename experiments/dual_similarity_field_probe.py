@@ -16,7 +16,7 @@ uses them) and with the batch's own: can the network reach what a free field rea
 ``--paired_images rendered`` probes the pairs as the weights up to 0.5.x were trained on (each
 paired image drawn anew, not the other scan registered).
 
-    python docs/experiments/dual_similarity_field_probe.py --pairs 3 --working_spacing 2.0 [model.pt ...]
+    python experiments/dual_similarity_field_probe.py --pairs 3 --working_spacing 2.0 [model.pt ...]
 """
 
 import argparse
@@ -40,13 +40,20 @@ def validation_pairs(count: int, working_shape: int, working_spacing: float, bun
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing, **settings})
-    synthesis = parser.get_parsed_content("validate#synthesis")
-    resample = monai.transforms.Compose([
-        regplugins.transforms.NormalizeModalityd(keys=keys),
-        regplugins.transforms.AntiAliasd(keys=keys, pixdim=working_spacing),
-        monai.transforms.Spacingd(keys=keys + ["moving_label", "fixed_label", "true_ddf"], pixdim=working_spacing,
-                                  mode=["bilinear"] * len(keys) + ["nearest"] * 2 + ["bilinear"]),
-    ])
+    synthesis = regplugins.data.SynthesizePaird(
+        modalities=parser.get_parsed_content("modality_pairs")[0], **parser.get_parsed_content("synthesis_args")
+    )
+    resample = monai.transforms.Compose(
+        [
+            regplugins.transforms.NormalizeModalityd(keys=keys),
+            regplugins.transforms.AntiAliasd(keys=keys, pixdim=working_spacing),
+            monai.transforms.Spacingd(
+                keys=keys + ["moving_label", "fixed_label", "true_ddf"],
+                pixdim=working_spacing,
+                mode=["bilinear"] * len(keys) + ["nearest"] * 2 + ["bilinear"],
+            ),
+        ]
+    )
     for seed in range(1_000_000, 1_000_000 + count):
         pair = resample(synthesis({"seed": seed}))
         voxel_per_mm = torch.linalg.inv(torch.as_tensor(pair["fixed"].affine)[:3, :3].float())
@@ -56,7 +63,9 @@ def validation_pairs(count: int, working_shape: int, working_spacing: float, bun
 
 
 def label_dice(pair, ddf) -> float:
-    onehot = lambda labels: monai.networks.one_hot(labels.long(), 12)
+    def onehot(labels):
+        return monai.networks.one_hot(labels.long(), 12)
+
     warped = Warp(mode="nearest")(pair["moving_label"][None].float(), ddf)
     metric = monai.metrics.DiceMetric(include_background=False)
     metric(onehot(warped), onehot(pair["fixed_label"][None]))
@@ -76,7 +85,9 @@ def air_around_head(pair) -> torch.Tensor:
 
 
 def blockwise_ncc(a, b, size: int = 24) -> torch.Tensor:
-    blocks = lambda x: x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
+    def blocks(x):
+        return x.unfold(2, size, size).unfold(3, size, size).unfold(4, size, size).reshape(-1, 1, size, size, size)
+
     return regplugins.losses.GlobalNCCLoss()(blocks(a), blocks(b))
 
 
@@ -96,8 +107,11 @@ def optimise_free_field(pair, steps: int, learning_rate: float, regulariser) -> 
         loss = sum(probe_loss(images, ddf, regulariser))
         if step % 50 == 0 or step == steps:
             with torch.no_grad():
-                print(f"  free field, Adam at {learning_rate}, step {step}: loss {loss.item():.4f}, field {ddf.norm(dim=1).mean():.2f}"
-                      f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf.detach()):.4f}", flush=True)
+                print(
+                    f"  free field, Adam at {learning_rate}, step {step}: loss {loss.item():.4f}, field {ddf.norm(dim=1).mean():.2f}"
+                    f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf.detach()):.4f}",
+                    flush=True,
+                )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -124,8 +138,11 @@ def fit_network_to_pair(pair, spec: str, steps: int, patch_size: int = 68, patch
             for mode in ("running", "batch"):
                 with torch.no_grad():
                     ddf = inferer(pair["images"][:, :2], network.train(mode == "batch"))
-                print(f"  network fitted with {spec}, step {step}, {mode} statistics: field {ddf.norm(dim=1).mean():.2f}"
-                      f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf):.4f}", flush=True)
+                print(
+                    f"  network fitted with {spec}, step {step}, {mode} statistics: field {ddf.norm(dim=1).mean():.2f}"
+                    f" voxels, cosine with the true field {cosine_with(ddf, truth):.2f}, Dice {label_dice(pair, ddf):.4f}",
+                    flush=True,
+                )
         starts = torch.randint(0, padded.shape[2] - patch_size + 1, (patches_per_step, 3)).tolist()
         patches = torch.cat([padded[(..., *(slice(s, s + patch_size) for s in start))] for start in starts])
         loss = loss_function(network.train()(patches[:, :2]), {"images": patches, "fixed_is_ct": target_ct})
@@ -139,8 +156,16 @@ def train_from_scratch(optimiser: str, steps: int, cache_dir: str, train_pairs: 
     monai.utils.set_determinism(seed=0)
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
-    parser.update({"working_shape": [working_shape] * 3, "working_spacing": working_spacing, "cache_dir": cache_dir,
-                   "num_train_pairs": train_pairs, "num_workers": 1, "device": "cpu"})
+    parser.update(
+        {
+            "working_shape": [working_shape] * 3,
+            "working_spacing": working_spacing,
+            "cache_dir": cache_dir,
+            "num_train_pairs": train_pairs,
+            "num_workers": 1,
+            "device": "cpu",
+        }
+    )
     network, loss_function = parser.get_parsed_content("network_def"), parser.get_parsed_content("loss")
     optimizer = make_optimiser(optimiser, network.parameters())
     start, losses = time.time(), []
@@ -175,8 +200,9 @@ def main():
     args = parser.parse_args()
     if args.train_steps:
         for optimiser in args.optimisers.split(","):
-            args.checkpoints.append(train_from_scratch(optimiser, args.train_steps, args.cache_dir, args.train_pairs,
-                                                       args.working_shape, args.working_spacing))
+            args.checkpoints.append(
+                train_from_scratch(optimiser, args.train_steps, args.cache_dir, args.train_pairs, args.working_shape, args.working_spacing)
+            )
     regulariser = regplugins.losses.LaplacianRegularizationLoss(l1=0.5, l2=0.01)
     inferer = regplugins.inferers.ValidPatchInferer()
     network = regplugins.networks.PatchRegistrationUNet()
@@ -186,8 +212,10 @@ def main():
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0, 1.25):
             ddf = alpha * truth
             similarity, penalty = (term.item() for term in probe_loss(images, ddf, regulariser))
-            print(f"  {alpha:.2f} x true field: NCC terms {similarity:.4f} + regulariser {penalty:.4f} = {similarity + penalty:.4f},"
-                  f" Dice {label_dice(pair, ddf):.4f}")
+            print(
+                f"  {alpha:.2f} x true field: NCC terms {similarity:.4f} + regulariser {penalty:.4f} = {similarity + penalty:.4f},"
+                f" Dice {label_dice(pair, ddf):.4f}"
+            )
         for checkpoint in args.checkpoints:
             network.load_state_dict(torch.load(checkpoint, map_location="cpu"))
             with torch.no_grad():

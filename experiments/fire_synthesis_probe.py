@@ -12,8 +12,8 @@ narrows the generator's per-pair tissue intensities (1: its default, 0: one prot
 (the train config's by default), and `--start_from` continues from a checkpoint (with `--epochs 0`
 it only measures that checkpoint's synthesis). About 3 minutes on 2 CPU cores at the default grid:
 
-    python docs/experiments/fire_synthesis_probe.py --intensity_spread 1.0
-    python docs/experiments/fire_synthesis_probe.py --intensity_spread 0.1
+    python experiments/fire_synthesis_probe.py --intensity_spread 1.0
+    python experiments/fire_synthesis_probe.py --intensity_spread 0.1
 """
 
 import argparse
@@ -57,25 +57,43 @@ def main():
     args = options.parse_args()
     config = ConfigParser()
     config.read_config(str(BUNDLE / "configs" / "train.json"))
-    config.update({
-        "bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "ckpt_dir": "/tmp/fire_synthesis_probe",
-        "spatial_dims": args.spatial_dims, "working_size": args.working_size, "working_spacing": args.working_spacing,
-        "network_def#channels": args.channels, "network_def#transform_channels": args.transform_channels,
-        "batch_size": args.batch_size, "num_workers": 2, "num_train_pairs": 200, "num_val_pairs": 16,
-        "modality_pairs": [["t1", "t2"]], "synthesis_args#random_direction": False,
-        "synthesis_args#intensity_spread": args.intensity_spread,
-        "rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0,
-        "synthesis_learning_rate": 0.001, "train#iteration_update#optimizers": "$[@optimizers#2]",
-        "loss_weights": {"synthesis_feature": 0.1, "synthesis_alignment": 0.1}, "train#trainer#max_epochs": args.epochs,
-    })
+    config.update(
+        {
+            "bundle_root": str(BUNDLE),
+            "device": "$torch.device('cpu')",
+            "ckpt_dir": "/tmp/fire_synthesis_probe",
+            "spatial_dims": args.spatial_dims,
+            "working_size": args.working_size,
+            "working_spacing": args.working_spacing,
+            "network_def#channels": args.channels,
+            "network_def#transform_channels": args.transform_channels,
+            "batch_size": args.batch_size,
+            "num_workers": 2,
+            "num_train_pairs": 200,
+            "num_val_pairs": 16,
+            "modality_pairs": [["t1", "t2"]],
+            "synthesis_args#random_direction": False,
+            "synthesis_args#intensity_spread": args.intensity_spread,
+            "rotation_deg": 0,
+            "translation_mm": 0,
+            "scaling": 0,
+            "deformation_mm": 0,
+            "synthesis_learning_rate": 0.001,
+            "train#iteration_update#optimizers": "$[@optimizers#2]",
+            "loss_weights": {"synthesis_feature": 0.1, "synthesis_alignment": 0.1},
+            "train#trainer#max_epochs": args.epochs,
+        }
+    )
     trainer, network = config.get_parsed_content("train#trainer"), config.get_parsed_content("network")
     if args.start_from:
         network.load_state_dict(torch.load(args.start_from, map_location="cpu"))
     validation = config.get_parsed_content("validate#dataset")
     pairs = torch.stack([validation[i]["image"] for i in range(len(validation))])
     x_a, x_b = pairs[:, :1], pairs[:, 1:]
-    print(f"references: mean target {mean_rms(x_b.mean(0, keepdim=True).expand_as(x_b), x_b):.3f}, "
-          f"best intensity mapping {best_lookup_rms(x_a, x_b):.3f}")
+    print(
+        f"references: mean target {mean_rms(x_b.mean(0, keepdim=True).expand_as(x_b), x_b):.3f}, "
+        f"best intensity mapping {best_lookup_rms(x_a, x_b):.3f}"
+    )
 
     def report(epoch: int) -> None:
         with torch.no_grad():

@@ -8,8 +8,8 @@ they keep their full resolution, as the benchmark's do (``regplugins.transforms.
 ``reference_key``). This prints both Dice for no registration and for each given checkpoint;
 compare them with the checkpoints' benchmark Dice.
 
-    python docs/experiments/validation_grid_probe.py --pairs 8 run17/model.pt "run24b/model_epoch=7.pt"
-    python docs/experiments/validation_grid_probe.py --bundle fcn_multires_selfsup_reg --pairs 16 \\
+    python experiments/validation_grid_probe.py --pairs 8 run17/model.pt "run24b/model_epoch=7.pt"
+    python experiments/validation_grid_probe.py --bundle fcn_multires_selfsup_reg --pairs 16 \\
         bundles/fcn_multires_selfsup_reg/models/model.pt
 """
 
@@ -45,9 +45,9 @@ def main() -> None:
     args = cli.parse_args()
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / args.bundle / "configs" / "train.json"))
-    parser.update({"device": "cpu"})
-    preprocessing = parser.get_parsed_content("validate#preprocessing")
-    pairs = [preprocessing({"seed": seed}) for seed in range(1_000_000, 1_000_000 + args.pairs)]
+    parser.update({"device": "cpu", "num_val_pairs": args.pairs, "num_workers": 0})
+    dataset = parser.get_parsed_content("validate#dataset")  # seeds 1,000,000 on
+    pairs = [dataset[i] for i in range(len(dataset))]
     network = parser.get_parsed_content("network_def").eval()
 
     def report(name, field):

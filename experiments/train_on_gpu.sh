@@ -7,7 +7,7 @@
 # Each run keeps its best-validation weights (model.pt) and its last epoch's weights
 # (model_epoch=N.pt) under $OUT/<bundle>/<run>; the dual-similarity run `dual_from_shipped`
 # continues from the bundle's shipped weights, the others start from scratch.
-#   OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
+#   OUT=gpu_runs SECONDS_IN_ALL=560 bash experiments/train_on_gpu.sh
 # GF_PAIRS=0 or DS_PAIRS=0 leaves one bundle out, giving the other the whole GPU. The gradient-fusion
 # runs validate on GF_VAL_PAIRS pairs (16), at the synthesis grid since its 0.8.1: 8 told its epochs
 # apart less well than its 16 selection pairs (its training record).
@@ -18,7 +18,7 @@
 # joint one), each stage from the last one's weights. Its pairs, aligned for the synthesis stage and
 # misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
 # (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved its record's run 12):
-#   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash docs/experiments/train_on_gpu.sh
+#   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash experiments/train_on_gpu.sh
 # FIRE_START=weights starts the first stage from those weights, keeping what matches, so a FIRE_GRID
 # with another affine head ("network_def#affine_head") starts that head fresh on a trained
 # synthesis; FIRE_SPLIT="0 60" skips the synthesis stage.
@@ -50,7 +50,7 @@ PY=${PY:-python3}
 
 train() {  # bundle, run name, then that run's own overrides; stops at the deadline
     local bundle=$1 name=$2 left=$(( DEADLINE - $(date +%s) )); shift 2
-    local configs="'bundles/$bundle/configs/train.json','docs/experiments/keep_last_epoch.json'"
+    local configs="'bundles/$bundle/configs/train.json','experiments/keep_last_epoch.json'"
     (( left > 60 )) || { echo "$bundle $name: no time left"; return 1; }
     OMP_NUM_THREADS=2 timeout "$left" $PY -m monai.bundle run --config_file "[$configs]" \
         --bundle_root "bundles/$bundle" --args_file "$OUT/$bundle/grid.json" \
@@ -62,8 +62,8 @@ cache() {  # bundle, number of training pairs, number of validation pairs
     local settings="{$GRID, \"num_train_pairs\": $2, \"num_val_pairs\": $3"
     mkdir -p "$OUT/$1"
     echo "$settings}" >"$OUT/$1/grid.json"
-    $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings}" ||
-        $PY docs/experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings, \"synthesis_device\": \"cpu\"}"
+    $PY experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings}" ||
+        $PY experiments/fill_pair_cache.py "bundles/$1" "$CACHE/$1" "$settings, \"synthesis_device\": \"cpu\"}"
 }
 
 pack() {  # bundle, archive name, files to keep (globs under each run, or run/glob); weights are saved back on the CPU
@@ -77,14 +77,14 @@ pack() {  # bundle, archive name, files to keep (globs under each run, or run/gl
 fire_cache() {  # pair setting (aligned, misaligned), then its data overrides; on every CPU core
     mkdir -p "$OUT/$FIRE"
     echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS, \"synthesis_device\": \"cpu\"$2}" >"$OUT/$FIRE/$1.json"
-    $PY docs/experiments/fill_pair_cache.py "bundles/$FIRE" "$CACHE/$FIRE/$1" "$(<"$OUT/$FIRE/$1.json")"
+    $PY experiments/fill_pair_cache.py "bundles/$FIRE" "$CACHE/$FIRE/$1" "$(<"$OUT/$FIRE/$1.json")"
 }
 
 fire_stage() {  # stage name, seconds, weights to start from ("" for none), pair setting, then the stage's own overrides
     local name=$1 seconds=$2 start=$3 pairs=$4; shift 4
     (( seconds > 60 )) || { echo "$FIRE $name: no time left"; return 1; }
     OMP_NUM_THREADS=2 timeout "$seconds" $PY -m monai.bundle run \
-        --config_file "['bundles/$FIRE/configs/train.json','docs/experiments/keep_last_epoch.json']" \
+        --config_file "['bundles/$FIRE/configs/train.json','experiments/keep_last_epoch.json']" \
         --bundle_root "bundles/$FIRE" --args_file "$OUT/$FIRE/$pairs.json" --cache_dir "$CACHE/$FIRE/$pairs" \
         --batch_size 4 --num_workers "$FIRE_WORKERS" \
         --loss_weights "{'synthesis_feature': 0.1, 'synthesis_alignment': 0.1$FIRE_EXTRA_WEIGHTS}" --train#trainer#max_epochs 1000 \

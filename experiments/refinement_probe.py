@@ -6,7 +6,7 @@ result is scored as `regplugins bench` scores it: mean label Dice, field error i
 folding, and the refinement's seconds. The rows "prealignment" and "network" are the stages
 before refinement. Used to choose the refinement's defaults (docs/experiments/refinement.md).
 
-    python docs/experiments/refinement_probe.py ct_mr_gradient_fusion_reg DATALIST \\
+    python experiments/refinement_probe.py ct_mr_gradient_fusion_reg DATALIST \\
         '[{}, {"control_spacing": [12, 6]}]' --overrides '{"prealign": "affine"}'
 """
 
@@ -65,7 +65,10 @@ def main() -> None:
     pairs = registration_pairs(datalist=args.datalist)
     items = network_fields(args.bundle, args.datalist, json.loads(args.overrides))
     rows = {
-        "prealignment": [score(d, p, ComposeAffined("pred")({"pred": torch.zeros_like(d["pred"]), "prealign_matrix": d["prealign_matrix"]})["pred"]) for d, p in zip(items, pairs)],
+        "prealignment": [
+            score(d, p, ComposeAffined("pred")({"pred": torch.zeros_like(d["pred"]), "prealign_matrix": d["prealign_matrix"]})["pred"])
+            for d, p in zip(items, pairs)
+        ],
         "network": [score(d, p, d["pred"]) for d, p in zip(items, pairs)],
     }
     seconds = {}
