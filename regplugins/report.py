@@ -65,9 +65,11 @@ def bundle_table(report: dict) -> str:
         "| bundle | paper | images | Dice: none → bundle | best ANTs Dice | field error mm (best ANTs) | s/pair | status |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    groups = {}  # the rows that average the same kinds
     for bundle, (paper, images, kinds) in BUNDLE_ROWS.items():
         if not all(bundle in report["kinds"].get(kind, {}).get("methods", {}) for kind in kinds):
             continue
+        groups.setdefault(kinds, []).append(bundle)
         none = _mean([_summary(report, k, "none", "dice") for k in kinds])
         dice = _mean([_summary(report, k, bundle, "dice") for k in kinds])
         ants_dice = _mean([_best_ants(report, k, "dice", lowest=False) for k in kinds])
@@ -80,10 +82,13 @@ def bundle_table(report: dict) -> str:
             f"{ants_dice:.3f} | {error:.2f} ({ants_error:.2f}) | {seconds:.1f} | {status} |"
         )
     counts = sorted({len(report["kinds"][k]["pairs"]) for k in report["kinds"]})
-    kinds = ", ".join(f"`{k}`" for k in report["kinds"])
+    averaged = "; ".join(
+        f"{f'`{names[0]}`' if len(names) == 1 else f'{len(names)} bundles'} over {', '.join(f'`{k}`' for k in group)}"
+        for group, names in groups.items()
+    )
     machine = report["machine"] + (", no GPU" if report["device"] == "cpu" else "")
     return "\n".join(rows) + (
-        f"\n\nMeans over the kinds each bundle is made for ({kinds}; {'/'.join(map(str, counts))} held-out pairs each), "
+        f"\n\nMeans over the kinds each bundle is made for ({averaged}; {'/'.join(map(str, counts))} held-out pairs each), "
         f"one run on {machine}, {report['date']}, regplugins {report['regplugins']}. "
         "s/pair includes loading the model.\n"
     )
@@ -125,7 +130,10 @@ def card_table(report: dict, bundle: str) -> str:
         f"\n\nMean Dice (mean field error inside the head). HD95 {min(hd95):.2f} to {max(hd95):.2f} mm (best ANTs "
         f"{min(ants_hd95):.2f} to {max(ants_hd95):.2f} mm); "
         + ("no voxel folds" if folding == 0 else f"at most {folding:.3f} % of voxels fold")
-        + f". One `regplugins bench` run, {report['date']}, regplugins {report['regplugins']}, {machine}.\n"
+        + f". One `regplugins bench` run, {report['date']}, regplugins {report['regplugins']}, {machine}; these rows again:\n\n"
+        f"```\nregplugins bench --bundles {bundle},{feed_forward} \\\n"
+        f"    --baselines none,{','.join(m for m in ANTS_BASELINES if m in report['kinds'][kinds[0]]['methods'])} "
+        f"--kind {','.join(kinds)}\n```\n"
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.transforms import Lambdad
 
 from regplugins.data import SynthesizePaird, augmented_pairs, synthetic_pairs, user_pairs
+from regplugins.io import save_nifti
 from regplugins.transforms import RandRigidMotiond
 
 SMALL = {"shape": (12, 12, 12), "spacing": 8.0}
@@ -53,14 +54,17 @@ def test_augmented_pairs_keep_each_head_and_move_each_copy_by_its_own_seed():
     assert torch.equal(torch.as_tensor(dataset[0]["fixed"]), torch.as_tensor(dataset[2]["fixed"]))  # copies of one head
 
 
-def test_user_pairs_read_a_paired_datalist(tmp_path):
-    files = {}
-    for key in ("ct", "mr", "paired_ct", "paired_mr"):
-        files[key] = f"{key}.txt"
-        (tmp_path / files[key]).write_text(key)
-    (tmp_path / "paired.json").write_text(json.dumps([files]))
-    dataset = user_pairs(
-        str(tmp_path / "paired.json"),
-        lambda entry: {key: Path(path).read_text(encoding="utf-8") for key, path in entry.items() if key != "fixed_modality"},
-    )
-    assert dataset[0] == {"ct": "ct", "mr": "mr", "paired_ct": "paired_ct", "paired_mr": "paired_mr"}
+def test_user_pairs_stack_a_paired_datalist_on_the_cts_grid_at_the_working_spacing(tmp_path):
+    rng = np.random.default_rng(0)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])  # an LAS CT; the MR images on a finer grid of their own
+    files = {"ct": (rng.uniform(-1000, 1000, (20, 20, 20)), 2.0 * flipped), "mr": (rng.random((30, 30, 30)) * 500, np.diag([1.5] * 3 + [1]))}
+    files["paired_ct"], files["paired_mr"] = (files["ct"][0], files["mr"][1]), (files["mr"][0], files["ct"][1])
+    for key, (data, affine) in files.items():
+        save_nifti(tmp_path / f"{key}.nii.gz", data, affine)
+    (tmp_path / "paired.json").write_text(json.dumps([{key: f"{key}.nii.gz" for key in files}]), encoding="utf-8")
+    marked = Lambdad("image", lambda image: image * 0.0 + 1.0)
+    pair = user_pairs(str(tmp_path / "paired.json"), working_spacing=4.0)[0]
+    assert pair["image"].shape == (4, 10, 10, 10) and pair["fixed_modality"] == "ct"
+    assert np.allclose(pair["image"].affine[:3, :3], np.diag([4.0] * 3)), "the CT's grid, turned to RAS, at 4 mm"
+    assert 0.0 <= float(pair["image"].min()) and float(pair["image"].max()) <= 1.0  # normalised per modality
+    assert float(user_pairs(str(tmp_path / "paired.json"), 4.0, transforms=[marked])[0]["image"].min()) == 1.0

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from monai.data import CacheDataset, PersistentDataset
-from monai.transforms import Compose
+from monai.transforms import Compose, ConcatItemsd, LoadImaged, Orientationd, ResampleToMatchd, Spacingd
 from torch.utils.data import ConcatDataset, Dataset
 
 from regplugins.io import paired_training_data
+from regplugins.transforms import AntiAliasd, NormalizeModalityd
 
 from .synth import SynthesizePaird
 
@@ -111,6 +112,26 @@ def augmented_pairs(
     return _joined(datasets)
 
 
-def user_pairs(datalist: str, transform: Callable, num_workers: int = 0) -> CacheDataset:
-    """A user's paired CT/MR data (:func:`regplugins.io.paired_training_data`) through ``transform``, cached."""
-    return CacheDataset(data=paired_training_data(datalist), transform=transform, num_workers=num_workers)
+# a user's paired CT/MR entries, in the order the network reads them: the MR moving, the CT fixed, the CT aligned
+# with the MR and the MR aligned with the CT (the pairs the intra-modality losses compare)
+USER_KEYS = ("mr", "ct", "paired_ct", "paired_mr")
+
+
+def user_pairs(datalist: str, working_spacing: float, transforms: Sequence[Callable] = (), num_workers: int = 0) -> CacheDataset:
+    """A user's paired CT/MR data (:func:`regplugins.io.paired_training_data`) made like the synthetic pairs, cached.
+
+    The CT goes to a RAS grid at ``working_spacing`` (anti-aliased first), the other three onto
+    that grid; each is normalised by its modality and the four are stacked as ``image`` in
+    :data:`USER_KEYS` order; ``transforms`` follow.
+    """
+    keys = list(USER_KEYS)
+    loading = [
+        LoadImaged(keys, reader="NibabelReader", ensure_channel_first=True, image_only=True),
+        AntiAliasd(keys, pixdim=working_spacing),
+        Orientationd("ct", axcodes="RAS"),
+        Spacingd("ct", pixdim=working_spacing, mode="bilinear"),
+        ResampleToMatchd(keys[:1] + keys[2:], key_dst="ct", mode="bilinear", padding_mode="zeros"),
+        NormalizeModalityd(keys, modality=["mr", "ct", "ct", "mr"]),
+        ConcatItemsd(keys, name="image"),
+    ]
+    return CacheDataset(data=paired_training_data(datalist), transform=Compose([*loading, *transforms]), num_workers=num_workers)
