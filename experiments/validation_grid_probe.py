@@ -31,10 +31,7 @@ def dice_on_both_grids(ddf: torch.Tensor, pair: dict) -> tuple[float, float]:
     on_working = Warpd("moving_label", mode="nearest")({**pair, "pred": ddf})["moving_label_warped"]
     to_fine_grid = Warpd("moving_label_full", mode="nearest", reference_key="fixed_label_full", ddf_grid_key="image")
     on_fine = to_fine_grid({**pair, "pred": ddf})["moving_label_full_warped"]
-    return (
-        mean_dice(on_working[0].numpy(), pair["fixed_label"][0].numpy()),
-        mean_dice(on_fine[0].numpy(), pair["fixed_label_full"][0].numpy()),
-    )
+    return (mean_dice(on_working[0].numpy(), pair["fixed_label"][0].numpy()), mean_dice(on_fine[0].numpy(), pair["fixed_label_full"][0].numpy()))
 
 
 def main() -> None:

@@ -100,11 +100,7 @@ def _sample_field(field: np.ndarray, affine: np.ndarray, at_field: np.ndarray, a
 
 
 def inverse_consistency_error(
-    forward: np.ndarray,
-    forward_affine: np.ndarray,
-    inverse: np.ndarray,
-    inverse_affine: np.ndarray,
-    mask: np.ndarray | None = None,
+    forward: np.ndarray, forward_affine: np.ndarray, inverse: np.ndarray, inverse_affine: np.ndarray, mask: np.ndarray | None = None
 ) -> float:
     """Mean distance in mm between ``x`` and ``x`` sent by the forward field and back by the inverse.
 

@@ -21,14 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from regplugins.io import (
-    RegistrationInputError,
-    checked_output_dir,
-    load_itk_displacement_field,
-    pair_output_name,
-    registration_pairs,
-    save_nifti,
-)
+from regplugins.io import RegistrationInputError, checked_output_dir, load_itk_displacement_field, pair_output_name, registration_pairs, save_nifti
 
 __all__ = ["DEFAULT_BUNDLES", "default_bundle", "as_nifti", "register_pairs", "apply_transform"]
 

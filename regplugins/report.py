@@ -108,10 +108,7 @@ def card_table(report: dict, bundle: str) -> str:
     kinds = [k for k in BUNDLE_ROWS[bundle][2] if k in KIND_NAMES]
     feed_forward = f"{bundle}:refine_iterations=0"
     counts = "/".join(sorted({str(len(report["kinds"][k]["pairs"])) for k in kinds}))
-    rows = [
-        f"| pairs ({counts} per kind) | none | best ANTs | this bundle | the paper's network alone |",
-        "|---|---|---|---|---|",
-    ]
+    rows = [f"| pairs ({counts} per kind) | none | best ANTs | this bundle | the paper's network alone |", "|---|---|---|---|---|"]
     for kind in kinds:
         ants = _best_ants_method(report, kind, "dice", lowest=False)
         rows.append(
@@ -131,8 +128,8 @@ def card_table(report: dict, bundle: str) -> str:
         f"{min(ants_hd95):.2f} to {max(ants_hd95):.2f} mm); "
         + ("no voxel folds" if folding == 0 else f"at most {folding:.3f} % of voxels fold")
         + f". One `regplugins bench` run, {report['date']}, regplugins {report['regplugins']}, {machine}; these rows again:\n\n"
-        f"```\nregplugins bench --bundles {bundle},{feed_forward} \\\n"
-        f"    --baselines none,{','.join(m for m in ANTS_BASELINES if m in report['kinds'][kinds[0]]['methods'])} "
+        f"```\nregplugins bench --bundles {bundle},{feed_forward} "
+        f"--baselines none,{','.join(m for m in ANTS_BASELINES if m in report['kinds'][kinds[0]]['methods'])} "
         f"--kind {','.join(kinds)}\n```\n"
     )
 

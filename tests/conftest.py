@@ -91,12 +91,17 @@ def reoriented_copy(path: str, out: Path) -> str:
 
 
 def run_bundle(
-    *args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600, env: dict | None = None
+    *args: str, config: str = "inference.json", bundle: Path = BUNDLE, timeout: int = 600, env: dict | None = None, processes: int = 1
 ) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it (``env``: variables to add)."""
+    """``python -m monai.bundle run`` with a config of ``bundle``, as a user runs it (``env``: variables to add).
+
+    ``processes`` > 1 runs it under ``torchrun`` (gloo on a CPU), as a cohort over several GPUs is run.
+    """
     config_files = config if config.startswith("[") else str(bundle / "configs" / config)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     command = [
         sys.executable,
+        *launcher,
         "-m",
         "monai.bundle",
         "run",
@@ -151,10 +156,6 @@ def itk_resample(moving_path: str, reference_path: str, ddf_path: str, nearest: 
     transform.SetDisplacementField(field)
     interpolator = itk.NearestNeighborInterpolateImageFunction if nearest else itk.LinearInterpolateImageFunction
     resampled = itk.resample_image_filter(
-        moving,
-        transform=transform,
-        use_reference_image=True,
-        reference_image=reference,
-        interpolator=interpolator[itk.Image[itk.F, 3], itk.D].New(),
+        moving, transform=transform, use_reference_image=True, reference_image=reference, interpolator=interpolator[itk.Image[itk.F, 3], itk.D].New()
     )
     return np.transpose(itk.array_from_image(resampled), (2, 1, 0))

@@ -278,34 +278,8 @@ def test_multi_gpu_inference_shares_a_datalist_over_ranks_with_one_processs_outp
     single = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "single"), "--device", "cpu", env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
     configs = json.dumps([str(BUNDLE / "configs/inference.json"), str(BUNDLE / "configs/multi_gpu_inference.json")])
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        "--bundle_root",
-        str(BUNDLE),
-        "--logging_file",
-        str(BUNDLE / "configs/logging.conf"),
-        "--datalist",
-        str(synthetic_pairs),
-        "--output_dir",
-        str(tmp_path / "ranks"),
-    ]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-        cwd=ROOT,
-        timeout=600,
+    result = run_bundle(
+        "--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "ranks"), config=configs, processes=2, env={"OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for pair in registration_pairs(datalist=str(synthetic_pairs)):

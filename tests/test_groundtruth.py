@@ -12,14 +12,7 @@ import pytest
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import load_nifti, save_nifti
 from regplugins.metrics import rigid_errors
-from regplugins.rigid import (
-    grid_center_lps,
-    ras_to_lps,
-    rigid_matrix,
-    settle_moving_frame,
-    symmetry_frame,
-    write_ground_truth,
-)
+from regplugins.rigid import grid_center_lps, ras_to_lps, rigid_matrix, settle_moving_frame, symmetry_frame, write_ground_truth
 
 from conftest import ROOT
 

@@ -89,10 +89,7 @@ def server(synthetic_pairs, tmp_path_factory):
 
 def _infer(server, bundle: str, params: dict) -> tuple[dict, bytes]:
     response = requests.post(
-        f"{server['url']}/infer/{bundle}",
-        params={"image": "fixed_t1", "output": "all"},
-        files={"params": (None, json.dumps(params))},
-        timeout=600,
+        f"{server['url']}/infer/{bundle}", params={"image": "fixed_t1", "output": "all"}, files={"params": (None, json.dumps(params))}, timeout=600
     )
     assert response.status_code == 200, response.text[-2000:]
     parts = {

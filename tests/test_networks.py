@@ -7,11 +7,7 @@ from regplugins.networks.fcn_multires import _upsample_field
 
 @pytest.mark.parametrize(
     "variant, train_shapes",
-    [
-        ("multires", [(1, 3, 16, 16, 16), (1, 3, 8, 8, 8), (1, 3, 4, 4, 4)]),
-        ("no_pooling", [(1, 3, 16, 16, 16)]),
-        ("coarse", [(1, 3, 16, 16, 16)]),
-    ],
+    [("multires", [(1, 3, 16, 16, 16), (1, 3, 8, 8, 8), (1, 3, 4, 4, 4)]), ("no_pooling", [(1, 3, 16, 16, 16)]), ("coarse", [(1, 3, 16, 16, 16)])],
 )
 def test_fcn_variants_predict_fields_finest_first(variant, train_shapes):
     network = MultiResolutionFCN(variant=variant, encoder_channels=(4, 8, 8), conv4_channels=8, decoder_channels=(8, 4))

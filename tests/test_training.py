@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -120,29 +117,9 @@ def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_pat
 @pytest.mark.slow
 def test_multi_gpu_train_runs_under_torchrun_with_gloo(tmp_path):
     configs = json.dumps([str(BUNDLE / "configs/train.json"), str(BUNDLE / "configs/multi_gpu_train.json")])
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",  # a free port
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        "--bundle_root",
-        str(BUNDLE),
-        "--logging_file",
-        str(BUNDLE / "configs/logging.conf"),
-        *TINY,
-        "--ckpt_dir",
-        str(tmp_path),
-    ]
-    command.remove("--device")
-    command.remove("cpu")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", env=env, cwd=ROOT, timeout=600)
+    tiny = list(TINY)
+    del tiny[tiny.index("--device") : tiny.index("--device") + 2]  # each rank takes its own device
+    result = run_bundle(*tiny, "--ckpt_dir", str(tmp_path), config=configs, processes=2, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "model.pt").exists()
 

@@ -24,11 +24,7 @@ __all__ = ["augmented_pairs", "cached_pairs", "synthetic_pairs", "user_pairs"]
 
 
 def cached_pairs(
-    data: Sequence[dict],
-    transform: Callable,
-    cache_dir: str | None = None,
-    cache_rate: float = 1.0,
-    num_workers: int = 0,
+    data: Sequence[dict], transform: Callable, cache_dir: str | None = None, cache_rate: float = 1.0, num_workers: int = 0
 ) -> CacheDataset | PersistentDataset:
     """The pairs ``transform`` makes from ``data`` (e.g. ``{"seed": s}``), cached in memory or, with ``cache_dir``, on disk.
 

@@ -67,10 +67,7 @@ class GradientFusionLoss(_Loss):
         similarity and gradient-branch smoothness; their sum is the loss, each on its own shows what drives it."""
         fused, gradient_field = (fields, None) if isinstance(fields, torch.Tensor) else fields
         warp = cached_warp()
-        terms = [
-            self.image_weight * self.similarity(warp(pair[:, :1], fused), pair[:, 1:2]),
-            self.fused_smoothness_weight * self.smoothness(fused),
-        ]
+        terms = [self.image_weight * self.similarity(warp(pair[:, :1], fused), pair[:, 1:2]), self.fused_smoothness_weight * self.smoothness(fused)]
         if gradient_field is not None:
             maps = self.gradient(pair)
             terms.append(self.gradient_weight * self.similarity(warp(maps[:, :1], gradient_field), maps[:, 1:2]))

@@ -91,7 +91,8 @@ class MINDDescriptor(nn.Module):
             if negative in self.offsets:
                 self.channels.append((self.offsets.index(negative), q))
             else:
-                self.offsets += [d] if d not in self.offsets else []
+                if d not in self.offsets:
+                    self.offsets.append(d)
                 self.channels.append((self.offsets.index(d), p))
 
     def _distances(self, image: torch.Tensor) -> torch.Tensor:

@@ -103,8 +103,7 @@ class AffineNetwork(nn.Module):
         super().__init__()
         self.spatial_dims = spatial_dims
         self.features = nn.Sequential(
-            _conv(spatial_dims, 2 * feature_channels, channels, strides=2),
-            _conv(spatial_dims, channels, 2 * channels, strides=2),
+            _conv(spatial_dims, 2 * feature_channels, channels, strides=2), _conv(spatial_dims, channels, 2 * channels, strides=2)
         )
         # leaky: the pooled features barely differ between pairs, so one bias step can silence every ReLU unit
         # at once (all 64 did in a 3D CPU run), leaving an affine that no longer depends on its input
@@ -187,9 +186,7 @@ class NonRigidNetwork(nn.Module):
         self.branch_a = nn.Sequential(_conv(spatial_dims, feature_channels, channels), _conv(spatial_dims, channels, channels))
         self.branch_b = nn.Sequential(_conv(spatial_dims, feature_channels, channels), _conv(spatial_dims, channels, channels))
         self.head = nn.Sequential(
-            _conv(spatial_dims, 2 * channels, channels),
-            Convolution(spatial_dims, channels, spatial_dims, kernel_size=3, conv_only=True),
-            nn.Tanh(),
+            _conv(spatial_dims, 2 * channels, channels), Convolution(spatial_dims, channels, spatial_dims, kernel_size=3, conv_only=True), nn.Tanh()
         )
         out = self.head[1].conv
         nn.init.normal_(out.weight, std=1e-5)

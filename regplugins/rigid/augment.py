@@ -26,13 +26,7 @@ def _moved(path: str, motion_ras: np.ndarray, mode: str) -> tuple[np.ndarray, np
 
 
 def write_augmented_set(
-    datalist: str,
-    out: str,
-    n: int = 99,
-    test_fraction: float = 0.4,
-    max_rotation_deg: float = 15.0,
-    max_translation_mm: float = 5.0,
-    seed: int = 0,
+    datalist: str, out: str, n: int = 99, test_fraction: float = 0.4, max_rotation_deg: float = 15.0, max_translation_mm: float = 5.0, seed: int = 0
 ) -> Path:
     """Write ``n`` augmented pairs per pair of ``datalist`` and ``out/datalist.json`` with ``training`` and ``testing``.
 

@@ -14,16 +14,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from regplugins.alignment import PREALIGNMENTS, fit_affine, warp_affine
 from regplugins.io import pair_output_name
-from regplugins.layers import (
-    affine_to_ddf,
-    apply_affine,
-    cached_warp,
-    gaussian_smooth,
-    invert_ddf,
-    resample_ddf,
-    voxel_grid,
-    warp_physical,
-)
+from regplugins.layers import affine_to_ddf, apply_affine, cached_warp, gaussian_smooth, invert_ddf, resample_ddf, voxel_grid, warp_physical
 from regplugins.refinement import SIMILARITIES, PairSimilarity, refine_ddf
 
 logger = logging.getLogger(__name__)
