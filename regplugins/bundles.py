@@ -71,8 +71,13 @@ class BundleRunner:
         self.workflow = None
 
     def run(self, pair: dict) -> None:
-        """Register ``pair`` (``fixed``, ``moving``, optional ``moving_label``) into the runner's ``output_dir``."""
-        from regplugins.io import check_registration_inputs
+        """Register ``pair`` (``fixed``, ``moving``, optional ``moving_label``) into the runner's ``output_dir``.
+
+        Raises :class:`regplugins.io.RegistrationInputError` for an input that cannot be used and
+        :class:`regplugins.io.RegistrationError` for a registration that failed on the way.
+        """
+        from regplugins.engines import PairsFailed
+        from regplugins.io import RegistrationError, check_registration_inputs
 
         check_registration_inputs([pair])
         entry = {key: pair[key] for key in ("fixed", "moving", "moving_label") if pair.get(key)}
@@ -83,7 +88,11 @@ class BundleRunner:
                 fixed_image=entry["fixed"],
                 moving_image=entry["moving"],
                 moving_label=entry.get("moving_label", ""),
+                **{"evaluator#summary_dir": None},  # the host keeps its own record of the pairs
                 **self.overrides,
             )
         self.workflow.dataset.data = [entry]
-        self.workflow.run()
+        try:
+            self.workflow.run()
+        except PairsFailed as failure:  # an exception a host catches, not the end of its process
+            raise RegistrationError(failure.errors[0]) from None

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.metrics import RMSEMetric
 from monai.utils.enums import CommonKeys as Keys
+
+from regplugins.data.pairs import PAIR_ERROR, one_line_error
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_registration_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
@@ -107,3 +117,75 @@ def fit_feature_ann(network: torch.nn.Module, ckpt_path: str, train_dataset, val
     }
     print(summary)
     return summary
+
+
+class PairsFailed(SystemExit):
+    """The end of a run in which some pairs failed: ``error: ...`` on stderr and exit status 1, no traceback.
+
+    ``errors`` holds each failed pair's one-line error.
+    """
+
+    def __init__(self, errors: Sequence[str], total: int, summary_file: Path | None):
+        self.errors = list(errors)
+        where = f"; see {summary_file}" if summary_file else ""
+        first = self.errors[0] if len(self.errors) == 1 else f"{len(self.errors)} of {total} pairs failed{where}; the first: {self.errors[0]}"
+        super().__init__(f"error: {first}")
+
+
+def _source(value) -> str:
+    """The file a batch item came from: a loaded image's ``filename_or_obj``, or the path itself."""
+    source = value.meta["filename_or_obj"] if hasattr(value, "meta") else value
+    return str(source[0] if isinstance(source, (list, tuple)) else source)
+
+
+class PairEvaluator(SupervisedEvaluator):
+    """MONAI's ``SupervisedEvaluator`` for a cohort of registration pairs: one failing pair does not stop the rest.
+
+    A pair whose loading (:class:`regplugins.data.PairDataset`), network or postprocessing
+    (saving included) raises is logged as ``error: <file>: <problem>`` and skipped. At the end,
+    ``summary_dir/summary.json`` lists every pair of the run (``done`` with its output folder, or
+    ``failed`` with its error, and the seconds it took), gathered from every rank under
+    ``torchrun``; then, if any pair failed, :class:`PairsFailed` ends the process with status 1.
+    """
+
+    def __init__(self, *args, summary_dir: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.summary_dir = Path(summary_dir) if summary_dir else None
+        self.pair_records: list[dict] = []
+
+    def _iteration(self, engine, batchdata: dict) -> dict:
+        record = {"fixed": _source(batchdata["fixed"]), "moving": _source(batchdata["moving"])}
+        start, output = time.perf_counter(), {}
+        if PAIR_ERROR in batchdata:
+            record.update(status="failed", error=batchdata[PAIR_ERROR][0])
+        else:
+            try:
+                output = super()._iteration(engine, batchdata)
+                folder = engine.state.output[0].get("output_folder") if isinstance(engine.state.output, list) else None
+                record.update(status="done", output=folder)
+            except Exception as error:  # whatever a pair raises, the others go on; the summary and exit status tell
+                record.update(status="failed", error=one_line_error(error, record["moving"]))
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        if record["status"] == "failed":
+            logger.error(f"error: {record['error']}")
+        self.pair_records.append(record)
+        return output
+
+    def run(self) -> None:
+        self.pair_records = []
+        super().run()
+        records = self.pair_records
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shares = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, records)
+            records = [record for share in shares for record in share]
+        summary_file = None
+        if self.summary_dir is not None:
+            summary_file = self.summary_dir / "summary.json"
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+                summary = {status: sum(r["status"] == status for r in records) for status in ("done", "failed")}
+                self.summary_dir.mkdir(parents=True, exist_ok=True)
+                summary_file.write_text(json.dumps({**summary, "pairs": records}, indent=2))
+        errors = [record["error"] for record in records if record["status"] == "failed"]
+        if errors:
+            raise PairsFailed(errors, len(records), summary_file)

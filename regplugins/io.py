@@ -50,6 +50,10 @@ class RegistrationInputError(ValueError):
     """A registration input that cannot be used; the message names the file and the problem."""
 
 
+class RegistrationError(RuntimeError):
+    """A pair whose registration failed on the way; the message names the file and the problem."""
+
+
 def _datalist_entries(path: Path, sections: tuple[str, ...], what: str) -> list:
     """The entries of a JSON datalist: a list, or the first of ``sections`` of a MONAI-style dict."""
     if not path.is_file():

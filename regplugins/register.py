@@ -21,7 +21,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from regplugins.io import RegistrationInputError, checked_output_dir, load_itk_displacement_field, pair_output_name, registration_pairs, save_nifti
+from regplugins.io import (
+    RegistrationError,
+    RegistrationInputError,
+    checked_output_dir,
+    load_itk_displacement_field,
+    pair_output_name,
+    registration_pairs,
+    save_nifti,
+)
 
 __all__ = ["DEFAULT_BUNDLES", "default_bundle", "as_nifti", "register_pairs", "apply_transform"]
 
@@ -146,7 +154,7 @@ def register_pairs(
                     runner.run(pair)
                     record["status"] = "done"
             except (ValueError, RuntimeError, OSError) as error:  # RegistrationInputError among them
-                message = str(error) if isinstance(error, RegistrationInputError) else f"{pair['moving']}: {error}"
+                message = str(error) if isinstance(error, (RegistrationInputError, RegistrationError)) else f"{pair['moving']}: {error}"
                 for key, path in pair.items():  # name the user's files, not their NIfTI copies
                     message = message.replace(path, original[key])
                 record.update(status="failed", error=message)

@@ -273,25 +273,41 @@ def test_multi_gpu_inference_shares_a_datalist_over_ranks_with_one_processs_outp
     """Two gloo ranks on the CPU stand in for two GPUs: each registers its share, the outputs are those of one process.
 
     Exactly, at the same number of threads: with another, the CPU kernels round differently, by
-    a few hundredths of a millimetre after the refinement's 30 Adam steps.
+    a few hundredths of a millimetre after the refinement's 30 Adam steps. A pair that fails on
+    the way (a file where its output folder goes) is reported in one line and in summary.json;
+    the other rank's pair is done all the same, and the run ends with status 1.
     """
     single = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "single"), "--device", "cpu", env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr[-3000:]
+    summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert (summary["done"], summary["failed"]) == (2, 0) and all(record["seconds"] > 0 for record in summary["pairs"])
+    good, bad = (pair_output_name(pair["moving"], pair["fixed"]) for pair in registration_pairs(datalist=str(synthetic_pairs)))
+    (tmp_path / "ranks").mkdir()
+    (tmp_path / "ranks" / bad).write_text("a user's file where the pair folder goes")
     configs = json.dumps([str(BUNDLE / "configs/inference.json"), str(BUNDLE / "configs/multi_gpu_inference.json")])
     result = run_bundle(
         "--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "ranks"), config=configs, processes=2, env={"OMP_NUM_THREADS": "1"}
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for pair in registration_pairs(datalist=str(synthetic_pairs)):
-        name = pair_output_name(pair["moving"], pair["fixed"])
-        for file in ("ddf.nii.gz", "warped.nii.gz"):
-            ours, theirs = (nib.load(str(tmp_path / run / name / file)).get_fdata() for run in ("ranks", "single"))
-            np.testing.assert_array_equal(ours, theirs, err_msg=f"{name}/{file}")
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {summary_error(tmp_path / 'ranks')}"] * 2
+    summary = json.loads((tmp_path / "ranks" / "summary.json").read_text())
+    assert (summary["done"], summary["failed"]) == (1, 1), summary
+    assert [record["status"] for record in summary["pairs"]] == ["done", "failed"] and bad in summary["pairs"][1]["error"]
+    assert (tmp_path / "ranks" / bad).read_text() == "a user's file where the pair folder goes"
+    for file in ("ddf.nii.gz", "warped.nii.gz"):
+        ours, theirs = (nib.load(str(tmp_path / run / good / file)).get_fdata() for run in ("ranks", "single"))
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"{good}/{file}")
     # a resumed run (--skip_existing true) finds every pair done and ends at once, touching nothing
     written = {path: path.stat().st_mtime_ns for path in (tmp_path / "single").rglob("*.nii.gz")}
     again = run_bundle("--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "single"), "--skip_existing", "true")
     assert again.returncode == 0 and "pairs already have their outputs" in again.stdout, again.stderr[-3000:]
     assert {path: path.stat().st_mtime_ns for path in (tmp_path / "single").rglob("*.nii.gz")} == written
+
+
+def summary_error(output_dir) -> str:
+    """The one-line error of the one failed pair of ``output_dir/summary.json``."""
+    (failed,) = [record for record in json.loads((output_dir / "summary.json").read_text())["pairs"] if record["status"] == "failed"]
+    return failed["error"]
 
 
 def test_fcn_fine_tunes_on_each_pair_on_request():
