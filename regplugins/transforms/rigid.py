@@ -149,7 +149,7 @@ class RefineRigidd(MapTransform):
     """Finish the network's estimate by mutual information on the native images, and keep the best transform.
 
     The network sees both heads on a 5 mm grid; :func:`regplugins.rigid.refinement.refine_rigid`
-    (ITK, Mattes MI, regular-step gradient descent, at ``spacing_mm``) takes it to a fraction of
+    (ITK through SimpleITK, Mattes MI, regular-step gradient descent, at ``spacing_mm``) takes it to a fraction of
     a degree. It starts from whichever of the identity and the network's estimate the images
     agree with more, and Mattes MI, measured the same way for every candidate, decides which
     transform is written: a pair is never left less aligned than it came, and the log says when
@@ -184,7 +184,7 @@ class RefineRigidd(MapTransform):
         values = {name: mattes_value(fixed, moving, matrix, center) for name, matrix in candidates.items()}
         if self.refine:
             start = min(values, key=values.get)
-            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], center, spacing_mm=self.spacing_mm)
+            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], center)
             values["refinement"] = mattes_value(fixed, moving, candidates["refinement"], center)
         kept = keep_best_stage(pair_output_name(moving_path, fixed_path), values, "Mattes MI")  # ITK's sign: lower is more similar
         d[self.matrix_key] = candidates[kept]
