@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -64,16 +63,6 @@ class PairOptimizationInferer(Inferer):
             fields = self.run_network(inputs, model, *args, **kwargs)
         finest = fields[0] if isinstance(fields, (list, tuple)) else fields
         return finest.contiguous()
-
-
-class PairOptimisationInferer(PairOptimizationInferer):
-    """The name of :class:`PairOptimizationInferer` before regplugins 0.5.0, kept for configs that name it until 0.6.0."""
-
-    def __init__(self, *args, **kwargs):
-        warnings.warn(
-            "regplugins.inferers.PairOptimisationInferer is renamed PairOptimizationInferer; the old name goes in 0.6.0.", FutureWarning, stacklevel=2
-        )
-        super().__init__(*args, **kwargs)
 
 
 def bfloat16_is_fast(device: torch.device | str) -> bool:

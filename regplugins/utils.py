@@ -3,8 +3,6 @@ and the old name of a renamed setting."""
 
 from __future__ import annotations
 
-import warnings
-
 __all__ = ["as_flag", "renamed_setting"]
 
 
@@ -23,12 +21,12 @@ def as_flag(value, name: str) -> bool:
 
 
 def renamed_setting(old_name: str, old_value, new_name: str, new_value):
-    """The value of a config key renamed to MONAI's spelling: the old key's while a user still sets it, with a warning.
+    """The value of a config key renamed to MONAI's spelling; its old key, still set, stops the run with one line.
 
-    A bundle config keeps the old key at ``null`` for one release and reads the setting
-    through this, so that ``--optimise_iterations 5`` still works and says what to write instead.
+    A bundle config keeps the old key at ``null`` and reads the setting through this, so that
+    ``--optimise_iterations 5`` is not silently ignored but names what to write instead
+    (regplugins 0.5.0 still read it, with a warning).
     """
-    if old_value is None:
-        return new_value
-    warnings.warn(f"{old_name} is renamed {new_name}; the old name stops working in regplugins 0.6.0.", FutureWarning, stacklevel=2)
-    return old_value
+    if old_value is not None:
+        raise SystemExit(f"error: {old_name}: renamed {new_name} in regplugins 0.5.0; write --{new_name} {old_value}.")
+    return new_value

@@ -171,15 +171,12 @@ def test_bfloat16_is_not_chosen_for_an_absent_gpu_or_a_device_that_computes_noth
         assert bfloat16_is_fast("cuda") is False
 
 
-def test_the_old_spelling_of_a_renamed_setting_still_works_for_one_release_and_says_so():
-    from regplugins.inferers import PairOptimisationInferer
-
+def test_the_old_spelling_of_a_renamed_setting_stops_the_run_and_names_the_new_one():
+    """Read with a warning in regplugins 0.5.0; since 0.6.0 an error, not a setting silently ignored."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / "fcn_multires_selfsup_reg" / "configs" / "inference.json"))
     parser.update({"device": "cpu", "optimise_iterations": 3})
-    with pytest.warns(FutureWarning, match="optimise_iterations is renamed optimize_iterations"):
-        assert parser.get_parsed_content("inferer").iterations == 3
+    with pytest.raises(SystemExit, match="error: optimise_iterations: renamed optimize_iterations in regplugins 0.5.0"):
+        parser.get_parsed_content("inferer")
     parser.update({"optimise_iterations": None, "optimize_iterations": 4})
     assert parser.get_parsed_content("inferer", lazy=False).iterations == 4
-    with pytest.warns(FutureWarning, match="renamed PairOptimizationInferer"):
-        assert PairOptimisationInferer(loss=lambda fields, inputs: fields.mean(), iterations=2).iterations == 2

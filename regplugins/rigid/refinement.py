@@ -126,11 +126,7 @@ def refine_rigid(
     registration.SetMetricSamplingPercentage(float(sampling_percentage), int(seed))
     # steps in mm of motion of the fixed image's corners, whatever the parameter (radians or mm)
     registration.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0,
-        minStep=0.02,
-        numberOfIterations=int(iterations),
-        relaxationFactor=0.9,
-        estimateLearningRate=registration.Once,
+        learningRate=1.0, minStep=0.02, numberOfIterations=int(iterations), relaxationFactor=0.9, estimateLearningRate=registration.Once
     )
     registration.SetOptimizerScalesFromPhysicalShift()
     registration.SetShrinkFactorsPerLevel([int(s) for s in shrink_factors])
