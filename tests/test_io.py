@@ -321,3 +321,15 @@ def test_skip_existing_leaves_out_the_pairs_with_finished_outputs_and_ends_a_fin
     with pytest.raises(SystemExit) as finished:
         pending_pairs(pairs[1:2], str(tmp_path), skip_existing=True)
     assert finished.value.code == 0
+
+
+def test_a_pairs_error_is_one_line_from_its_innermost_cause_even_on_a_circular_chain():
+    """MONAI re-raises a transform's error from a chain that can loop back; summary.json needs the cause, in one line."""
+    from regplugins.data.pairs import one_line_error
+
+    inner, outer = ValueError("the problem\nand its details"), RuntimeError("applying transform")
+    outer.__cause__, inner.__context__ = inner, outer
+    assert one_line_error(outer, "moving.nii.gz") == "moving.nii.gz: ValueError: the problem"
+    named = RuntimeError("applying transform")
+    named.__cause__ = RegistrationInputError("label.nii.gz: values are not whole numbers")
+    assert one_line_error(named, "moving.nii.gz") == "label.nii.gz: values are not whole numbers"

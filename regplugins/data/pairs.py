@@ -17,9 +17,11 @@ def one_line_error(error: BaseException, moving: str) -> str:
     """
     from regplugins.io import RegistrationInputError
 
-    cause = error
-    while cause.__cause__ is not None or (cause.__context__ is not None and not cause.__suppress_context__):
-        cause = cause.__cause__ or cause.__context__
+    cause, seen = error, {id(error)}
+    # MONAI re-raises a transform's error from itself, so the chain can loop back: stop where it does
+    while (following := cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)) is not None and id(following) not in seen:
+        cause = following
+        seen.add(id(cause))
     if isinstance(cause, RegistrationInputError):
         return str(cause).splitlines()[0]
     problem = (str(cause).strip().splitlines() or [""])[0]
