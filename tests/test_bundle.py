@@ -289,7 +289,8 @@ def test_multi_gpu_inference_shares_a_datalist_over_ranks_with_one_processs_outp
         "--datalist", str(synthetic_pairs), "--output_dir", str(tmp_path / "ranks"), config=configs, processes=2, env={"OMP_NUM_THREADS": "1"}
     )
     assert result.returncode != 0
-    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {summary_error(tmp_path / 'ranks')}"] * 2
+    # each rank ends with the one error line; the two ranks' stderr may interleave on one line
+    assert result.stderr.count(f"error: {summary_error(tmp_path / 'ranks')}") == 2, result.stderr[-3000:]
     summary = json.loads((tmp_path / "ranks" / "summary.json").read_text())
     assert (summary["done"], summary["failed"]) == (1, 1), summary
     assert [record["status"] for record in summary["pairs"]] == ["done", "failed"] and bad in summary["pairs"][1]["error"]
