@@ -53,3 +53,28 @@ def test_a_working_grid_field_warps_labels_on_their_own_finer_grid():
     moved = warp({**data, "pred": shift})["moving_label_warped"]
     assert unmoved.shape == labels.shape and torch.equal(unmoved, labels)
     assert torch.equal(moved[:, :30], labels[:, 2:])  # two 1.5 mm voxels; the last two sample the border
+
+
+@pytest.mark.parametrize("on_label_grid", [False, True])
+def test_label_overlap_postprocessing_scores_a_shift_by_dice(on_label_grid):
+    """The train configs' validation: labels warped by the predicted field, both one-hot, for MeanDice."""
+    from monai.metrics import DiceMetric
+
+    from regplugins.transforms import label_overlap_postprocessing
+
+    affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
+    labels = torch.zeros(1, 16, 16, 16)
+    labels[:, 4:12, 4:12, 4:12] = 1.0
+    shifted = torch.roll(labels, 2, dims=1)  # the fixed labels: two voxels further along the first axis
+    field = torch.zeros(3, 16, 16, 16)
+    keys = ("moving_label_full", "fixed_label_full") if on_label_grid else ("moving_label", "fixed_label")
+    post = label_overlap_postprocessing(2, "cpu", label_keys=keys, on_label_grid=on_label_grid)
+    data = {"image": MetaTensor(torch.zeros(2, 16, 16, 16), affine=affine), keys[0]: MetaTensor(labels, affine=affine)}
+    data[keys[1]] = MetaTensor(shifted, affine=affine)
+    dice = []
+    for shift in (0.0, -2.0):  # a voxel samples the moving labels at its position plus the field
+        field[0] = shift
+        out = post({**data, "pred": field.clone()})
+        assert out[f"{keys[0]}_warped"].shape == out["fixed_label_onehot"].shape == (2, 16, 16, 16)
+        dice.append(float(DiceMetric(include_background=False)(out[f"{keys[0]}_warped"][None], out["fixed_label_onehot"][None])))
+    assert dice[0] == pytest.approx(0.75) and dice[1] == pytest.approx(1.0)

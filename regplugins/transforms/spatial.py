@@ -9,7 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, ResampleToMatch, Spacing
+from monai.transforms import AsDiscreted, Compose, CopyItemsd, MapTransform, ResampleToMatch, Spacing, ToDeviced
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
 from regplugins.alignment import PREALIGNMENTS, fit_affine, warp_affine
@@ -106,6 +106,26 @@ class Warpd(MapTransform):
                 key_affine = torch.as_tensor(d[key].affine, dtype=torch.float64, device=ddf.device)
                 d[f"{key}{self.suffix}"] = warp_physical(image, key_affine, field.float(), reference_affine, mode=mode, padding_mode="border")[0]
         return d
+
+
+def label_overlap_postprocessing(
+    num_labels: int, device: str | torch.device, label_keys: Sequence[str] = ("moving_label", "fixed_label"), on_label_grid: bool = False
+) -> Compose:
+    """A train config's validation post-processing: the moving labels warped by the predicted field, both label maps one-hot.
+
+    For ``MeanDice`` on ``<moving label key>_warped`` and ``fixed_label_onehot``. With
+    ``on_label_grid`` the labels keep a grid of their own (finer than the network's) and the
+    field goes onto the fixed labels' grid (:class:`Warpd` ``reference_key``), as a benchmark scores them.
+    """
+    moving, fixed = label_keys
+    return Compose(
+        [
+            ToDeviced([moving, fixed], device=device),
+            Warpd(moving, ddf_key="pred", mode="nearest", reference_key=fixed if on_label_grid else None),
+            CopyItemsd(fixed, names="fixed_label_onehot"),
+            AsDiscreted([f"{moving}_warped", "fixed_label_onehot"], to_onehot=num_labels),
+        ]
+    )
 
 
 def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str) -> str:
