@@ -372,3 +372,28 @@ def test_rigid_tfm_read_by_itk_reproduces_warped_image(rigid_pairs, tmp_path):
     inside = by_itk != 0  # ITK fills outside the moving image with 0, as the bundle does
     assert inside.mean() > 0.3
     assert np.abs(by_itk - warped)[inside].mean() < 0.01 * np.abs(warped[inside]).max()
+
+
+def test_train_config_moves_mr_mr_pairs_normalised_as_mr_and_the_classifier_sees_only_ct_mr():
+    """Item 4 of the rigid issue: the regressor learns MR/MR pairs beside CT/MR ones, each image
+    normalised by what it is (as at inference); the classifier's labels (moving CT, fixed MR) stay true."""
+    from monai.bundle import ConfigParser
+
+    def parsed(*layers):
+        parser = ConfigParser()
+        parser.read_config([str(RIGID / "configs" / name) for name in ("train.json", *layers)])
+        parser.update({"bundle_root": str(RIGID), "device": "cpu", "working_shape": [24, 24, 24], "working_spacing": 8.0})
+        parser.update({"anatomy": "generated", "num_workers": 0, "augmentations_per_original": 1, "num_train_pairs": 9})
+        return parser
+
+    parser = parsed()
+    pairs = parser.get_parsed_content("modality_pairs")
+    assert ["ct", "t1"] in pairs and ["t2", "t1"] in pairs and ["t1", "pd"] in pairs and len(pairs) == 9
+    dataset = parser.get_parsed_content("train#dataset")
+    assert len(dataset) == 9
+    for pair, item in zip(pairs, dataset):  # one head per modality pair, dealt in turn
+        # an MR image windowed as CT would put its background (0) at 0.4 and its head at 1
+        for image in item["image"]:
+            assert float(image.median()) < 0.2 and float(image.max()) > 0.4, pair
+    classifier_pairs = parsed("train_classifier.json").get_parsed_content("modality_pairs")
+    assert classifier_pairs == [["ct", "t1"], ["ct", "t2"], ["ct", "pd"]]

@@ -132,8 +132,9 @@ class OrderByModalityd(MapTransform):
 def modality_path(ct_probability_moving: float, ct_probability_fixed: float) -> str:
     """``"ct_mr"`` when the classifier finds one CT and one MR, else ``"mr_mr"`` or ``"ct_ct"``.
 
-    The network was trained on CT/MR pairs; on the other two paths its estimate is only one of
-    the starts that :class:`RefineRigidd` weighs by mutual information, and nothing is swapped.
+    The network was trained on CT/MR pairs (CT moving) and MR/MR pairs, not on CT/CT; off the
+    ``ct_mr`` path nothing is swapped, and on every path its estimate is one of the starts that
+    :class:`RefineRigidd` weighs by mutual information.
     """
     is_ct = (ct_probability_moving > 0.5, ct_probability_fixed > 0.5)
     return "ct_mr" if is_ct[0] != is_ct[1] else ("ct_ct" if is_ct[0] else "mr_mr")
