@@ -71,11 +71,12 @@ def sample(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "biline
     this is ``grid_sample`` with ``align_corners=True`` and the axis order reversed.
     """
     n = voxel_points.shape[1]
-    sizes = torch.tensor(volume.shape[2:], device=voxel_points.device, dtype=voxel_points.dtype)
-    scale = (2.0 / (sizes - 1).clamp(min=1)).view(1, n, *([1] * n))
-    normalized = voxel_points * scale - 1.0
-    grid = torch.movedim(normalized, 1, -1).flip(-1)
-    return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
+    # written axis by axis into grid_sample's layout, in the points' precision and then the volume's: a flip of
+    # the moved channels and a cast of the whole grid cost three times grid_sample's own time on a 144^3 volume
+    grid = voxel_points.new_empty((voxel_points.shape[0], *voxel_points.shape[2:], n), dtype=volume.dtype)
+    for axis, size in enumerate(volume.shape[2:]):
+        grid[..., n - 1 - axis] = voxel_points[:, axis] * (2.0 / max(size - 1, 1)) - 1.0
+    return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def sample_like_itk(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
