@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 
-from regplugins.layers import apply_affine, sample, voxel_grid
+from regplugins.layers import ImageDomain, apply_affine, sample, voxel_grid
 from regplugins.losses import ParzenMutualInformationLoss
 
 __all__ = ["PREALIGNMENTS", "fit_affine", "warp_affine", "foreground_center"]
@@ -78,6 +78,7 @@ def fit_affine(
     num_bins: int = 32,
     num_samples: int = 8192,
     seed: int = 0,
+    moving_domain: ImageDomain | None = None,
 ) -> torch.Tensor:
     """The voxel matrix ``(N + 1, N + 1)`` that aligns ``moving`` to ``fixed``: ``warped(p) = moving(A p)``.
 
@@ -95,6 +96,9 @@ def fit_affine(
         num_samples: voxels drawn at random at each step to estimate it (as ITK and ANTs sample),
             which makes a step cost the same at any image size.
         seed: of those draws, so that a pair always gets the same answer.
+        moving_domain: where ``moving`` has data on the grid (the moving image's own grid); a drawn
+            voxel whose moving point falls outside it (by a level's voxel) is left out, as ITK leaves
+            it out, unless that would leave fewer than a sixteenth of the draws.
     """
     if transform not in ("rigid", "affine"):
         raise ValueError(f'transform must be "rigid" or "affine", got {transform!r}.')
@@ -127,8 +131,13 @@ def fit_affine(
             for _ in range(steps):
                 optimizer.zero_grad(set_to_none=True)
                 chosen = torch.randint(grid.shape[1], (min(num_samples, grid.shape[1]),), generator=generator, device=fixed.device)
-                points = grid[:, chosen].view(n, -1, *([1] * (n - 1)))
                 matrix = to_level @ _matrix(rotation, stretch, translation, center) @ to_full
+                if moving_domain is not None:
+                    with torch.no_grad():
+                        inside = moving_domain.contains(apply_affine(to_full @ matrix.detach(), grid[:, chosen].double()), margin=factor)
+                    if inside.sum() * 16 >= chosen.numel():
+                        chosen = chosen[inside]
+                points = grid[:, chosen].view(n, -1, *([1] * (n - 1)))
                 warped = warp_affine(moving_level, matrix, points)
                 target = fixed_level.flatten(2)[:, :, chosen].view_as(warped)
                 similarity(warped, target).backward()

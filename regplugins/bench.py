@@ -69,6 +69,8 @@ SYNTHETIC_SETS = {
     # real anatomy against every contrast: the MNI152 head, one subject per seed, T1 fixed and a T2-, PD- or CT-like
     # moving image with bias field and noise, moved by an affine and a smooth deformation, on another grid
     **{f"mni152_{moving}_t1": {**MNI152_DEFORMABLE_PAIRS, "modalities": (moving, "t1")} for moving in ("t2", "pd", "ct")},
+    # the radiotherapy direction: an MR moving onto a planning CT
+    "mni152_t1_ct": {**MNI152_DEFORMABLE_PAIRS, "modalities": ("t1", "ct")},
 }
 HELD_OUT_SEED = 2_000_000
 # the kinds that the accuracy claims of the deformable bundles rest on (docs/benchmarks.md)

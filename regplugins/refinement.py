@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
-from regplugins.layers import apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
+from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
 from regplugins.losses import MINDDescriptor, ParzenMutualInformationLoss
 
 __all__ = ["SIMILARITIES", "PairSimilarity", "refine_ddf", "similarity_features"]
@@ -96,6 +96,10 @@ class PairSimilarity:
         mixed_precision: keep the features in bfloat16, which halves the memory a step reads.
         margin: voxels around where either image shows something that count as the head
             (:func:`_head_mask`): its outline and the dark tissue inside it (bone in MR) are compared too.
+        moving_domain: where ``moving`` has data on the refinement grid (the moving image's own
+            grid): a head voxel whose moving point falls outside it, or within ``domain_margin``
+            voxels of its edge (the features' reach), is left out of the comparison, as ITK leaves
+            it out. A field is scored only where at least a sixteenth of the drawn voxels remain.
     """
 
     def __init__(
@@ -107,8 +111,11 @@ class PairSimilarity:
         mutual_information_weight: float = 0.05,
         mixed_precision: bool = False,
         margin: int = 3,
+        moving_domain: ImageDomain | None = None,
+        domain_margin: float = 2.0,
     ):
         spatial_dims = fixed.dim()
+        self.moving_domain, self.domain_margin = moving_domain, float(domain_margin)
         self.shape = fixed.shape
         dtype = torch.bfloat16 if mixed_precision else torch.float32
         with torch.no_grad():
@@ -135,9 +142,20 @@ class PairSimilarity:
         """A working-grid voxel DDF ``(N, *W)`` at every head voxel of the refinement grid: ``(H, N)``, working voxels."""
         return sample_points(_channels_last(ddf.float()), self.working_points)
 
+    def moved(self, chosen: torch.Tensor, displacement: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refinement-grid voxels ``(N, K')`` where the head voxels ``chosen`` land, moved by ``displacement``
+        ``(K, N)`` working voxels, and the ``K'`` voxels of ``chosen`` that land inside the moving image's domain."""
+        moved = apply_affine(self.from_working, self.working_points.index_select(1, chosen) + displacement.T)
+        if self.moving_domain is None:
+            return moved, chosen
+        kept = self.moving_domain.contains(moved.detach(), self.domain_margin).nonzero()[:, 0]
+        return moved.index_select(1, kept), chosen.index_select(0, kept)
+
     def __call__(self, chosen: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
         """The dissimilarity at the head voxels ``chosen`` moved by ``displacement`` ``(K, N)`` working voxels."""
-        moved = apply_affine(self.from_working, self.working_points.index_select(1, chosen) + displacement.T)
+        moved, chosen = self.moved(chosen, displacement)
+        if not chosen.numel():  # nothing to compare: no pull either way
+            return displacement.sum() * 0.0
         warped = sample_points(self.moving_features, moved).float()
         fixed = self.fixed_features.index_select(0, self.head.index_select(0, chosen)).float()
         loss = (warped[:, :-1] - fixed[:, :-1]).pow(2).mean()
@@ -152,6 +170,8 @@ class PairSimilarity:
         chosen = self.draw(num_samples, torch.Generator(device=self.head.device).manual_seed(seed))
         with torch.no_grad():
             displacement = sample_points(_channels_last(ddf.float()), self.working_points.index_select(1, chosen))
+            if self.moved(chosen, displacement)[1].numel() * 16 < num_samples:  # too few to compare, as ITK's metrics judge
+                return float("inf")
             return float(self(chosen, displacement))
 
 

@@ -3,7 +3,7 @@ import torch
 
 from regplugins.alignment import fit_affine, warp_affine
 from regplugins.data import SyntheticPairGenerator
-from regplugins.layers import apply_affine, voxel_grid
+from regplugins.layers import ImageDomain, apply_affine, voxel_grid
 from regplugins.transforms import AffineAlignd, ComposeAffined, NormalizeModalityd
 
 
@@ -98,3 +98,23 @@ def test_moving_labels_follow_the_prealignment_as_labels(rigid_ct_t1_pair):
     assert head_dice(data["moving_label"]) > head_dice(pair["moving_label"]) + 0.05
     assert head_dice(data["moving_label"]) > 0.95
     assert set(data["moving_label"].unique().tolist()) <= set(pair["moving_label"].unique().tolist())
+
+
+def test_fit_affine_aligns_a_moving_image_that_covers_part_of_the_head_when_told_where_it_has_data():
+    # a clinical MR of the brain against a CT of the whole head: the moving image stops 40 % of the way up the head
+    generator = SyntheticPairGenerator(shape=(48, 48, 48), spacing=4.0, rotation_deg=12.0, translation_mm=12.0, deformation_mm=0.0)
+    pair = NormalizeModalityd(["fixed", "moving"], modality=["t1", "ct"])(generator(12))
+    affine = pair["fixed"].affine.double()
+    truth = torch.linalg.inv(affine) @ pair["true_affine"].double() @ affine
+    head = pair["fixed_label"][0].as_tensor() > 0
+    moving = pair["moving"][0].as_tensor().clone()
+    rows = torch.nonzero(moving.flatten(0, 1).amax(0) > 0.1)[:, 0]
+    cut = int(rows.min() + 0.4 * (rows.max() - rows.min()))
+    moving[:, :, :cut] = 0  # as the moving image resampled onto the grid with zero padding is
+    source_grid = torch.eye(4, dtype=torch.float64)
+    source_grid[2, 3] = -cut  # the moving image's own grid starts at that slice
+    domain = ImageDomain(source_grid, (48, 48, 48 - cut))
+    start = head_point_error(torch.eye(4, dtype=torch.float64), truth, head)
+    # the padding taken for air: the cut-off edge is matched to the outline of the head, no better than no alignment
+    assert head_point_error(fit_affine(pair["fixed"][0], moving), truth, head) > 0.9 * start
+    assert head_point_error(fit_affine(pair["fixed"][0], moving, moving_domain=domain), truth, head) < 1.0

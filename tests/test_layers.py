@@ -4,6 +4,7 @@ import torch
 
 from regplugins.layers import (
     GradientMagnitude,
+    ImageDomain,
     affine_to_ddf,
     cached_warp,
     compose_ddf,
@@ -146,3 +147,17 @@ def test_fit_affine_recovers_the_affine_between_points_and_is_the_identity_for_p
     shift = torch.tensor([0.3, 0.0, -0.1])
     fitted = fit_affine_to_points(torch.zeros(1, 12, 3), shift.expand(1, 12, 3))
     assert torch.allclose(fitted, torch.cat([torch.eye(3), shift[:, None]], dim=1)[None])
+
+
+def test_image_domain_takes_itks_rule_for_inside_and_keeps_a_margin_clear_of_the_edges():
+    # a source grid of 10 x 20 x 30 voxels of 2 mm, seen from a grid of 1 mm voxels shifted by 4 mm along the first axis
+    source_affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64))
+    grid_affine = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+    grid_affine[0, 3] = 4.0
+    domain = ImageDomain.between(grid_affine, source_affine, (10, 20, 30))
+    # source voxel x = (p + 4) / 2: inside for x in [-0.5, 9.5), i.e. p in [-5, 15)
+    points = torch.tensor([[-5.0, -5.01, 14.99, 15.0], [0.0] * 4, [0.0] * 4])
+    assert domain.contains(points).tolist() == [True, False, True, False]
+    # a margin of 2 grid voxels is 1 source voxel along every axis: p in [-3, 13) (and away from the other axes' edges)
+    points = torch.tensor([[-3.0, -3.01, 12.99, 13.0], [5.0] * 4, [5.0] * 4])
+    assert domain.contains(points, margin=2.0).tolist() == [True, False, True, False]

@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
+from regplugins.layers import ImageDomain
 from regplugins.metrics import folding_percent, jacobian_determinant
 from regplugins.refinement import PairSimilarity, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
@@ -138,3 +139,23 @@ def test_sampled_similarity_agrees_with_its_whole_image_form(pair, similarity):
     exact = (features[1][head, :-1] - features[0][head, :-1]).pow(2).mean().item()
     plain = PairSimilarity(pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor(), mutual_information_weight=0.0)
     assert np.isclose(plain.score(torch.zeros(3, *SHAPE), num_samples=200_000), exact, rtol=0.02)
+
+
+def test_similarity_leaves_out_what_lies_outside_the_moving_image():
+    # the same head as CT-like and T1-like images, aligned; the moving image stops 40 % of the way up the head
+    pair = ct_t1_pair(deformation_mm=0.0)
+    fixed, moving = pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor()
+    rows = torch.nonzero(moving.flatten(0, 1).amax(0) > 0.1)[:, 0]
+    cut = int(rows.min() + 0.4 * (rows.max() - rows.min()))
+    cut_moving = moving.clone()
+    cut_moving[:, :, :cut] = 0
+    source_grid = torch.eye(4, dtype=torch.float64)
+    source_grid[2, 3] = -cut
+    identity = torch.zeros(3, *SHAPE)
+    whole = PairSimilarity(fixed, moving).score(identity)
+    # the padding taken for air: the aligned pair looks far less similar than it is
+    assert PairSimilarity(fixed, cut_moving).score(identity) > 2 * whole
+    # told where the moving image has data, the comparison is that of the part it shows
+    assert PairSimilarity(fixed, cut_moving, moving_domain=ImageDomain(source_grid, (64, 64, 64 - cut))).score(identity) < 1.3 * whole
+    # a field that leaves almost nothing to compare scores worse than any other
+    assert PairSimilarity(fixed, cut_moving, moving_domain=ImageDomain(source_grid, (64, 64, 1))).score(identity) == float("inf")

@@ -7,6 +7,7 @@ from .keypoints import fit_affine_to_points, soft_argmax_points
 from .normalized import normalized_affine_flow, normalized_grid, normalized_to_voxel, resize_normalized, warp_normalized
 from .smoothing import gaussian_smooth
 from .spatial import (
+    ImageDomain,
     affine_to_ddf,
     apply_affine,
     cached_warp,

@@ -14,12 +14,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Warp
 
 __all__ = [
+    "ImageDomain",
     "cached_warp",
     "voxel_grid",
     "apply_affine",
@@ -192,6 +194,46 @@ def slabs(spatial_shape: Sequence[int]) -> list[tuple[int, int]]:
     """``(start, stop)`` ranges of the first axis that cut a grid into slabs of about :data:`SLAB_VOXELS` voxels."""
     step = max(1, SLAB_VOXELS // max(1, math.prod(spatial_shape[1:])))
     return [(start, min(start + step, spatial_shape[0])) for start in range(0, spatial_shape[0], step)]
+
+
+@dataclass
+class ImageDomain:
+    """Where a resampled image has data: the grid of the image it was resampled from, seen from the grid it lies on.
+
+    Outside that grid the resampled image is zero padding, not air. ITK's metrics skip a sample
+    whose moving point leaves the moving image's buffer, and so do the pre-alignment and the
+    refinement (:meth:`contains`): otherwise a moving image that covers part of the head (a
+    thick-slice MR of the brain against a CT of the whole head) is stretched over all of it,
+    its cut-off edge matched to the outline of the head.
+
+    Attributes:
+        to_source: ``(N + 1, N + 1)`` from voxels of the grid the image lies on to voxels of its source grid.
+        shape: of the source grid.
+    """
+
+    to_source: torch.Tensor
+    shape: Sequence[int]
+
+    @classmethod
+    def between(cls, grid_affine, source_affine, source_shape: Sequence[int]) -> ImageDomain:
+        """The domain of an image of ``source_affine`` and ``source_shape`` on the grid of ``grid_affine`` (world affines)."""
+        grid_affine, source_affine = (torch.as_tensor(a, dtype=torch.float64).cpu() for a in (grid_affine, source_affine))
+        return cls(torch.linalg.inv(source_affine) @ grid_affine, tuple(int(s) for s in source_shape))
+
+    def contains(self, points: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+        """Whether points ``(N, K)`` (voxels of the grid the image lies on) fall inside the source grid: ``(K,)``.
+
+        Inside is ITK's rule, ``[-0.5, n - 0.5)`` along each axis of the source grid, with
+        ``margin`` voxels of the points' grid kept clear of its edges: there the resampled
+        image, smoothed or pooled, fades into the padding.
+        """
+        to_source = self.to_source.to(points.device)
+        n = len(self.shape)
+        # a step of one voxel of the points' grid moves a point at most this far along each source axis
+        clearance = margin * to_source[:n, :n].norm(dim=1)
+        source = apply_affine(to_source, points.double())
+        last = torch.tensor(self.shape, dtype=torch.float64, device=points.device) - 0.5
+        return ((source >= (clearance - 0.5)[:, None]) & (source < (last - clearance)[:, None])).all(0)
 
 
 def slab_affine(affine: torch.Tensor, start: int) -> torch.Tensor:

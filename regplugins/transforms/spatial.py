@@ -14,7 +14,17 @@ from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from regplugins.alignment import PREALIGNMENTS, fit_affine, warp_affine
 from regplugins.io import pair_output_name
-from regplugins.layers import affine_to_ddf, apply_affine, cached_warp, gaussian_smooth, invert_ddf, resample_ddf, voxel_grid, warp_physical
+from regplugins.layers import (
+    ImageDomain,
+    affine_to_ddf,
+    apply_affine,
+    cached_warp,
+    gaussian_smooth,
+    invert_ddf,
+    resample_ddf,
+    voxel_grid,
+    warp_physical,
+)
 from regplugins.refinement import SIMILARITIES, PairSimilarity, refine_ddf
 
 logger = logging.getLogger(__name__)
@@ -156,6 +166,8 @@ class AffineAlignd(MapTransform):
     ``"none"`` stores the identity and leaves the image as it is. ``label_keys`` (the moving
     labels of a training pair, on the same grid) follow the image by nearest-neighbour
     sampling, so that a network trained on pre-aligned pairs is scored on them as it registers.
+    ``moving_domain_key`` names the moving image as loaded (its own grid): the fit then skips
+    the voxels whose moving point falls outside that grid (:class:`~regplugins.layers.ImageDomain`).
     """
 
     def __init__(
@@ -165,6 +177,7 @@ class AffineAlignd(MapTransform):
         matrix_key: str = "prealign_matrix",
         transform: str = "affine",
         label_keys: KeysCollection = (),
+        moving_domain_key: str | None = None,
         allow_missing_keys: bool = False,
         **fit_args,
     ):
@@ -172,6 +185,7 @@ class AffineAlignd(MapTransform):
         if transform not in PREALIGNMENTS:
             raise ValueError(f"transform must be one of {PREALIGNMENTS}, got {transform!r}.")
         self.fixed_key, self.matrix_key, self.transform, self.fit_args = fixed_key, matrix_key, transform, fit_args
+        self.moving_domain_key = moving_domain_key
         self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -181,7 +195,11 @@ class AffineAlignd(MapTransform):
         matrix = torch.eye(spatial_dims + 1, dtype=torch.float64)
         for key in self.key_iterator(d):
             if self.transform != "none":
-                matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, **self.fit_args)
+                domain = None
+                if self.moving_domain_key is not None:
+                    source = d[self.moving_domain_key]
+                    domain = ImageDomain.between(fixed.affine, source.affine, source.shape[1:])
+                matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, moving_domain=domain, **self.fit_args)
                 for moved, mode in [(key, "bilinear")] + [(label, "nearest") for label in self.label_keys if label in d]:
                     aligned = warp_affine(convert_to_tensor(d[moved], dtype=torch.float32, track_meta=False)[None], matrix, mode=mode)[0]
                     d[moved] = MetaTensor(aligned, meta=d[moved].meta) if isinstance(d[moved], MetaTensor) else aligned
@@ -276,8 +294,10 @@ class RefineDisplacementd(MapTransform):
         moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(images[self.moving_key], img_dst=fixed)
         working_affine = torch.as_tensor(d[self.working_grid_key].affine, dtype=torch.float64)
         to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
+        native_moving = d[self.moving_key]
+        domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
         fixed, moving = (convert_to_tensor(image[0], dtype=torch.float32, track_meta=False).to(device) for image in (fixed, moving))
-        return PairSimilarity(fixed, moving, to_working, self.similarity, self.mutual_information_weight, self.mixed_precision)
+        return PairSimilarity(fixed, moving, to_working, self.similarity, self.mutual_information_weight, self.mixed_precision, moving_domain=domain)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
