@@ -105,11 +105,20 @@ def inverse_consistency_error(
     """Mean distance in mm between ``x`` and ``x`` sent by the forward field and back by the inverse.
 
     ``forward`` lives on the fixed grid and maps fixed points to moving ones; ``inverse`` lives on
-    the moving grid and maps back; outside its grid the inverse field is extended by its border values.
+    the moving grid and maps back. Only the points ``x`` (in ``mask``) whose forward point lands
+    inside the moving grid count: beyond it there is no inverse to check (a moving image that
+    shows part of the head).
     """
     back = _sample_field(inverse, inverse_affine, forward, forward_affine)
     error = np.linalg.norm(forward + back, axis=0)
-    return float(error.mean() if mask is None else error[mask > 0].mean())
+    n = forward.shape[0]
+    voxels = np.stack(np.meshgrid(*[np.arange(s) for s in forward.shape[1:]], indexing="ij")).reshape(n, -1)
+    moved = forward_affine[:n, :n] @ voxels + forward_affine[:n, n:] + forward.reshape(n, -1)
+    on_inverse_grid = np.linalg.inv(inverse_affine)[:n, :n] @ moved + np.linalg.inv(inverse_affine)[:n, n:]
+    counted = ((on_inverse_grid >= -0.5) & (on_inverse_grid < np.array(inverse.shape[1:])[:, None] - 0.5)).all(0).reshape(error.shape)
+    if mask is not None:
+        counted &= mask > 0
+    return float(error[counted].mean()) if counted.any() else float("nan")
 
 
 def field_error(field: np.ndarray, true_field: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from monai.utils import look_up_option
 
-from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
+from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
 from regplugins.losses import MINDDescriptor, ParzenMutualInformationLoss
 
-__all__ = ["SIMILARITIES", "PairSimilarity", "refine_ddf", "similarity_features"]
+__all__ = ["SIMILARITIES", "PairSimilarity", "affine_beyond_moving", "refine_ddf", "similarity_features"]
 
 SIMILARITIES = ("mind_ssc", "mind", "ncc")
 
@@ -60,22 +60,25 @@ def _channels_last(volume: torch.Tensor) -> torch.Tensor:
     return torch.movedim(volume, 0, -1).contiguous()
 
 
-def _head_mask(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> torch.Tensor:
-    """Voxels within ``margin`` voxels of where either image, smoothed over a voxel, is above 0.1 (0 is air).
-
-    Smoothed, so that the noise of an MR image's background stays out; dilated axis by axis,
-    which costs a few milliseconds where a cubic max pooling of a 128^3 volume took 0.3 s.
-    """
-    spatial_dims = fixed.dim()
+def _dilate(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """A float mask ``(1, 1, *spatial)`` dilated by ``margin`` voxels along each axis (a cube), axis by axis,
+    which costs a few milliseconds where a cubic max pooling of a 128^3 volume took 0.3 s."""
+    spatial_dims = mask.dim() - 2
     pool = (F.max_pool2d, F.max_pool3d)[spatial_dims - 2]
-    images = gaussian_smooth(torch.stack([fixed, moving])[:, None].float(), [1.0] * spatial_dims)
-    mask = (images > 0.1).any(0, keepdim=True).float()
     for axis in range(spatial_dims):
         kernel = [1] * spatial_dims
         kernel[axis] = 2 * margin + 1
-        padding = [k // 2 for k in kernel]
-        mask = pool(mask, kernel, stride=1, padding=padding)
-    return mask[0, 0] > 0
+        mask = pool(mask, kernel, stride=1, padding=[k // 2 for k in kernel])
+    return mask
+
+
+def _head_mask(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> torch.Tensor:
+    """Voxels within ``margin`` voxels of where either image, smoothed over a voxel, is above 0.1 (0 is air).
+
+    Smoothed, so that the noise of an MR image's background stays out.
+    """
+    images = gaussian_smooth(torch.stack([fixed, moving])[:, None].float(), [1.0] * fixed.dim())
+    return _dilate((images > 0.1).any(0, keepdim=True).float(), margin)[0, 0] > 0
 
 
 class PairSimilarity:
@@ -273,3 +276,53 @@ def refine_ddf(
             previous = factor
     residual = _resample_level(gaussian_smooth(residual.detach(), [1.0] * spatial_dims), previous, shape, 1)
     return ddf + residual
+
+
+def affine_beyond_moving(
+    similarity: PairSimilarity, ddf: torch.Tensor, matrix: torch.Tensor, blend: int, ridge: float, edge: float = 2.0
+) -> tuple[torch.Tensor, float]:
+    """The working-grid voxel DDF ``ddf`` ``(N, *W)`` made affine where it takes fixed voxels beyond the moving
+    image's data, and the fraction of the compared head voxels whose moving point has data.
+
+    Where the moving image shows part of the head (a thick-slice MR of the brain against a CT of
+    the whole head), nothing tells the network or the refinement where the rest goes: their
+    fields there extrapolate, several mm off (docs/experiments/refinement.md), where ANTs'
+    field is its affine. Here the field there is the pre-alignment ``matrix`` (working voxels)
+    corrected by the affine that best fits, by least squares, what the field changed over the
+    fixed image's tissue that the moving image shows, ``edge`` of its voxels clear of its edges
+    (where its data fades); it takes over within ``blend`` working voxels beyond that, and the
+    field elsewhere is unchanged. ``ridge`` (working voxels squared) shrinks the correction
+    along directions in which the covered tissue is thin: along one in which it spreads
+    ``sqrt(ridge)`` voxels (standard deviation), it counts half. A field whose head is all
+    covered, or less than a sixteenth of it, is returned as it is.
+    """
+    domain = similarity.moving_domain
+    if domain is None:
+        return ddf, 1.0
+    n, shape = ddf.shape[0], ddf.shape[1:]
+    from_working = similarity.from_working.double()
+    points = similarity.working_points.double()
+    moved = points + similarity.displacements(ddf).double().T
+    fraction = domain.contains(apply_affine(from_working, moved)).double().mean().item()
+    tissue = similarity.fixed_features.index_select(0, similarity.head)[:, -1].float() > 0.1
+    covered = (domain.contains(apply_affine(from_working, moved), source_margin=edge) & tissue).nonzero()[:, 0]
+    if fraction == 1.0 or covered.numel() * 16 < points.shape[1]:
+        return ddf, fraction
+    points, moved = points.index_select(1, covered), moved.index_select(1, covered)
+    change = moved - apply_affine(matrix.double(), points)
+    centre, mean_change = points.mean(1, keepdim=True), change.mean(1, keepdim=True)
+    spread = (points - centre) @ (points - centre).T / points.shape[1]
+    linear = ((change - mean_change) @ (points - centre).T / points.shape[1]) @ torch.linalg.inv(spread + ridge * torch.eye(n).to(spread))
+    corrected = matrix.double().clone()
+    corrected[:n, :n] += linear
+    corrected[:n, n] += (mean_change - linear @ centre)[:, 0]
+    affine_field = affine_to_ddf(corrected[None], shape)[0].to(ddf)
+    grid_moved = apply_affine(from_working, (voxel_grid(shape, device=ddf.device) + ddf).flatten(1).double())
+    inside = domain.contains(grid_moved).reshape(1, 1, *shape).to(ddf)
+    # the chessboard distance d in voxels to the domain, as min(d, blend) / blend
+    weight = torch.zeros_like(inside)
+    for _ in range(blend):
+        weight += 1 - inside
+        inside = _dilate(inside, 1)
+    weight = weight[0] / blend
+    return (1 - weight) * ddf + weight * affine_field, fraction

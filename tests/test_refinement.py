@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.transforms import SpatialCrop
 
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
-from regplugins.layers import ImageDomain
+from regplugins.layers import ImageDomain, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
 from regplugins.refinement import PairSimilarity, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
@@ -159,3 +160,31 @@ def test_similarity_leaves_out_what_lies_outside_the_moving_image():
     assert PairSimilarity(fixed, cut_moving, moving_domain=ImageDomain(source_grid, (64, 64, 64 - cut))).score(identity) < 1.3 * whole
     # a field that leaves almost nothing to compare scores worse than any other
     assert PairSimilarity(fixed, cut_moving, moving_domain=ImageDomain(source_grid, (64, 64, 1))).score(identity) == float("inf")
+
+
+def test_the_field_beyond_a_moving_image_that_shows_part_of_the_head_is_the_affine_of_the_part_it_shows():
+    # a rigid motion (an affine true field); the moving image stops 40 % of the way up the head
+    generator = SyntheticPairGenerator(shape=SHAPE, spacing=SPACING, rotation_deg=6.0, translation_mm=4.0, deformation_mm=0.0)
+    pair = NormalizeModalityd(["fixed", "moving"], modality=["t1", "ct"])(generator(3))
+    rows = torch.nonzero(pair["moving"][0].flatten(0, 1).amax(0) > 0.1)[:, 0]
+    cut = int(rows.min() + 0.4 * (rows.max() - rows.min()))
+    inputs = refinement_inputs(pair, torch.zeros(3, *SHAPE))
+    inputs["native_moving"] = SpatialCrop(roi_start=(0, 0, cut), roi_end=SHAPE)(inputs["native_moving"])
+    grid = pair["fixed"].affine.double()
+    inputs["prealign_matrix"] = torch.linalg.inv(grid) @ pair["true_affine"].double() @ grid  # the truth, in voxels
+    inputs["prealign_matrix"][:3, 3] += 1.0  # 2 mm off along each axis
+    true = pair["true_ddf"].as_tensor() / SPACING  # voxels: the fixed grid is 2 mm, axis-aligned
+    moving_row = voxel_grid(SHAPE)[2] + true[2]
+    # the network's field: right over the part the moving image shows, 8 mm off beyond it (an extrapolation)
+    network = true.clone()
+    network[0] += 4.0 * (moving_row < cut - 1)
+    head = pair["fixed_label"][0].as_tensor() > 0
+    covered, beyond = head & (moving_row >= cut), head & (moving_row < cut - 11)  # 10 voxels of blend
+    inputs["pred"] = network
+    as_is = RefineDisplacementd(spacing=SPACING, iterations=0, beyond_moving_blend=0)(dict(inputs))
+    assert as_is["quality"]["kept"] == "network" and as_is["quality"]["moving_covers"] is None
+    out = RefineDisplacementd(spacing=SPACING, iterations=0)(dict(inputs))
+    assert out["quality"]["kept"] == "network" and 0.4 < out["quality"]["moving_covers"] < 0.9
+    assert torch.allclose(out["pred"][:, covered], network[:, covered])  # what the moving image shows stays as it was
+    error = (out["pred"] - true).norm(dim=0)
+    assert (as_is["pred"] - true).norm(dim=0)[beyond].mean() > 3.9 and error[beyond].mean() < 0.1

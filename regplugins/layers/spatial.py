@@ -220,17 +220,18 @@ class ImageDomain:
         grid_affine, source_affine = (torch.as_tensor(a, dtype=torch.float64).cpu() for a in (grid_affine, source_affine))
         return cls(torch.linalg.inv(source_affine) @ grid_affine, tuple(int(s) for s in source_shape))
 
-    def contains(self, points: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    def contains(self, points: torch.Tensor, margin: float = 0.0, source_margin: float = 0.0) -> torch.Tensor:
         """Whether points ``(N, K)`` (voxels of the grid the image lies on) fall inside the source grid: ``(K,)``.
 
         Inside is ITK's rule, ``[-0.5, n - 0.5)`` along each axis of the source grid, with
-        ``margin`` voxels of the points' grid kept clear of its edges: there the resampled
-        image, smoothed or pooled, fades into the padding.
+        ``margin`` voxels of the points' grid and ``source_margin`` voxels of the source grid
+        kept clear of its edges: there the resampled image, smoothed or pooled, fades into the
+        padding, and a thick slice's data into its neighbour's.
         """
         to_source = self.to_source.to(points.device)
         n = len(self.shape)
         # a step of one voxel of the points' grid moves a point at most this far along each source axis
-        clearance = margin * to_source[:n, :n].norm(dim=1)
+        clearance = margin * to_source[:n, :n].norm(dim=1) + source_margin
         source = apply_affine(to_source, points.double())
         last = torch.tensor(self.shape, dtype=torch.float64, device=points.device) - 0.5
         return ((source >= (clearance - 0.5)[:, None]) & (source < (last - clearance)[:, None])).all(0)

@@ -25,7 +25,7 @@ from regplugins.layers import (
     voxel_grid,
     warp_physical,
 )
-from regplugins.refinement import SIMILARITIES, PairSimilarity, refine_ddf
+from regplugins.refinement import SIMILARITIES, PairSimilarity, affine_beyond_moving, refine_ddf
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,9 @@ class RefineDisplacementd(MapTransform):
     kept is the best of all, later stages winning ties. A stage that made the pair less similar
     is reported in the log, and ``quality_key`` holds the record that the saver writes to
     ``quality.json``. With ``iterations`` 0 the network's field is kept unchanged unless it
-    aligns worse than its start.
+    aligns worse than its start. Where the kept field takes fixed voxels beyond the moving image's
+    data, it turns affine over ``beyond_moving_blend`` mm (:func:`~regplugins.refinement.affine_beyond_moving`),
+    and the record says how much of the head the moving image covers.
 
     Args:
         keys: the working-grid voxel DDF (``pred``).
@@ -256,6 +258,9 @@ class RefineDisplacementd(MapTransform):
         control_spacing: the spacing in mm of the residual's grid at each level, coarse to fine (its
             ``levels``, as whole multiples of the working grid's spacing).
         similarity, mutual_information_weight, mixed_precision: of :class:`~regplugins.refinement.PairSimilarity`.
+        beyond_moving_blend: mm beyond the moving image's domain over which the field turns affine;
+            0 leaves it as the network and the refinement made it. The affine's correction of the
+            pre-alignment counts half along a direction in which the covered head spreads 5 mm.
         quality_key: where the record goes.
     """
 
@@ -274,10 +279,12 @@ class RefineDisplacementd(MapTransform):
         regularizer_weight: float = 0.7,
         num_samples: int = 16384,
         mixed_precision: bool = False,
+        beyond_moving_blend: float = 20.0,
         quality_key: str = "quality",
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
+        self.beyond_moving_blend = float(beyond_moving_blend)
         if int(iterations) < 0:
             raise ValueError(f"refine_iterations must be 0 or more, got {iterations}.")
         self.similarity = look_up_option(similarity, SIMILARITIES)
@@ -312,8 +319,8 @@ class RefineDisplacementd(MapTransform):
             }
             scores = {stage: pair.score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
+            working_spacing = float(torch.as_tensor(d[self.working_grid_key].affine)[:-1, :-1].norm(dim=0).min())
             if self.refine_args["iterations"]:
-                working_spacing = float(torch.as_tensor(d[self.working_grid_key].affine)[:-1, :-1].norm(dim=0).min())
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
                 fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
                 scores["refinement"] = pair.score(fields["refinement"])
@@ -321,13 +328,19 @@ class RefineDisplacementd(MapTransform):
                 str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed"))
             )
             kept = keep_best_stage(name, scores, "dissimilarity")
-            d[key] = fields[kept]
+            d[key], covered = fields[kept], None
+            if self.beyond_moving_blend and kept not in ("none", "prealignment"):  # those two are affine already
+                blend, ridge = max(1, round(self.beyond_moving_blend / working_spacing)), (5.0 / working_spacing) ** 2
+                d[key], covered = affine_beyond_moving(pair, fields[kept], matrix, blend, ridge)
+                if covered < 1.0:
+                    logger.info(f"{name}: the moving image covers {covered:.0%} of the head compared; beyond it the field is affine.")
             d[self.quality_key] = {
                 "dissimilarity": {stage: round(score, 6) for stage, score in scores.items()},
                 "measure": f"{self.similarity} squared difference + {self.mutual_information_weight} x negative mutual information, "
                 f"on {self.spacing:g} mm",
                 "refined_from": start if "refinement" in scores else None,
                 "kept": kept,
+                "moving_covers": None if covered is None else round(covered, 4),
             }
         return d
 
