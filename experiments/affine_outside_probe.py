@@ -10,7 +10,9 @@ the moving image (covered), and the rest. Needs scipy (its Euclidean distance tr
     python experiments/affine_outside_probe.py bench_clinical/bench_thick_moving_t1 bench_clinical/thick_moving_t1 \
         fcn_multires_selfsup_reg ct_mr_dual_similarity_reg fire_inverse_consistent_reg
 
-Results: docs/experiments/refinement.md, "A moving image that covers part of the head".
+Results: docs/experiments/refinement.md, "A moving image that covers part of the head". Built into
+the bundles since regplugins 0.9.0 (`regplugins.refinement.affine_beyond_moving`, "The field beyond
+the moving image's data" there); on a bench run of 0.9.0 the "bundle" rows give its split.
 """
 
 import json

@@ -303,10 +303,13 @@ def affine_beyond_moving(
     from_working = similarity.from_working.double()
     points = similarity.working_points.double()
     moved = points + similarity.displacements(ddf).double().T
-    fraction = domain.contains(apply_affine(from_working, moved)).double().mean().item()
+    on_refinement_grid = apply_affine(from_working, moved)
+    fraction = domain.contains(on_refinement_grid).double().mean().item()
+    if fraction == 1.0:
+        return ddf, fraction
     tissue = similarity.fixed_features.index_select(0, similarity.head)[:, -1].float() > 0.1
-    covered = (domain.contains(apply_affine(from_working, moved), source_margin=edge) & tissue).nonzero()[:, 0]
-    if fraction == 1.0 or covered.numel() * 16 < points.shape[1]:
+    covered = (domain.contains(on_refinement_grid, source_margin=edge) & tissue).nonzero()[:, 0]
+    if covered.numel() * 16 < points.shape[1]:
         return ddf, fraction
     points, moved = points.index_select(1, covered), moved.index_select(1, covered)
     change = moved - apply_affine(matrix.double(), points)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.transforms import Lambdad
 
-from regplugins.data import SynthesizePaird, augmented_pairs, synthetic_pairs, user_pairs
+from regplugins.data import SynthesizePaird, augmented_pairs, ct_mr_pairs, synthetic_pairs, user_pairs
 from regplugins.io import save_nifti
 from regplugins.transforms import RandRigidMotiond
 
@@ -68,3 +68,10 @@ def test_user_pairs_stack_a_paired_datalist_on_the_cts_grid_at_the_working_spaci
     assert np.allclose(pair["image"].affine[:3, :3], np.diag([4.0] * 3)), "the CT's grid, turned to RAS, at 4 mm"
     assert 0.0 <= float(pair["image"].min()) and float(pair["image"].max()) <= 1.0  # normalised per modality
     assert float(user_pairs(str(tmp_path / "paired.json"), 4.0, transforms=[marked])[0]["image"].min()) == 1.0
+    # the dual-similarity bundle's sets: the user's pairs where a datalist is named, else synthetic ones
+    chosen = ct_mr_pairs(str(tmp_path / "paired.json"), 4.0, [marked], num_pairs=3, modality_pairs=[["ct", "t1"]], synthesis_args=SMALL)
+    assert len(chosen) == 1 and float(chosen[0]["image"].min()) == 1.0
+    synthetic = ct_mr_pairs("", 4.0, [marked], num_pairs=3, modality_pairs=[["ct", "t1"]], synthesis_args=SMALL, first_seed=7)
+    assert len(synthetic) == 3 and torch.equal(
+        torch.as_tensor(synthetic[0]["moving"]), torch.as_tensor(synthetic_pairs(1, [["ct", "t1"]], SMALL, first_seed=7)[0]["moving"])
+    )

@@ -2,5 +2,5 @@
 
 from .pairs import PairDataset
 from .synth import INTENSITY_RANGES, TISSUES, SynthesizePaird, SyntheticPairGenerator, grid_affine, synthesize_image
-from .training import augmented_pairs, cached_pairs, synthetic_pairs, user_pairs
+from .training import augmented_pairs, cached_pairs, ct_mr_pairs, synthetic_pairs, user_pairs
 from .write import head_label_names, load_atlas, write_atlas, write_clinical_pair, write_synthetic_set
