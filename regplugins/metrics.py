@@ -3,7 +3,8 @@
 Overlap and surface distances come from MONAI (``compute_dice``, ``compute_hausdorff_distance``,
 ``compute_average_surface_distance``, with the voxel spacing so they are in mm); the field
 metrics (Jacobian folding, inverse consistency, error against a true field, rigid errors) are
-MONAI-less and live here. Fields are physical ``(N, *spatial)`` arrays in RAS mm with the
+MONAI-less and live here (the Jacobian determinant itself in :mod:`regplugins.layers`, below the
+qc picture that maps it). Fields are physical ``(N, *spatial)`` arrays in RAS mm with the
 affine of their grid, as :func:`regplugins.io.load_itk_displacement_field` returns them.
 """
 
@@ -19,7 +20,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from regplugins.io import RAS_TO_LPS, load_itk_displacement_field, load_nifti, pair_output_name
-from regplugins.layers import warp_physical
+from regplugins.layers import jacobian_determinant, warp_physical
 
 __all__ = [
     "label_overlap",
@@ -59,20 +60,6 @@ def label_overlap(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
         asd = float(compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=list(spacing))[0, 0])
         results[int(label)] = {"dice": dice, "hd95": hd95, "asd": asd}
     return results
-
-
-def jacobian_determinant(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Determinant of the Jacobian of ``x -> x + d(x)`` at every voxel (central differences).
-
-    Derivatives along the voxel axes are mapped to world axes by the inverse of the grid's
-    linear part, so any spacing and orientation gives the same answer for the same transform.
-    """
-    n = field.shape[0]
-    voxel_gradients = np.stack(np.gradient(field.astype(np.float64), axis=tuple(range(1, n + 1))), axis=1)
-    # d d_i / d x_j = sum_k (d d_i / d v_k) (d v_k / d x_j)
-    world_gradients = np.einsum("ik...,kj->ij...", voxel_gradients, np.linalg.inv(affine[:n, :n]))
-    jacobian = world_gradients + np.eye(n).reshape(n, n, *([1] * n))
-    return np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
 
 
 def folding_percent(jacobian: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from regplugins.io import load_nifti
-from regplugins.layers import warp_physical
+from regplugins.layers import jacobian_determinant, warp_physical
 
 
 def _pyplot():
@@ -117,8 +117,6 @@ def save_registration_qc(fixed_path: str, moving_path: str, warped: np.ndarray, 
     CT in a soft-tissue window.
     """
     import nibabel as nib
-
-    from regplugins.metrics import jacobian_determinant
 
     plt = _pyplot()
     fixed, affine = load_nifti(fixed_path)

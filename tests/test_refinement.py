@@ -14,7 +14,7 @@ from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
 from regplugins.layers import ImageDomain, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
-from regplugins.refinement import PairSimilarity, refine_ddf
+from regplugins.refinement import PairSimilarity, affine_beyond_moving, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
 
 SPACING = 2.0
@@ -181,10 +181,17 @@ def test_the_field_beyond_a_moving_image_that_shows_part_of_the_head_is_the_affi
     head = pair["fixed_label"][0].as_tensor() > 0
     covered, beyond = head & (moving_row >= cut), head & (moving_row < cut - 11)  # 10 voxels of blend
     inputs["pred"] = network
-    as_is = RefineDisplacementd(spacing=SPACING, iterations=0, beyond_moving_blend=0)(dict(inputs))
-    assert as_is["quality"]["kept"] == "network" and as_is["quality"]["moving_covers"] is None
-    out = RefineDisplacementd(spacing=SPACING, iterations=0)(dict(inputs))
-    assert out["quality"]["kept"] == "network" and 0.4 < out["quality"]["moving_covers"] < 0.9
-    assert torch.allclose(out["pred"][:, covered], network[:, covered])  # what the moving image shows stays as it was
-    error = (out["pred"] - true).norm(dim=0)
-    assert (as_is["pred"] - true).norm(dim=0)[beyond].mean() > 3.9 and error[beyond].mean() < 0.1
+    # with no refinement the network's field is written as it is (the paper's feed-forward network)
+    as_is = RefineDisplacementd(spacing=SPACING, iterations=0)(dict(inputs))
+    assert as_is["quality"]["kept"] == "network" and as_is["quality"]["moving_covers"] is None and torch.equal(as_is["pred"], network)
+    refine = RefineDisplacementd(spacing=SPACING)
+    pair_similarity = refine.pair_similarity(inputs, network.device)
+    field, covers = affine_beyond_moving(pair_similarity, network, inputs["prealign_matrix"], blend=10, ridge=6.25)
+    assert 0.4 < covers < 0.9
+    assert torch.allclose(field[:, covered], network[:, covered])  # what the moving image shows stays as it was
+    assert (network - true).norm(dim=0)[beyond].mean() > 3.9 and (field - true).norm(dim=0)[beyond].mean() < 0.1
+    # refined (the bundles' default), the field beyond the data follows the affine of the refined field, not the network's
+    refined, extrapolated = (RefineDisplacementd(spacing=SPACING, beyond_moving_blend=blend)(dict(inputs)) for blend in (20.0, 0.0))
+    assert abs(refined["quality"]["moving_covers"] - covers) < 0.1 and extrapolated["quality"]["moving_covers"] is None
+    beyond_error = [(out["pred"] - true).norm(dim=0)[beyond].mean() for out in (refined, extrapolated)]
+    assert beyond_error[0] < 0.6 * beyond_error[1]

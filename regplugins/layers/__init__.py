@@ -14,6 +14,7 @@ from .spatial import (
     compose_ddf,
     ddf_to_physical,
     invert_ddf,
+    jacobian_determinant,
     physical_sample_points,
     resample_ddf,
     round_trip,

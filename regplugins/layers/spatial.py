@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Warp
@@ -183,6 +184,21 @@ def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     n = ddf.shape[1]
     linear = affine[:n, :n].to(ddf)
     return torch.einsum("ij,bj...->bi...", linear, ddf)
+
+
+def jacobian_determinant(field: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Determinant of the Jacobian of ``x -> x + d(x)`` at every voxel (central differences), for a
+    millimetre field ``(N, *spatial)`` on the grid of ``affine``: the metrics' folding and the qc picture's map.
+
+    Derivatives along the voxel axes are mapped to world axes by the inverse of the grid's
+    linear part, so any spacing and orientation gives the same answer for the same transform.
+    """
+    n = field.shape[0]
+    voxel_gradients = np.stack(np.gradient(field.astype(np.float64), axis=tuple(range(1, n + 1))), axis=1)
+    # d d_i / d x_j = sum_k (d d_i / d v_k) (d v_k / d x_j)
+    world_gradients = np.einsum("ik...,kj->ij...", voxel_gradients, np.linalg.inv(affine[:n, :n]))
+    jacobian = world_gradients + np.eye(n).reshape(n, n, *([1] * n))
+    return np.linalg.det(np.moveaxis(jacobian, (0, 1), (-2, -1)))
 
 
 # voxels of a target grid handled at once when a whole clinical grid's double-precision points would

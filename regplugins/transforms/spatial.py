@@ -243,9 +243,10 @@ class RefineDisplacementd(MapTransform):
     kept is the best of all, later stages winning ties. A stage that made the pair less similar
     is reported in the log, and ``quality_key`` holds the record that the saver writes to
     ``quality.json``. With ``iterations`` 0 the network's field is kept unchanged unless it
-    aligns worse than its start. Where the kept field takes fixed voxels beyond the moving image's
-    data, it turns affine over ``beyond_moving_blend`` mm (:func:`~regplugins.refinement.affine_beyond_moving`),
-    and the record says how much of the head the moving image covers.
+    aligns worse than its start. When refining, where the kept field takes fixed voxels beyond the
+    moving image's data, it turns affine over ``beyond_moving_blend`` mm
+    (:func:`~regplugins.refinement.affine_beyond_moving`), and the record says how much of the head
+    the moving image covers.
 
     Args:
         keys: the working-grid voxel DDF (``pred``).
@@ -329,7 +330,8 @@ class RefineDisplacementd(MapTransform):
             )
             kept = keep_best_stage(name, scores, "dissimilarity")
             d[key], covered = fields[kept], None
-            if self.beyond_moving_blend and kept not in ("none", "prealignment"):  # those two are affine already
+            # with no refinement, the network's field as it is; the pre-alignment and no registration are affine already
+            if self.beyond_moving_blend and self.refine_args["iterations"] and kept not in ("none", "prealignment"):
                 blend, ridge = max(1, round(self.beyond_moving_blend / working_spacing)), (5.0 / working_spacing) ** 2
                 d[key], covered = affine_beyond_moving(pair, fields[kept], matrix, blend, ridge)
                 if covered < 1.0:
