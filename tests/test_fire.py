@@ -130,6 +130,8 @@ def test_fire_loss_terms_are_finite_and_every_term_depends_on_the_network():
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     with pytest.raises(ValueError, match="unknown FIRE loss terms"):
         FIRELoss(weights={"typo": 1.0})
+    with pytest.warns(FutureWarning, match="synthesis_regularization since regplugins 0.9.0"):  # the old spelling, one release
+        assert FIRELoss(weights={"synthesis_regularisation": 0.5}).weights["synthesis_regularization"] == 0.5
 
 
 def test_three_optimizers_step_in_turn_and_each_touches_only_its_own_group():

@@ -1,6 +1,8 @@
-"""FIRE's loss, eq. 1-4 of the paper: synthesis, registration and regularisation, all as RMS errors."""
+"""FIRE's loss, eq. 1-4 of the paper: synthesis, registration and regularization, all as RMS errors."""
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.nn.modules.loss import _Loss
@@ -18,9 +20,11 @@ FIRE_TERMS = {
     "synthesis_alignment": (("g_a", "g_syn_b"), ("g_b", "g_syn_a")),
     "registration_accuracy": (("reg_b", "x_b"), ("reg_a", "x_a")),
     "inverse_consistency": (("x_a_round_trip", "x_a"), ("x_b_round_trip", "x_b")),
-    "synthesis_regularisation": (("syn_b_affine", "x_b"), ("syn_a_affine", "x_a")),
-    "registration_regularisation": (("reg_b_affine", "x_b"), ("reg_a_affine", "x_a")),
+    "synthesis_regularization": (("syn_b_affine", "x_b"), ("syn_a_affine", "x_a")),
+    "registration_regularization": (("reg_b_affine", "x_b"), ("reg_a_affine", "x_a")),
 }
+# term names before MONAI's spelling (regplugins 0.9.0), still read until 0.10.0
+RENAMED_TERMS = {"synthesis_regularisation": "synthesis_regularization", "registration_regularisation": "registration_regularization"}
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,11 +47,16 @@ class FIRELoss(_Loss):
 
     def __init__(self, smoothness_weight: float = 10.0, weights: dict[str, float] | None = None, reduction: str = "mean"):
         super().__init__(reduction=reduction)
-        unknown = set(weights or {}) - set(FIRE_TERMS)
+        weights = dict(weights or {})
+        for old, new in RENAMED_TERMS.items():
+            if old in weights:
+                warnings.warn(f"FIRE loss term {old} is {new} since regplugins 0.9.0; the old name goes in 0.10.0.", FutureWarning, stacklevel=2)
+                weights[new] = weights.pop(old)
+        unknown = set(weights) - set(FIRE_TERMS)
         if unknown:
             raise ValueError(f"unknown FIRE loss terms {sorted(unknown)}; choose from {sorted(FIRE_TERMS)}.")
         self.smoothness_weight = smoothness_weight
-        self.weights = {name: 1.0 for name in FIRE_TERMS} | dict(weights or {})
+        self.weights = {name: 1.0 for name in FIRE_TERMS} | weights
 
     def terms(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each named term per sample, ``smoothness`` (unweighted) included."""
