@@ -133,20 +133,9 @@ def user_pairs(datalist: str, working_spacing: float, transforms: Sequence[Calla
     return CacheDataset(data=paired_training_data(datalist), transform=Compose([*loading, *transforms]), num_workers=num_workers)
 
 
-def ct_mr_pairs(
-    datalist: str,
-    working_spacing: float,
-    user_transforms: Sequence[Callable],
-    num_pairs: int,
-    modality_pairs: Sequence[Sequence[str]],
-    synthesis_args: dict,
-    transforms: Sequence[Callable] = (),
-    first_seed: int = 0,
-    cache_dir: str | None = None,
-    num_workers: int = 0,
-) -> Dataset:
+def ct_mr_pairs(datalist: str, working_spacing: float, user_transforms: Sequence[Callable], num_workers: int = 0, **synthetic) -> Dataset:
     """The dual-similarity bundle's training or validation set: a user's paired CT/MR data where ``datalist`` names
-    one (:func:`user_pairs`, then ``user_transforms``), else ``num_pairs`` synthetic pairs (:func:`synthetic_pairs`)."""
+    one (:func:`user_pairs`, then ``user_transforms``), else the synthetic pairs of :func:`synthetic_pairs` (``synthetic``)."""
     if datalist:
         return user_pairs(datalist, working_spacing, user_transforms, num_workers)
-    return synthetic_pairs(num_pairs, modality_pairs, synthesis_args, transforms, first_seed, cache_dir, num_workers=num_workers)
+    return synthetic_pairs(**synthetic, num_workers=num_workers)
