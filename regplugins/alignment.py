@@ -10,19 +10,22 @@ same grid where the moving image is sampled, so a network's field composes with 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 
-from regplugins.layers import ImageDomain, apply_affine, sample, voxel_grid
+from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, voxel_grid
 from regplugins.losses import ParzenMutualInformationLoss
 
-__all__ = ["PREALIGNMENTS", "fit_affine", "warp_affine", "foreground_center"]
+__all__ = ["PREALIGNMENTS", "LEVELS", "fit_affine", "warp_affine", "foreground_center"]
 
 # the bundles' ``prealign`` setting: none, or the transform fitted
 PREALIGNMENTS = ("none", "rigid", "affine")
+# the fit's pyramid, downsampling factors of the grid, coarse to fine
+LEVELS = (4, 2, 1)
 
 
 def foreground_center(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
@@ -68,11 +71,34 @@ def warp_affine(image: torch.Tensor, matrix: torch.Tensor, points: torch.Tensor 
     return sample(image, moved.unsqueeze(0).expand(image.shape[0], *moved.shape), mode=mode)
 
 
+def _level_to_grid(factor: float, n: int) -> torch.Tensor:
+    """Homogeneous matrix from a level's voxels to the grid's: a level's voxel q sits at ``factor * q + (factor - 1) / 2``."""
+    to_full = torch.eye(n + 1, dtype=torch.float64)
+    to_full[:n, :n] *= factor
+    to_full[:n, n] = (factor - 1) / 2.0
+    return to_full
+
+
+def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """``image`` ``(1, 1, *spatial)`` on a grid ``factor`` times coarser, voxel centres as :func:`_level_to_grid` puts them.
+
+    A whole factor averages boxes of voxels; another one
+    blurs a voxel to the coarser voxel's size (sigma ``sqrt(factor^2 - 1) / 2``, as ``AntiAliasd``)
+    and samples linearly at the coarser voxels' centres.
+    """
+    n = image.dim() - 2
+    if float(factor).is_integer():
+        return (F.avg_pool2d if n == 2 else F.avg_pool3d)(image, int(factor), ceil_mode=True)
+    smoothed = gaussian_smooth(image, [math.sqrt(factor**2 - 1) / 2.0] * n)
+    shape = [math.ceil(size / factor) for size in image.shape[2:]]
+    return warp_affine(smoothed, _level_to_grid(factor, n), voxel_grid(shape, device=image.device))
+
+
 def fit_affine(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     transform: str = "affine",
-    levels: Sequence[int] = (4, 2, 1),
+    levels: Sequence[float] = LEVELS,
     iterations: Sequence[int] = (60, 30, 30),
     learning_rate: float = 0.05,
     num_bins: int = 32,
@@ -85,7 +111,9 @@ def fit_affine(
     Args:
         fixed, moving: ``(*spatial)`` images on one grid with intensities in [0, 1].
         transform: ``"rigid"`` (rotation and translation) or ``"affine"`` (also scale and shear).
-        levels: downsampling factor of each level, coarse to fine.
+        levels: downsampling factor of each level, coarse to fine; a fractional one (a finer grid
+            fitted at the same levels in mm, :class:`~regplugins.transforms.AffineAlignd`) is
+            smoothed and resampled instead of averaged over boxes.
         iterations: Adam steps at each level.
         learning_rate: step of the rotation (radians) and of the translation (in units of the
             coarsest level's voxel) at the coarsest level; the stretch a twentieth (a free scale
@@ -110,16 +138,13 @@ def fit_affine(
     stretch = torch.zeros(n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
     translation = (foreground_center(moving).double() - center).requires_grad_(True)
     similarity = ParzenMutualInformationLoss(num_bins=num_bins)
-    pool = F.avg_pool2d if n == 2 else F.avg_pool3d
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
     with torch.enable_grad():
         for factor, steps in zip(levels, iterations):
-            fixed_level, moving_level = (pool(image[None, None], factor, ceil_mode=True) for image in (fixed, moving))
+            fixed_level, moving_level = (_downsampled(image[None, None], factor) for image in (fixed, moving))
             grid = voxel_grid(fixed_level.shape[2:], device=fixed.device).flatten(1)
-            # the parameters live in full-grid voxels; a level's voxel q sits at factor * q + (factor - 1) / 2
-            to_full = torch.eye(n + 1, dtype=torch.float64)
-            to_full[:n, :n] *= factor
-            to_full[:n, n] = (factor - 1) / 2.0
+            # the parameters live in full-grid voxels
+            to_full = _level_to_grid(factor, n)
             to_level = torch.linalg.inv(to_full)
             step = learning_rate * factor / levels[0]
             groups = [{"params": [rotation], "lr": step}, {"params": [translation], "lr": step * factor}]

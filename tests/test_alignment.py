@@ -118,3 +118,20 @@ def test_fit_affine_aligns_a_moving_image_that_covers_part_of_the_head_when_told
     # the padding taken for air: the cut-off edge is matched to the outline of the head, no better than no alignment
     assert head_point_error(fit_affine(pair["fixed"][0], moving), truth, head) > 0.9 * start
     assert head_point_error(fit_affine(pair["fixed"][0], moving, moving_domain=domain), truth, head) < 1.0
+
+
+def test_prealignment_fits_at_levels_in_millimetres_on_a_grid_finer_than_its_spacing(rigid_ct_t1_pair):
+    """12, 6 and 3 mm whatever the working grid; a coarser grid keeps its own levels, boxes averaged as ever."""
+    coarse, _ = rigid_ct_t1_pair  # 4 mm: coarser than 3 mm
+    data = AffineAlignd("moving", transform="rigid")({"fixed": coarse["fixed"], "moving": coarse["moving"]})
+    assert torch.equal(data["prealign_matrix"], fit_affine(coarse["fixed"][0], coarse["moving"][0], transform="rigid"))
+
+    generator = SyntheticPairGenerator(shape=(96, 96, 96), spacing=2.0, rotation_deg=12.0, translation_mm=12.0, deformation_mm=0.0)
+    pair = NormalizeModalityd(["fixed", "moving"], modality=["t1", "ct"])(generator(11))
+    affine = pair["fixed"].affine.double()
+    truth = torch.linalg.inv(affine) @ pair["true_affine"].double() @ affine
+    head = pair["fixed_label"][0].as_tensor() > 0
+    fitted = AffineAlignd("moving", transform="rigid")({"fixed": pair["fixed"], "moving": pair["moving"]})["prealign_matrix"]
+    assert torch.equal(fitted, fit_affine(pair["fixed"][0], pair["moving"][0], transform="rigid", levels=(6, 3, 1.5)))
+    assert head_point_error(torch.eye(4, dtype=torch.float64), truth, head) > 4.0
+    assert head_point_error(fitted, truth, head) < 0.5  # voxels of 2 mm: the finest level, 3 mm, is a fractional one
