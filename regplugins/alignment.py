@@ -82,9 +82,8 @@ def _level_to_grid(factor: float, n: int) -> torch.Tensor:
 def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
     """``image`` ``(1, 1, *spatial)`` on a grid ``factor`` times coarser, voxel centres as :func:`_level_to_grid` puts them.
 
-    A whole factor averages boxes of voxels; another one
-    blurs a voxel to the coarser voxel's size (sigma ``sqrt(factor^2 - 1) / 2``, as ``AntiAliasd``)
-    and samples linearly at the coarser voxels' centres.
+    A whole factor averages boxes of voxels; another one blurs a voxel to the coarser voxel's size
+    (sigma ``sqrt(factor^2 - 1) / 2``, as ``AntiAliasd``) and samples linearly at its centres.
     """
     n = image.dim() - 2
     if float(factor).is_integer():
