@@ -9,6 +9,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import AsDiscreted, Compose, CopyItemsd, MapTransform, ResampleToMatch, Spacing, ToDeviced
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
@@ -216,7 +217,7 @@ class AffineAlignd(MapTransform):
         """The fit's settings, its levels scaled to ``spacing`` where ``fixed``'s grid is finer."""
         args = dict(self.fit_args)
         if isinstance(fixed, MetaTensor):
-            scale = self.spacing / float(torch.as_tensor(fixed.affine)[:-1, :-1].norm(dim=0).min())
+            scale = self.spacing / float(affine_to_spacing(fixed.affine).min())
             if scale > 1.001:  # a grid finer by a rounding error keeps whole factors (boxes of voxels averaged)
                 args["levels"] = [round(level * scale, 3) for level in args.get("levels", LEVELS)]
         return args
@@ -335,7 +336,7 @@ class RefineDisplacementd(MapTransform):
             }
             scores = {stage: pair.score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
-            working_spacing = float(torch.as_tensor(d[self.working_grid_key].affine)[:-1, :-1].norm(dim=0).min())
+            working_spacing = float(affine_to_spacing(d[self.working_grid_key].affine).min())
             if self.refine_args["iterations"]:
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
                 fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
