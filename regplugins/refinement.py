@@ -31,7 +31,7 @@ from monai.utils import look_up_option
 from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
 from regplugins.losses import MINDDescriptor, ParzenMutualInformationLoss
 
-__all__ = ["SIMILARITIES", "PairSimilarity", "affine_beyond_moving", "refine_ddf", "similarity_features"]
+__all__ = ["SIMILARITIES", "PairSimilarity", "affine_beyond_moving", "head_foreground", "refine_ddf", "similarity_features"]
 
 SIMILARITIES = ("mind_ssc", "mind", "ncc")
 
@@ -72,13 +72,16 @@ def _dilate(mask: torch.Tensor, margin: int) -> torch.Tensor:
     return mask
 
 
-def _head_mask(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> torch.Tensor:
-    """Voxels within ``margin`` voxels of where either image, smoothed over a voxel, is above 0.1 (0 is air).
+def head_foreground(images: torch.Tensor) -> torch.Tensor:
+    """Where any of the images ``(C, *spatial)`` (intensities in [0, 1], 0 is air), smoothed over a voxel, is above
+    0.1: ``(1, *spatial)``. Smoothed, so that the noise of an MR image's background stays out."""
+    smooth = gaussian_smooth(torch.as_tensor(images).float(), [1.0] * (images.dim() - 1))
+    return (smooth > 0.1).any(0, keepdim=True)
 
-    Smoothed, so that the noise of an MR image's background stays out.
-    """
-    images = gaussian_smooth(torch.stack([fixed, moving])[:, None].float(), [1.0] * fixed.dim())
-    return _dilate((images > 0.1).any(0, keepdim=True).float(), margin)[0, 0] > 0
+
+def _head_mask(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> torch.Tensor:
+    """Voxels within ``margin`` voxels of the head of either image (:func:`head_foreground`)."""
+    return _dilate(head_foreground(torch.stack([fixed, moving]))[None].float(), margin)[0, 0] > 0
 
 
 class PairSimilarity:

@@ -185,7 +185,7 @@ def test_the_field_beyond_a_moving_image_that_shows_part_of_the_head_is_the_affi
     as_is = RefineDisplacementd(spacing=SPACING, iterations=0)(dict(inputs))
     assert as_is["quality"]["kept"] == "network" and as_is["quality"]["moving_covers"] is None and torch.equal(as_is["pred"], network)
     refine = RefineDisplacementd(spacing=SPACING)
-    pair_similarity = refine.pair_similarity(inputs, network.device)
+    pair_similarity = refine.pair_similarity(inputs, [network])
     field, covers = affine_beyond_moving(pair_similarity, network, inputs["prealign_matrix"], blend=10, ridge=6.25)
     assert 0.4 < covers < 0.9
     assert torch.allclose(field[:, covered], network[:, covered])  # what the moving image shows stays as it was

@@ -1,9 +1,11 @@
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import GaussianSmooth, Spacingd
+from monai.transforms import GaussianSmooth, Spacing, Spacingd
 
-from regplugins.transforms import AntiAliasd, Warpd
+from regplugins.layers import apply_affine, voxel_grid
+from regplugins.transforms import AntiAliasd, CropHeadd, Warpd
+from regplugins.transforms.spatial import crop_to_box
 
 
 def image_at(spacing, shape=(32, 32, 32), seed=0):
@@ -78,3 +80,46 @@ def test_label_overlap_postprocessing_scores_a_shift_by_dice(on_label_grid):
         assert out[f"{keys[0]}_warped"].shape == out["fixed_label_onehot"].shape == (2, 16, 16, 16)
         dice.append(float(DiceMetric(include_background=False)(out[f"{keys[0]}_warped"][None], out["fixed_label_onehot"][None])))
     assert dice[0] == pytest.approx(0.75) and dice[1] == pytest.approx(1.0)
+
+
+def head_in_a_large_field_of_view():
+    """A 40 x 50 x 30 mm box of 1.0 in a 96^3 field of view at 2 mm (air 0 with noise below the threshold), off centre."""
+    image = 0.05 * torch.rand(1, 96, 96, 96, generator=torch.Generator().manual_seed(0))
+    image[:, 30:50, 20:45, 50:65] = 1.0
+    affine = torch.tensor([[0, 0, 2.0, -90], [-2.0, 0, 0, 80], [0, 2.0, 0, -70], [0, 0, 0, 1]], dtype=torch.float64)
+    return MetaTensor(image, affine=affine)
+
+
+def world_points_of(mask: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    return apply_affine(affine.double(), voxel_grid(mask.shape, dtype=torch.float64)[:, mask])
+
+
+def test_the_head_crop_keeps_the_head_and_its_margin_on_a_grid_divisible_by_k():
+    image = head_in_a_large_field_of_view()
+    cropped = CropHeadd("fixed", margin=12.0, k_divisible=16)({"fixed": image})["fixed"]
+    assert all(size % 16 == 0 for size in cropped.shape[1:]) and cropped.numel() < image.numel() / 4
+    # the head's world points lie at least 12 mm inside the cropped grid, and the voxels there are the same
+    head = world_points_of(image[0] > 0.5, image.affine)
+    inside = apply_affine(torch.linalg.inv(cropped.affine.double()), head)
+    lowest, highest = inside.min(1).values, inside.max(1).values
+    assert (lowest >= 6 - 1e-6).all() and (highest <= torch.tensor(cropped.shape[1:]) - 1 - 6 + 1e-6).all()
+    assert torch.equal(world_points_of(cropped[0] > 0.5, cropped.affine), head)
+
+
+def test_a_grid_the_head_fills_is_only_padded_to_k():
+    image = MetaTensor(torch.ones(1, 30, 33, 17), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64)))
+    cropped = CropHeadd("fixed", k_divisible=16)({"fixed": image})["fixed"]
+    assert cropped.shape[1:] == (32, 48, 32) and cropped.sum() == image.sum()
+
+
+def test_the_refinement_grid_is_cut_to_the_working_grid_it_refines():
+    image = head_in_a_large_field_of_view()
+    working = CropHeadd("fixed", k_divisible=16)({"fixed": Spacing(pixdim=3.0)(image)})["fixed"]
+    refinement_grid = Spacing(pixdim=1.5)(image)
+    cut = crop_to_box(refinement_grid, working.affine, [0, 0, 0], [size - 1 for size in working.shape[1:]])
+    assert cut.numel() < refinement_grid.numel() / 4
+    # every working voxel lies inside the cut grid, and the cut grid's voxels are the original's
+    points = apply_affine(torch.linalg.inv(cut.affine.double()) @ working.affine.double(), voxel_grid(working.shape[1:], dtype=torch.float64))
+    assert (points.flatten(1).min(1).values >= 0).all()
+    assert (points.flatten(1).max(1).values <= torch.tensor(cut.shape[1:]) - 1).all()
+    assert torch.equal(world_points_of(cut[0] > 0.5, cut.affine), world_points_of(refinement_grid[0] > 0.5, refinement_grid.affine))

@@ -3,4 +3,13 @@
 from .intensity import GradientMagnituded, NormalizeModalityd, looks_like_ct
 from .io import SaveRegistrationd
 from .rigid import OrderByModalityd, RandHeadScaled, RandRigidMotiond, RefineRigidd, SaveRigidRegistrationd, modality_path
-from .spatial import AffineAlignd, AntiAliasd, ComposeAffined, InvertDisplacementd, RefineDisplacementd, Warpd, label_overlap_postprocessing
+from .spatial import (
+    AffineAlignd,
+    AntiAliasd,
+    ComposeAffined,
+    CropHeadd,
+    InvertDisplacementd,
+    RefineDisplacementd,
+    Warpd,
+    label_overlap_postprocessing,
+)

@@ -4,13 +4,14 @@ predicted voxel DDF, the affine pre-alignment, and the refinement of a predicted
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.transforms import AsDiscreted, Compose, CopyItemsd, MapTransform, ResampleToMatch, Spacing, ToDeviced
+from monai.transforms import AsDiscreted, Compose, CopyItemsd, CropForeground, MapTransform, ResampleToMatch, Spacing, SpatialCrop, ToDeviced
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
 from regplugins.alignment import LEVELS, PREALIGNMENTS, fit_affine, warp_affine
@@ -26,7 +27,7 @@ from regplugins.layers import (
     voxel_grid,
     warp_physical,
 )
-from regplugins.refinement import SIMILARITIES, PairSimilarity, affine_beyond_moving, refine_ddf
+from regplugins.refinement import SIMILARITIES, PairSimilarity, affine_beyond_moving, head_foreground, refine_ddf
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,40 @@ def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str) -
     return kept
 
 
+class CropHeadd(MapTransform):
+    """Crop ``keys`` (the fixed image on the working grid) to its head and ``margin`` mm around it, ``k_divisible`` voxels a side.
+
+    A head fills about half of a 256 mm field of view; the pre-alignment, the network and the
+    refinement cost in proportion to their grids, and what lies beyond the head is air. The
+    head is :func:`~regplugins.refinement.head_foreground`; the field saved on the fixed image's
+    grid keeps its edge values beyond the crop (:func:`~regplugins.layers.resample_ddf`). A grid
+    that the head fills is only padded to ``k_divisible``, as ``DivisiblePadd`` pads it.
+    """
+
+    def __init__(self, keys: KeysCollection, margin: float = 12.0, k_divisible: Sequence[int] | int = 1, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.margin, self.k_divisible = float(margin), k_divisible
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            margin = [math.ceil(self.margin / float(s)) for s in affine_to_spacing(d[key].affine)]
+            crop = CropForeground(select_fn=head_foreground, margin=margin, allow_smaller=True, k_divisible=self.k_divisible)
+            d[key] = crop(d[key])
+        return d
+
+
+def crop_to_box(image: MetaTensor, affine: torch.Tensor, low: Sequence[float], high: Sequence[float]) -> MetaTensor:
+    """``image`` ``(C, *spatial)`` cropped to the voxels that cover the box from ``low`` to ``high`` (voxel
+    coordinates of the grid ``affine``), one voxel clear."""
+    corners = torch.cartesian_prod(*[torch.tensor([a - 1.0, b + 1.0], dtype=torch.float64) for a, b in zip(low, high)]).T
+    to_image = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64)) @ torch.as_tensor(affine, dtype=torch.float64)
+    points = apply_affine(to_image, corners)
+    start = [max(0, math.floor(value)) for value in points.min(1).values.tolist()]
+    end = [min(size, math.ceil(value) + 1) for size, value in zip(image.shape[1:], points.max(1).values.tolist())]
+    return SpatialCrop(roi_start=start, roi_end=end)(image)
+
+
 class AffineAlignd(MapTransform):
     """Pre-align ``keys`` (the moving image, on the fixed image's grid) to ``fixed_key`` by :func:`fit_affine`.
 
@@ -278,6 +313,8 @@ class RefineDisplacementd(MapTransform):
         beyond_moving_blend: mm beyond the moving image's domain over which the field turns affine;
             0 leaves it as the network and the refinement made it. The affine's correction of the
             pre-alignment counts half along a direction in which the covered head spreads 5 mm.
+        reach: mm beyond where the pre-alignment and the network take the working grid that the
+            refinement's grid covers (:meth:`pair_similarity`).
         quality_key: where the record goes.
     """
 
@@ -297,11 +334,12 @@ class RefineDisplacementd(MapTransform):
         num_samples: int = 16384,
         mixed_precision: bool = False,
         beyond_moving_blend: float = 20.0,
+        reach: float = 10.0,
         quality_key: str = "quality",
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.beyond_moving_blend = float(beyond_moving_blend)
+        self.beyond_moving_blend, self.reach = float(beyond_moving_blend), float(reach)
         if int(iterations) < 0:
             raise ValueError(f"refine_iterations must be 0 or more, got {iterations}.")
         self.similarity = look_up_option(similarity, SIMILARITIES)
@@ -311,15 +349,28 @@ class RefineDisplacementd(MapTransform):
         self.control_spacing = [float(s) for s in control_spacing]
         self.refine_args = {"iterations": int(iterations), "regularizer_weight": regularizer_weight, "num_samples": num_samples}
 
-    def pair_similarity(self, d: Mapping, device: torch.device) -> PairSimilarity:
-        """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`."""
+    def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor]) -> PairSimilarity:
+        """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`.
+
+        The grid is the fixed image's at ``spacing`` mm, cut to the working grid and to where the
+        working-grid voxel DDFs ``fields`` (the finite ones, no registration among them) send it, ``reach`` mm around: the refinement neither
+        compares nor moves a point beyond that, and on a head cropped out of a large field of view
+        (:class:`CropHeadd`) its images' features cost half as much.
+        """
         images = AntiAliasd([self.fixed_key, self.moving_key], pixdim=self.spacing)({k: d[k] for k in (self.fixed_key, self.moving_key)})
-        fixed = Spacing(pixdim=self.spacing, mode="bilinear")(images[self.fixed_key])
+        working = d[self.working_grid_key]
+        reach = self.reach / float(affine_to_spacing(working.affine).min())
+        moved = torch.cat(
+            [(voxel_grid(field.shape[1:], device=field.device) + field).flatten(1) for field in fields if torch.isfinite(field).all()], 1
+        )
+        low, high = (moved.min(1).values - reach).tolist(), (moved.max(1).values + reach).tolist()
+        fixed = crop_to_box(Spacing(pixdim=self.spacing, mode="bilinear")(images[self.fixed_key]), working.affine, low, high)
         moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(images[self.moving_key], img_dst=fixed)
-        working_affine = torch.as_tensor(d[self.working_grid_key].affine, dtype=torch.float64)
+        working_affine = torch.as_tensor(working.affine, dtype=torch.float64)
         to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
         native_moving = d[self.moving_key]
         domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
+        device = fields[0].device
         fixed, moving = (convert_to_tensor(image[0], dtype=torch.float32, track_meta=False).to(device) for image in (fixed, moving))
         return PairSimilarity(fixed, moving, to_working, self.similarity, self.mutual_information_weight, self.mixed_precision, moving_domain=domain)
 
@@ -327,13 +378,13 @@ class RefineDisplacementd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             network = convert_to_tensor(d[key], dtype=torch.float32, track_meta=False)
-            pair = self.pair_similarity(d, network.device)
             matrix = torch.as_tensor(d[self.matrix_key], dtype=torch.float64, device=network.device)
             fields = {
                 "none": torch.zeros_like(network),
                 "prealignment": affine_to_ddf(matrix[None], network.shape[1:])[0].float(),
                 "network": network,
             }
+            pair = self.pair_similarity(d, list(fields.values()))
             scores = {stage: pair.score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
             working_spacing = float(affine_to_spacing(d[self.working_grid_key].affine).min())
@@ -351,7 +402,7 @@ class RefineDisplacementd(MapTransform):
                 blend, ridge = max(1, round(self.beyond_moving_blend / working_spacing)), (5.0 / working_spacing) ** 2
                 d[key], covered = affine_beyond_moving(pair, fields[kept], matrix, blend, ridge)
                 if covered < 1.0:
-                    logger.info(f"{name}: the moving image covers {covered:.0%} of the head compared; beyond it the field is affine.")
+                    logger.info(f"{name}: the moving image covers {covered:.1%} of the head compared; beyond it the field is affine.")
             d[self.quality_key] = {
                 "dissimilarity": {stage: round(score, 6) for stage, score in scores.items()},
                 "measure": f"{self.similarity} squared difference + {self.mutual_information_weight} x negative mutual information, "
