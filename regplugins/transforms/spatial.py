@@ -162,7 +162,7 @@ def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str) -
 class CropHeadd(MapTransform):
     """Crop ``keys`` (the fixed image on the working grid) to its head and ``margin`` mm around it, ``k_divisible`` voxels a side.
 
-    A head fills about half of a 256 mm field of view; the pre-alignment, the network and the
+    A head fills two fifths of a 256 mm field of view; the pre-alignment, the network and the
     refinement cost in proportion to their grids, and what lies beyond the head is air. The
     head is :func:`~regplugins.refinement.head_foreground`; the field saved on the fixed image's
     grid keeps its edge values beyond the crop (:func:`~regplugins.layers.resample_ddf`). A grid
@@ -352,10 +352,11 @@ class RefineDisplacementd(MapTransform):
     def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor]) -> PairSimilarity:
         """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`.
 
-        The grid is the fixed image's at ``spacing`` mm, cut to the working grid and to where the
-        working-grid voxel DDFs ``fields`` (the finite ones, no registration among them) send it, ``reach`` mm around: the refinement neither
-        compares nor moves a point beyond that, and on a head cropped out of a large field of view
-        (:class:`CropHeadd`) its images' features cost half as much.
+        The grid is the fixed image's at ``spacing`` mm, cut to where the working-grid voxel DDFs
+        ``fields`` (the finite ones; no registration, the working grid itself, among them) take the
+        working grid, ``reach`` mm around: the refinement neither compares nor moves a point beyond
+        that, and on a head cut out of a large field of view (:class:`CropHeadd`) its images'
+        features cost about half as much.
         """
         images = AntiAliasd([self.fixed_key, self.moving_key], pixdim=self.spacing)({k: d[k] for k in (self.fixed_key, self.moving_key)})
         working = d[self.working_grid_key]
