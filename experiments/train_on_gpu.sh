@@ -17,12 +17,19 @@
 # and 30 % of FIRE_SECONDS, FIRE_SPLIT="40 60" gives the affine stage the rest and skips the
 # joint one), each stage from the last one's weights. Its pairs, aligned for the synthesis stage and
 # misaligned for the others, are synthesised once on every CPU core into the on-disk cache first
-# (0.4 s per pair at 64^3 on one core; on the fly, loader workers starved its record's run 12):
+# (1.5 s per pre-aligned pair at 64^3 on one core; on the fly, loader workers starved its record's run 12):
 #   GF_PAIRS=0 DS_PAIRS=0 FIRE_SECONDS=540 OUT=gpu_runs SECONDS_IN_ALL=560 bash experiments/train_on_gpu.sh
 # FIRE_START=weights starts the first stage from those weights, keeping what matches, so a FIRE_GRID
 # with another affine head ("network_def#affine_head") starts that head fresh on a trained
-# synthesis; FIRE_SPLIT="0 60" skips the synthesis stage.
+# synthesis; FIRE_SPLIT="0 60" skips the synthesis stage, FIRE_SPLIT="0 0" both first stages (the joint
+# stage then starts from FIRE_START). FIRE_JOINT_RATES="5e-5 2e-4" runs one joint stage per
+# non-rigid learning rate side by side (joint_5e-5, joint_2e-4), each with half the loader workers.
 # Run FIRE alone: beside the other bundles' runs it gets a share of the CPU cores and the GPU.
+# The device tool's image has PyTorch but not monai, nibabel, pytorch-ignite, isal or fire (with
+# termcolor): carry their wheels, the versions of the development .venv, and install them first
+# (FIRE's training record, "On one H200 at 64^3 and 3 mm"):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl ...
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
 # its own archive, without the logs' per-iteration lines.
@@ -42,6 +49,7 @@ FIRE_GRID=${FIRE_GRID:-'"working_size": 64, "working_spacing": 3.0, "network_def
 FIRE_PAIRS=${FIRE_PAIRS:-1000}
 FIRE_START=${FIRE_START:-}
 read -r FIRE_SYNTHESIS_PERCENT FIRE_AFFINE_PERCENT <<<"${FIRE_SPLIT:-40 30}"
+FIRE_JOINT_RATES=${FIRE_JOINT_RATES:-}
 FIRE_EXTRA_WEIGHTS=""  # loss weights of one stage beside the feature and alignment terms' 0.1
 FIRE_WORKERS=${FIRE_WORKERS:-12}
 FIRE_ALIGNED='"rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0'
@@ -77,7 +85,8 @@ pack() {  # bundle, archive name, files to keep (globs under each run, or run/gl
 fire_cache() {  # pair setting (aligned, misaligned), then its data overrides; on every CPU core
     mkdir -p "$OUT/$FIRE"
     echo "{$FIRE_GRID, \"num_train_pairs\": $FIRE_PAIRS, \"synthesis_device\": \"cpu\"$2}" >"$OUT/$FIRE/$1.json"
-    $PY experiments/fill_pair_cache.py "bundles/$FIRE" "$CACHE/$FIRE/$1" "$(<"$OUT/$FIRE/$1.json")"
+    # on the CPU alone: a worker forked after CUDA started fails in its first optimiser step (the pre-alignment)
+    CUDA_VISIBLE_DEVICES= $PY experiments/fill_pair_cache.py "bundles/$FIRE" "$CACHE/$FIRE/$1" "$(<"$OUT/$FIRE/$1.json")"
 }
 
 fire_stage() {  # stage name, seconds, weights to start from ("" for none), pair setting, then the stage's own overrides
@@ -104,10 +113,21 @@ fire_stages() {  # the staged schedule of FIRE's training record (runs 8-10): th
     fi
     wait $misaligned
     # without the inverse-consistency term: with it the two affine heads settle on one affine for every pair (FIRE's training record, item 14)
-    FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
-        "$start" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]' \
-        --train#handlers#0#strict False
-    fire_stage joint $(( DEADLINE - $(date +%s) )) "$(last_epoch affine)" misaligned
+    if (( FIRE_AFFINE_PERCENT > 0 )); then
+        FIRE_EXTRA_WEIGHTS=", 'inverse_consistency': 0" fire_stage affine $(( FIRE_SECONDS * FIRE_AFFINE_PERCENT / 100 )) \
+            "$start" misaligned --affine_learning_rate 0.001 --train#iteration_update#optimizers '$[@optimizers#0]' \
+            --train#handlers#0#strict False
+        start=$(last_epoch affine)
+    fi
+    if [[ -z $FIRE_JOINT_RATES ]]; then
+        fire_stage joint $(( DEADLINE - $(date +%s) )) "$start" misaligned
+        return
+    fi
+    FIRE_WORKERS=$(( FIRE_WORKERS / 2 ))
+    for rate in $FIRE_JOINT_RATES; do
+        fire_stage "joint_$rate" $(( DEADLINE - $(date +%s) )) "$start" misaligned --nonrigid_learning_rate "$rate" &
+    done
+    wait
 }
 
 GF=ct_mr_gradient_fusion_reg
@@ -136,8 +156,11 @@ grep -H -E "Key metric|Epoch\[[0-9]+\] Complete" "$OUT"/*/*.log | tail -n 40
 (( GF_PAIRS > 0 )) && pack $GF gradient_fusion_best "model.pt" && pack $GF gradient_fusion_last "model_epoch=*.pt"
 (( DS_PAIRS > 0 )) && pack $DS dual_similarity "*.pt"
 # one FIRE network at FIRE_GRID's default channels is 14.6 MB, so one per archive
-(( FIRE_SECONDS > 0 )) && for weights in joint/model.pt "joint/model_epoch=*.pt" affine/model.pt "affine/model_epoch=*.pt"; do
-    pack $FIRE "fire_$(dirname "$weights")_$(basename "$weights" .pt | cut -d= -f1)" "$weights"
+(( FIRE_SECONDS > 0 )) && for run in $(cd "$OUT/$FIRE" && ls -d joint*/ affine/ 2>/dev/null); do
+    run=${run%/}
+    for weights in "$run/model.pt" "$run/model_epoch=*.pt"; do
+        pack $FIRE "fire_${run}_$(basename "$weights" .pt | cut -d= -f1)" "$weights"
+    done
 done
 rm -rf "$OUT/$GF" "$OUT/$DS" "$OUT/$FIRE"
 ls -la "$OUT"

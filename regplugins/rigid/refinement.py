@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
+from monai.utils import optional_import
+
+# loaded on first use: a machine that trains only the deformable bundles may lack it (the device tool's image)
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = ["refine_rigid", "mattes_value", "resampled"]
 
