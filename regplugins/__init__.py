@@ -1,5 +1,5 @@
 """Plugin package of the registration MONAI bundles: what MONAI lacks, reached from configs by full dotted path."""
 
-from . import alignment, data, engines, inferers, io, layers, losses, metrics, networks, transforms
+from . import alignment, data, engines, inferers, io, layers, losses, metrics, networks, optimizers, transforms
 
-__version__ = "0.10.0"
+__version__ = "0.10.1"

@@ -19,6 +19,7 @@ from monai.utils import convert_to_tensor
 
 from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, voxel_grid
 from regplugins.losses import ParzenMutualInformationLoss
+from regplugins.optimizers import Adam
 
 __all__ = ["PREALIGNMENTS", "LEVELS", "fit_affine", "warp_affine", "foreground_center"]
 
@@ -149,11 +150,9 @@ def fit_affine(
             groups = [{"params": [rotation], "lr": step}, {"params": [translation], "lr": step * factor}]
             if transform == "affine":
                 groups.append({"params": [stretch], "lr": step / 20})
-            optimizer = torch.optim.Adam(groups)
-            # a step that shrinks to a tenth over the level settles despite the random sampling
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - 0.9 * step / steps)
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
+            optimizer = Adam(groups)
+            for i in range(steps):
+                optimizer.zero_grad()
                 chosen = torch.randint(grid.shape[1], (min(num_samples, grid.shape[1]),), generator=generator, device=fixed.device)
                 matrix = to_level @ _matrix(rotation, stretch, translation, center) @ to_full
                 if moving_domain is not None:
@@ -165,6 +164,6 @@ def fit_affine(
                 warped = warp_affine(moving_level, matrix, points)
                 target = fixed_level.flatten(2)[:, :, chosen].view_as(warped)
                 similarity(warped, target).backward()
-                optimizer.step()
-                schedule.step()
+                # a step that shrinks to a tenth over the level settles despite the random sampling
+                optimizer.step(lr_scale=1.0 - 0.9 * i / steps)
     return _matrix(rotation, stretch, translation, center).detach()

@@ -30,6 +30,7 @@ from monai.utils import look_up_option
 
 from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, gaussian_smooth, sample, sample_points, voxel_grid
 from regplugins.losses import MINDDescriptor, ParzenMutualInformationLoss
+from regplugins.optimizers import Adam
 
 __all__ = ["SIMILARITIES", "PairSimilarity", "affine_beyond_moving", "head_foreground", "refine_ddf", "similarity_features"]
 
@@ -265,9 +266,9 @@ def refine_ddf(
             else:
                 residual = _resample_level(gaussian_smooth(residual.detach(), [1.0] * spatial_dims), previous, ddf_level.shape[1:], factor)
             residual.requires_grad_(True)
-            optimizer = torch.optim.Adam([residual], lr=learning_rate)
+            optimizer = Adam([residual], lr=learning_rate)
             for _ in range(int(iterations)):
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 smooth = gaussian_smooth(residual, [1.0] * spatial_dims)
                 chosen = similarity.draw(num_samples, generator)
                 at_level = _on_level(similarity.working_points.index_select(1, chosen), factor)

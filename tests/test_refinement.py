@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,3 +197,36 @@ def test_the_field_beyond_a_moving_image_that_shows_part_of_the_head_is_the_affi
     assert abs(refined["quality"]["moving_covers"] - covers) < 0.1 and extrapolated["quality"]["moving_covers"] is None
     beyond_error = [(out["pred"] - true).norm(dim=0)[beyond].mean() for out in (refined, extrapolated)]
     assert beyond_error[0] < 0.6 * beyond_error[1]
+
+
+def test_adam_takes_torch_adam_steps_without_importing_dynamo():
+    """The per-pair fits' Adam: torch.optim.Adam's parameters after a scheduled run, bit for bit, and no torch._dynamo
+    import (torch.optim's first optimiser costs 1.3 s for it). A child process, so that no other test's import counts."""
+    script = """
+import sys, torch
+from regplugins.optimizers import Adam
+
+def fit(optimizer, schedule):
+    for i in range(40):
+        optimizer.zero_grad()
+        ((a - target) ** 2).sum().add((b @ b).trace().sin().double()).backward()
+        schedule(optimizer, i)
+    return a.detach().clone(), b.detach().clone()
+
+def start():
+    global a, b, target
+    torch.manual_seed(0)
+    a, b = torch.randn(5, dtype=torch.float64, requires_grad=True), torch.randn(3, 3, requires_grad=True)
+    target = torch.randn(5, dtype=torch.float64)
+    return [{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}]
+
+ours = fit(Adam(start()), lambda optimizer, i: optimizer.step(lr_scale=1.0 - 0.9 * i / 40))
+print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
+reference = torch.optim.Adam(start())
+scheduler = torch.optim.lr_scheduler.LambdaLR(reference, lambda step: 1.0 - 0.9 * step / 40)
+theirs = fit(reference, lambda optimizer, i: (optimizer.step(), scheduler.step()))
+moved = float((ours[0] - start()[0]["params"][0].detach()).abs().max())
+print(all(torch.equal(x, y) for x, y in zip(ours, theirs)), moved > 0.1)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["no dynamo", "True True"]
