@@ -12,7 +12,7 @@ PACKAGE = Path(regplugins.__file__).parent
 # lowest first; a module (or subpackage) of regplugins imports only modules of lower layers,
 # inside functions as well as at the top
 LAYERS = [
-    {"utils", "layers"},  # conventions: yes/no settings, fields in voxels and millimetres, warping
+    {"utils", "layers", "optimizers"},  # conventions: yes/no settings, fields in voxels and millimetres, warping; Adam
     {"losses", "networks", "inferers"},  # what the papers define
     {"alignment", "refinement"},  # the registration steps around the networks
     {"io"},  # the contract's inputs and their checks
