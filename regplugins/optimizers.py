@@ -1,7 +1,7 @@
 """Adam for the fits made on each pair at inference (the pre-alignment, the refinement).
 
 ``torch.optim.Optimizer.__init__`` is wrapped in ``torch._disable_dynamo``, so the first
-optimiser a process makes imports ``torch._dynamo``: 1.3 s on the development machine's 2 CPU
+optimiser a process makes imports ``torch._dynamo``: 1.1-1.7 s on the development machine's 2 CPU
 cores, more than a whole pre-alignment and a third of a bundle's time on one pair. These fits
 need plain Adam, and nothing of dynamo; training keeps ``torch.optim``.
 """
@@ -19,7 +19,9 @@ class Adam:
     """``torch.optim.Adam``'s update (no weight decay, no AMSGrad), step for step the same as its
     single-tensor implementation, for tensors or parameter groups ``{"params": [...], "lr": ...}``."""
 
-    def __init__(self, params: Sequence[torch.Tensor] | Sequence[dict], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps=1e-8):
+    def __init__(
+        self, params: Sequence[torch.Tensor] | Sequence[dict], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = [{"lr": lr, **group, "params": list(group["params"])} for group in groups]
         self.betas, self.eps, self.steps = betas, eps, 0
