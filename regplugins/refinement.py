@@ -62,14 +62,18 @@ def _channels_last(volume: torch.Tensor) -> torch.Tensor:
 
 
 def _dilate(mask: torch.Tensor, margin: int) -> torch.Tensor:
-    """A float mask ``(1, 1, *spatial)`` dilated by ``margin`` voxels along each axis (a cube), axis by axis,
-    which costs a few milliseconds where a cubic max pooling of a 128^3 volume took 0.3 s."""
-    spatial_dims = mask.dim() - 2
-    pool = (F.max_pool2d, F.max_pool3d)[spatial_dims - 2]
-    for axis in range(spatial_dims):
-        kernel = [1] * spatial_dims
-        kernel[axis] = 2 * margin + 1
-        mask = pool(mask, kernel, stride=1, padding=[k // 2 for k in kernel])
+    """A float mask ``(1, 1, *spatial)`` dilated by ``margin`` voxels along each axis (a cube), axis by axis.
+
+    The maximum of shifted copies, as :func:`~regplugins.layers.gaussian_smooth` sums them: 0.01 s
+    for a 128^3 mask on 2 CPU cores, where ``max_pool3d`` along one axis at a time took 0.1 s.
+    """
+    for axis in range(2, mask.dim()):
+        length = mask.shape[axis]
+        padded = F.pad(mask, [0, 0] * (mask.dim() - 1 - axis) + [margin, margin])
+        dilated = padded.narrow(axis, 0, length).clone()
+        for shift in range(1, 2 * margin + 1):
+            torch.maximum(dilated, padded.narrow(axis, shift, length), out=dilated)
+        mask = dilated
     return mask
 
 
@@ -225,7 +229,7 @@ def refine_ddf(
     regularizer_weight: float = 0.7,
     folding_weight: float = 100.0,
     learning_rate: float = 0.1,
-    num_samples: int = 16384,
+    num_samples: int = 8192,
     seed: int = 0,
 ) -> torch.Tensor:
     """The working-grid voxel DDF ``ddf + r`` ``(N, *W)`` whose residual ``r`` is optimised on this pair.
@@ -240,7 +244,8 @@ def refine_ddf(
         regularizer_weight: weight of the diffusion penalty on the whole field's strain.
         folding_weight: weight of the penalty on Jacobian determinants below 0.1 (:func:`_folding`).
         learning_rate: Adam's step, in working voxels.
-        num_samples: head voxels of the refinement grid compared at each step.
+        num_samples: head voxels of the refinement grid compared at each step; twice as many
+            cost 0.3-0.4 s more per pair and gained 0.002-0.005 Dice on the tuning pairs.
         seed: of those draws, so that a pair always gets the same field.
 
     The defaults (with a 3 mm working grid, a residual grid of 24 mm and then of 12 mm) were

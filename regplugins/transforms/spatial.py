@@ -331,7 +331,7 @@ class RefineDisplacementd(MapTransform):
         similarity: str = "mind_ssc",
         mutual_information_weight: float = 0.05,
         regularizer_weight: float = 0.7,
-        num_samples: int = 16384,
+        num_samples: int = 8192,
         mixed_precision: bool = False,
         beyond_moving_blend: float = 20.0,
         reach: float = 10.0,
