@@ -4,7 +4,9 @@ For the pairs 000-003 of a rigid_mni152 bench folder, starts 1.5 degrees and 1.5
 motion (about where the network leaves a pair) and finishes with the bundle's recipe through
 ``itk`` (``{'itk': True}``) or SimpleITK, or a variant of it: gradient descent as ANTs Rigid
 (``optimizer='gd'``), other sampling (``strategy``, ``sampling``), pyramids (``shrink``,
-``sigmas``), a second pass (``polish``: the settings of it). Prints the errors and the seconds.
+``sigmas``), a second pass (``polish``: the settings of it), the images at other spacings
+(``spacing``, the fixed image's and by default the moving one's; ``moving_spacing``, 0 for the
+moving image's own grid). Prints the errors and the seconds, reading the images included.
 
     python experiments/rigid_finish_sitk_probe.py bench/rigid_mni152/data_rigid_mni152_4x128x128x128 "{'sampling': 0.2}"
 """
@@ -162,6 +164,7 @@ def perturbed(true, center, rng, deg=1.5, mm=1.5):
 variant = dict(eval(sys.argv[2])) if len(sys.argv) > 2 else {}
 use_itk = variant.pop("itk", False)
 spacing = variant.pop("spacing", 2.0)
+moving_spacing = variant.pop("moving_spacing", spacing)
 rng = np.random.default_rng(0)
 res = []
 t0 = time.perf_counter()
@@ -176,7 +179,7 @@ for i in range(4):
         f, m = itk_resampled(str(fp), spacing), itk_resampled(str(mp), spacing)
         out = itk_refine(f, m, start, center, **variant)
     else:
-        f, m = s_read(fp, spacing), s_read(mp, spacing)
+        f, m = s_read(fp, spacing), s_read(mp, moving_spacing)
         polish = variant.get("polish")
         v = {k: x for k, x in variant.items() if k != "polish"}
         out = s_refine(f, m, start, center, **v)
