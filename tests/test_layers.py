@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from regplugins.layers import (
@@ -14,6 +15,7 @@ from regplugins.layers import (
     resample_ddf,
     sample,
     sample_points,
+    sample_with_gradient,
     soft_argmax_points,
     voxel_grid,
     warp_physical,
@@ -61,6 +63,27 @@ def test_sample_points_is_sample_with_border_padding_and_differentiable_in_both_
     expected = sample(volume[None], points.view(1, 3, 50, 1, 1), padding_mode="border").view(3, 50).T
     assert torch.allclose(sample_points(volume.movedim(0, -1), points), expected, atol=1e-10)
     assert torch.autograd.gradcheck(lambda v, p: sample_points(v.movedim(0, -1), p), (volume, points.detach().clamp(0.1, 6.9).requires_grad_()))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_sample_with_gradient_gives_the_values_of_sample_and_their_derivatives(padding_mode):
+    for shape in ((9, 7, 8), (11, 6)):
+        n = len(shape)
+        volume = torch.rand(*shape, 2, dtype=torch.float64)
+        # points inside, on the edges and outside the grid (zeros: the corners beyond it count as 0; border: clamped)
+        extent = torch.tensor(shape, dtype=torch.float64).view(n, 1) + 3.0
+        points = (torch.rand(n, 200, dtype=torch.float64) * extent - 1.5).requires_grad_()
+        channels_first = volume.movedim(-1, 0)[None]
+        expected = sample(channels_first, points.view(1, n, 200, *[1] * (n - 1)), padding_mode=padding_mode).view(2, 200).T
+        expected_gradient = torch.stack([torch.autograd.grad(expected[:, c].sum(), points, retain_graph=True)[0] for c in range(2)], -1)
+        values, pull = sample_with_gradient(volume, points.detach(), padding_mode=padding_mode)
+        assert torch.allclose(values, expected, atol=1e-10)
+        value_gradient = torch.rand(200, 2, dtype=torch.float64)  # of some loss, with respect to the values
+        gradient = pull(value_gradient)
+        assert torch.allclose(gradient, (expected_gradient * value_gradient).sum(-1), atol=1e-10)
+        assert gradient.abs().sum() > 0 and (gradient == 0).any()  # outside: no pull
+    with pytest.raises(ValueError, match="padding_mode"):
+        sample_with_gradient(volume, points.detach(), padding_mode="reflection")
 
 
 def test_field_composed_with_its_inverse_is_near_zero():

@@ -121,6 +121,20 @@ def test_parzen_mutual_information_matches_monai_and_ranks_alignment_as_monai_do
     assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
 
 
+def test_parzen_mutual_information_value_and_gradient_are_the_loss_and_its_autograd():
+    ct, t1 = ct_t1_same_anatomy()
+    loss = ParzenMutualInformationLoss(num_bins=32)
+    for moving in (ct, torch.roll(ct, shifts=2, dims=2)):
+        # values beyond [0, 1] are clipped: no pull on them
+        prediction = (moving.flatten() * 1.1 - 0.05).requires_grad_()
+        expected = loss(prediction[None], t1.flatten()[None])
+        (expected_gradient,) = torch.autograd.grad(expected, prediction)
+        value, gradient = loss.value_and_gradient(prediction.detach(), t1.flatten())
+        assert value.item() == pytest.approx(expected.item(), abs=1e-5)
+        assert torch.allclose(gradient, expected_gradient, atol=1e-3 * expected_gradient.abs().max().item())
+        assert (gradient[(prediction < 0) | (prediction > 1)] == 0).all() and gradient.abs().sum() > 0
+
+
 def test_global_ncc_values():
     image = torch.rand(2, 1, 10, 10, 10)
     assert torch.allclose(GlobalNCCLoss()(2.0 * image + 1.0, image), torch.tensor(0.0), atol=1e-4)

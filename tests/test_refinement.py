@@ -14,7 +14,7 @@ from monai.transforms import SpatialCrop
 
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
-from regplugins.layers import ImageDomain, voxel_grid
+from regplugins.layers import ImageDomain, sample_points, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
 from regplugins.refinement import PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
@@ -62,6 +62,34 @@ def test_refinement_gives_the_same_field_twice_and_the_start_with_no_iterations(
     start = torch.zeros(3, *SHAPE)
     assert torch.equal(refine_ddf(similarity, start, iterations=10), refine_ddf(similarity, start, iterations=10))
     assert refine_ddf(similarity, start, iterations=0) is start
+
+
+def test_the_pair_is_compared_on_the_heads_box_whatever_air_surrounds_it(pair):
+    """A head on a grid with more air around it gets the same features, voxels compared and dissimilarity."""
+    padded = {pad: [torch.nn.functional.pad(pair[key][0].as_tensor(), [pad] * 6) for key in ("fixed", "moving")] for pad in (8, 16)}
+    narrow, wide = (PairSimilarity(*images) for images in padded.values())
+    assert narrow.shape == wide.shape and wide.shape.numel() < 0.5 * padded[16][0].numel()
+    assert torch.equal(narrow.moving_features, wide.moving_features)
+    # the same head voxels, 8 working voxels further on the wider grid
+    assert torch.equal(narrow.working_points + 8, wide.working_points)
+    fields = {pad: 0.5 * torch.ones(3, *[s + 2 * pad for s in SHAPE]) for pad in padded}
+    assert narrow.score(fields[8]) == wide.score(fields[16])
+
+
+def test_the_dissimilarity_and_its_written_out_gradient_are_the_measures_and_autograds(similarity):
+    chosen = similarity.draw(2000, torch.Generator().manual_seed(0))
+    displacement = (2.0 * torch.randn(2000, 3, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    value = similarity(chosen, displacement)
+    (gradient,) = torch.autograd.grad(value, displacement)
+    # the measure through autograd: squared difference of the features, and mutual information of the intensities
+    moved, kept = similarity.moved(chosen, displacement)
+    warped = sample_points(similarity.moving_features.float(), moved)
+    fixed = similarity.fixed_features.index_select(0, similarity.head.index_select(0, kept)).float()
+    mutual_information = similarity.mutual_information(warped[None, :, -1:], fixed[None, :, -1:])
+    expected = (warped[:, :-1] - fixed[:, :-1]).pow(2).mean() + similarity.mutual_information_weight * mutual_information
+    (expected_gradient,) = torch.autograd.grad(expected, displacement)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(gradient, expected_gradient, atol=1e-3 * expected_gradient.abs().max().item())
 
 
 def test_refinement_keeps_an_identical_pair_at_identity(pair):

@@ -21,6 +21,7 @@ from .spatial import (
     sample,
     sample_like_itk,
     sample_points,
+    sample_with_gradient,
     slab_affine,
     slabs,
     voxel_grid,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "sample",
     "sample_like_itk",
     "sample_points",
+    "sample_with_gradient",
     "compose_ddf",
     "invert_ddf",
     "round_trip",
@@ -131,6 +132,55 @@ def sample_points(volume: torch.Tensor, voxel_points: torch.Tensor) -> torch.Ten
         weight = math.prod(weights[side][axis] for axis, side in enumerate(corner))
         result = result + table.index_select(0, index) * weight[:, None]
     return result
+
+
+def sample_with_gradient(
+    volume: torch.Tensor, voxel_points: torch.Tensor, padding_mode: str = "zeros"
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Linear interpolation of a channels-last ``volume`` ``(*S, C)`` at voxel coordinates ``(N, K)``, and its pull-back.
+
+    Returns the values ``(K, C)`` of :func:`sample` (``padding_mode`` ``"zeros"``) or of
+    :func:`sample_points` (``"border"``), and the function that takes a gradient with respect
+    to them ``(K, C)`` to the gradient with respect to the points ``(N, K)`` (the vector-Jacobian
+    product), both written out from one gather of the ``2^N`` corners: a fit that needs the
+    gradient only with respect to the points (an affine's parameters, a displacement) spends a
+    third of the time of autograd through ``grid_sample`` or :func:`sample_points` on a CPU.
+    """
+    shape, channels = volume.shape[:-1], volume.shape[-1]
+    n, count = len(shape), voxel_points.shape[1]
+    points, within = voxel_points, None
+    if padding_mode == "border":  # the points clamped to the grid, where they move nothing
+        last = torch.tensor([s - 1 for s in shape], device=points.device, dtype=points.dtype).view(n, 1)
+        within = ((points >= 0) & (points <= last)).to(points.dtype)
+        points = torch.minimum(points.clamp(min=0), last)
+    elif padding_mode != "zeros":
+        raise ValueError(f'padding_mode must be "zeros" or "border", got {padding_mode!r}.')
+    low = points.floor()
+    upper = points - low
+    corners = low.long()[:, None] + torch.arange(2, device=low.device)[None, :, None]  # (N, 2, K): each axis' two neighbours
+    inside = ((corners >= 0) & (corners < torch.tensor(shape, device=low.device)[:, None, None])).to(points.dtype)
+    weights = torch.stack([1 - upper, upper], 1) * inside  # a corner outside the grid counts as 0 (border: never outside)
+    slopes = torch.stack([-inside[:, 0], inside[:, 1]], 1) * (1 if within is None else within[:, None])  # d weights / d point
+
+    def along(factor: torch.Tensor, axis: int) -> torch.Tensor:  # (2, K) of one axis, broadcast over the corners' (2,) * N
+        return factor.view(*[2 if i == axis else 1 for i in range(n)], count)
+
+    strides = [math.prod(shape[axis + 1 :]) for axis in range(n)]
+    offsets = sum(along(corners[axis].clamp(0, shape[axis] - 1) * strides[axis], axis) for axis in range(n))
+    corner_values = volume.reshape(-1, channels).index_select(0, offsets.flatten()).view(*offsets.shape, channels).to(points.dtype)
+    weighted = [along(weights[axis], axis) for axis in range(n)]
+    values = (corner_values * math.prod(weighted)[..., None]).flatten(0, n - 1).sum(0)
+
+    def pull(value_gradient: torch.Tensor) -> torch.Tensor:
+        along_values = (corner_values * value_gradient).sum(-1)  # each corner's value against the gradient: (2,) * N + (K,)
+        return torch.stack(
+            [
+                (along_values * along(slopes[axis], axis) * math.prod(weighted[:axis] + weighted[axis + 1 :])).flatten(0, n - 1).sum(0)
+                for axis in range(n)
+            ]
+        )
+
+    return values, pull
 
 
 def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
