@@ -87,19 +87,29 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     """An evaluation-mode ``network`` with each batch norm that follows a convolution in a ``nn.Sequential`` folded
     into the convolution (a copy; the network itself unchanged).
 
-    The same function up to rounding, with one pass over every layer's features fewer: 0.1 s of
-    the 1 s that dual similarity's network takes per pair on 2 CPU cores. A network in training
-    mode, one without batch norm and a TorchScript export are returned as they are.
+    The same function up to rounding, with one pass over every layer's features fewer: 0.06 to
+    0.08 s of the 0.5 to 1.1 s that dual similarity's network takes per head on 2 CPU cores. A network
+    in training mode, a TorchScript export and one with no such pair (MONAI's ``Convolution``
+    blocks keep their norm apart) are returned as they are.
     """
-    if network.training or isinstance(network, torch.jit.ScriptModule) or not any(isinstance(m, _BatchNorm) for m in network.modules()):
+
+    def foldable(model: nn.Module) -> list[tuple[nn.Sequential, int]]:
+        return [
+            (module, index)
+            for module in model.modules()
+            if isinstance(module, nn.Sequential)
+            for index in range(len(module) - 1)
+            if isinstance(module[index], _ConvNd)
+            and not module[index].transposed
+            and isinstance(module[index + 1], _BatchNorm)
+            and module[index + 1].track_running_stats
+        ]
+
+    if network.training or isinstance(network, torch.jit.ScriptModule) or not foldable(network):
         return network
     folded = copy.deepcopy(network)
-    for module in folded.modules():
-        if isinstance(module, nn.Sequential):
-            for index in range(len(module) - 1):
-                convolution, norm = module[index], module[index + 1]
-                if isinstance(convolution, _ConvNd) and not convolution.transposed and isinstance(norm, _BatchNorm) and norm.track_running_stats:
-                    module[index], module[index + 1] = fuse_conv_bn_eval(convolution, norm), nn.Identity()
+    for module, index in foldable(folded):
+        module[index], module[index + 1] = fuse_conv_bn_eval(module[index], module[index + 1]), nn.Identity()
     return folded
 
 

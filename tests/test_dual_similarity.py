@@ -13,7 +13,7 @@ from regplugins.engines import prepare_paired_batch
 from regplugins.inferers import ValidPatchInferer, fold_batch_norm
 from regplugins.io import RegistrationInputError, paired_training_data
 from regplugins.losses import IntraModalitySimilarityLoss
-from regplugins.networks import PatchRegistrationUNet
+from regplugins.networks import MultiResolutionFCN, PatchRegistrationUNet
 
 from conftest import ROOT, loss_before_and_after_steps, read_datalist, run_bundle
 
@@ -83,6 +83,8 @@ def test_batch_norm_folded_into_the_convolutions_gives_the_networks_field():
     with torch.no_grad():
         torch.testing.assert_close(folded(pair), network(pair), atol=1e-5, rtol=1e-4)
     assert fold_batch_norm(network.train()) is network  # training uses the batch's statistics
+    other = MultiResolutionFCN().eval()  # MONAI's Convolution blocks: the norm is not the convolution's neighbour
+    assert fold_batch_norm(other) is other
 
 
 def test_mixed_precision_gives_the_float32_field_to_bfloat16_rounding_and_a_float32_result():
