@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import look_up_option
 
 from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, gaussian_smooth, sample, sample_points, sample_with_gradient, voxel_grid
@@ -137,13 +138,11 @@ class PairSimilarity:
         if head.any():
             # the grid cut to the head's box, the features' reach clear of it: no head voxel is compared beyond, and
             # there the features of the air cost a third of the pair's set-up on the bench's brain grids
-            box = head.nonzero()
-            start = (box.min(0).values - HEAD_BOX_MARGIN).clamp(min=0)
-            end = torch.minimum(box.max(0).values + HEAD_BOX_MARGIN + 1, torch.tensor(head.shape, device=box.device))
-            crop = tuple(slice(a, b) for a, b in zip(start.tolist(), end.tolist()))
+            start, end = generate_spatial_bounding_box(head[None], margin=HEAD_BOX_MARGIN, allow_smaller=True)
+            crop = tuple(slice(a, b) for a, b in zip(start, end))
             fixed, moving, head = fixed[crop], moving[crop], head[crop]
             shift = torch.eye(spatial_dims + 1, dtype=torch.float64)
-            shift[:spatial_dims, spatial_dims] = start.double().cpu()
+            shift[:spatial_dims, spatial_dims] = torch.tensor(start, dtype=torch.float64)
             to_working = to_working.double().cpu() @ shift
             if moving_domain is not None:
                 moving_domain = ImageDomain(moving_domain.to_source @ shift, moving_domain.shape)
