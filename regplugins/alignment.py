@@ -21,7 +21,7 @@ from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample
 from regplugins.losses import ParzenMutualInformationLoss
 from regplugins.optimizers import Adam
 
-__all__ = ["PREALIGNMENTS", "LEVELS", "fit_affine", "warp_affine", "foreground_center"]
+__all__ = ["PREALIGNMENTS", "LEVELS", "fit_affine", "warp_affine", "foreground_center", "affine_about", "backward_mutual_information"]
 
 # the bundles' ``prealign`` setting: none, or the transform fitted
 PREALIGNMENTS = ("none", "rigid", "affine")
@@ -56,10 +56,11 @@ def _rotation(vector: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=vector.dtype) + torch.sinc(angle / math.pi) * skew + 0.5 * torch.sinc(angle / (2 * math.pi)) ** 2 * skew @ skew
 
 
-def _matrix(rotation, stretch, translation, center) -> torch.Tensor:
-    """Homogeneous voxel matrix of ``p -> c + t + R (I + S) (p - c)``, ``S`` the symmetric part of ``stretch``."""
+def affine_about(rotation, translation, center, stretch=None) -> torch.Tensor:
+    """Homogeneous matrix of ``p -> c + t + R (I + S) (p - c)``: ``R`` of the axis-angle ``rotation``, ``S`` the
+    symmetric part of ``stretch`` (none by default, a rigid transform); differentiable in all of them."""
     n = center.numel()
-    linear = _rotation(rotation) @ (torch.eye(n, dtype=center.dtype) + (stretch + stretch.T) / 2)
+    linear = _rotation(rotation) if stretch is None else _rotation(rotation) @ (torch.eye(n, dtype=center.dtype) + (stretch + stretch.T) / 2)
     top = torch.cat([linear, (center + translation - linear @ center)[:, None]], 1)
     return torch.cat([top, torch.eye(n + 1, dtype=center.dtype)[n:]])
 
@@ -96,6 +97,25 @@ def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
     smoothed = gaussian_smooth(image, [math.sqrt(factor**2 - 1) / 2.0] * n)
     shape = [math.ceil(size / factor) for size in image.shape[2:]]
     return warp_affine(smoothed, _level_to_grid(factor, n), voxel_grid(shape, device=image.device))
+
+
+def backward_mutual_information(
+    similarity: ParzenMutualInformationLoss, voxel_matrix: torch.Tensor, points: torch.Tensor, volume: torch.Tensor, fixed_values: torch.Tensor
+) -> torch.Tensor:
+    """Back-propagate the mutual information of an affine fit into ``voxel_matrix``, and return it (negative).
+
+    ``volume`` ``(*S, 1)`` (channels last) is sampled at ``voxel_matrix @ points`` (``(N + 1, N + 1)``,
+    requiring grad; ``points`` ``(N, K)`` in voxels) and compared with ``fixed_values`` ``(K,)``. The
+    chain rule to the matrix is written out: autograd through the sampling costs three times as much.
+    """
+    n = points.shape[0]
+    values, pull = sample_with_gradient(volume, apply_affine(voxel_matrix.detach().float(), points))
+    loss, value_gradient = similarity.value_and_gradient(values[:, 0], fixed_values)
+    point_gradient = pull(value_gradient[:, None])
+    matrix_gradient = torch.zeros_like(voxel_matrix)
+    matrix_gradient[:n, :n], matrix_gradient[:n, n] = point_gradient @ points.T, point_gradient.sum(1)
+    voxel_matrix.backward(matrix_gradient)
+    return loss
 
 
 def fit_affine(
@@ -158,20 +178,14 @@ def fit_affine(
             for i in range(steps):
                 optimizer.zero_grad()
                 chosen = torch.randint(grid.shape[1], (min(num_samples, grid.shape[1]),), generator=generator, device=fixed.device)
-                matrix = to_level @ _matrix(rotation, stretch, translation, center) @ to_full
+                matrix = to_level @ affine_about(rotation, translation, center, stretch) @ to_full
                 if moving_domain is not None:
                     with torch.no_grad():
                         inside = moving_domain.contains(apply_affine(to_full @ matrix.detach(), grid[:, chosen].double()), margin=factor)
                     if inside.sum() * 16 >= chosen.numel():
                         chosen = chosen[inside]
                 points = grid.index_select(1, chosen)
-                values, pull = sample_with_gradient(moving_level[0, 0, ..., None], apply_affine(matrix.detach().float(), points))
-                _, value_gradient = similarity.value_and_gradient(values[:, 0], fixed_level.flatten().index_select(0, chosen))
-                # the chain rule to the matrix by hand: autograd through the sampling costs three times as much
-                point_gradient = pull(value_gradient[:, None])
-                matrix_gradient = torch.zeros_like(matrix)
-                matrix_gradient[:n, :n], matrix_gradient[:n, n] = point_gradient @ points.T, point_gradient.sum(1)
-                matrix.backward(matrix_gradient)
+                backward_mutual_information(similarity, matrix, points, moving_level[0, 0, ..., None], fixed_level.flatten().index_select(0, chosen))
                 # a step that shrinks to a tenth over the level settles despite the random sampling
                 optimizer.step(lr_scale=1.0 - 0.9 * i / steps)
-    return _matrix(rotation, stretch, translation, center).detach()
+    return affine_about(rotation, translation, center, stretch).detach()

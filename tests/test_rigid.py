@@ -334,6 +334,28 @@ def test_bundle_recovers_a_known_motion_and_swapped_roles_give_its_inverse(mni15
     assert inverse_gap["rotation_error_deg"] < 0.5 and inverse_gap["translation_error_mm"] < 0.5, inverse_gap
 
 
+@pytest.mark.parametrize("path", ["ct_mr", "mr_mr"])
+def test_finish_recovers_a_known_motion_from_where_the_network_leaves_it(mni152_rigid_pairs, path):
+    """From 1.5 degrees and 1.5 mm off the true motion (about the network's error), the finish on the native
+    3 mm grids ends within a sixth of a voxel (0.12 degrees, 0.28 mm when written), and its mutual information
+    beats the start's and ties the truth's."""
+    from regplugins.metrics import rigid_errors
+    from regplugins.rigid.refinement import mutual_information, refine_rigid
+    from regplugins.transforms.rigid import refinement_image
+
+    pair = registration_pairs(datalist=str(mni152_rigid_pairs[path]))[0]
+    truth = np.asarray(json.loads(open(pair["true_rigid"]).read())["matrix"])
+    center = grid_center_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
+    start = truth @ rigid_matrix([1.2, -0.6, 0.67], [0.9, 0.9, -0.8], center)
+    fixed, moving = refinement_image(pair["fixed"]), refinement_image(pair["moving"])
+    assert rigid_errors(start, truth, center)["rotation_error_deg"] > 1.4
+    found = refine_rigid(fixed, moving, start, center)
+    errors = rigid_errors(found, truth, center)
+    assert errors["rotation_error_deg"] < 0.25 and errors["translation_error_mm"] < 0.5, errors
+    values = [mutual_information(fixed, moving, matrix) for matrix in (start, found, truth)]
+    assert values[1] < values[0] - 0.02 and abs(values[1] - values[2]) < 0.005, values
+
+
 def test_a_wrong_network_estimate_is_caught_by_mutual_information(rigid_pairs, caplog):
     """A network that answers 30 degrees on a pair moved by a few: without the finish the identity is written, and said so."""
     from monai.transforms import LoadImaged
@@ -345,13 +367,13 @@ def test_a_wrong_network_estimate_is_caught_by_mutual_information(rigid_pairs, c
     data["pred"] = torch.tensor([30.0, -25.0, 20.0, 15.0, -10.0, 12.0])
     with caplog.at_level("WARNING"):
         out = RefineRigidd(refine=False)(data)
-    values = out["rigid_quality"]["mattes_mutual_information"]
+    values = out["rigid_quality"]["negative_mutual_information"]
     assert out["rigid_quality"]["kept"] == "none" and values["network"] > values["none"]
     assert np.array_equal(out["rigid_matrix"], np.eye(4))
     assert "the network left the images less similar than the none" in caplog.text
     # with the finish, the refinement starts from the identity, not from the wrong estimate, and wins
     refined = RefineRigidd(refine=True)(data)["rigid_quality"]
-    assert refined["kept"] == "refinement" and refined["mattes_mutual_information"]["refinement"] < values["none"]
+    assert refined["kept"] == "refinement" and refined["negative_mutual_information"]["refinement"] < values["none"]
 
 
 @pytest.mark.slow
