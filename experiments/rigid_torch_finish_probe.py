@@ -2,7 +2,7 @@
 
 For the pairs of rigid bench folders (the `data_*` folder of a `regplugins bench` kind), starts
 1.5 degrees and 1.5 mm off the true motion about a random axis (about where the network leaves a
-pair), finishes with `regplugins.rigid.refinement.refine_rigid` and the keyword arguments given,
+pair), finishes with `regplugins.alignment.finish_affine` (rigid) and the keyword arguments given,
 and prints each pair's errors, the seconds of the finish with both images read, and the means.
 
     python experiments/rigid_torch_finish_probe.py bench/rigid_mni152/data_rigid_mni152_8x128x128x128 "{'num_bins': 32}"
@@ -16,11 +16,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from regplugins.alignment import finish_affine
 from regplugins.io import registration_pairs
 from regplugins.metrics import rigid_errors
 from regplugins.rigid.parameters import grid_center_lps, rigid_matrix
-from regplugins.rigid.refinement import refine_rigid
-from regplugins.transforms.rigid import refinement_image
+from regplugins.transforms import native_image
 
 folder, variant = Path(sys.argv[1]), dict(eval(sys.argv[2])) if len(sys.argv) > 2 else {}
 rng = np.random.default_rng(0)
@@ -32,7 +32,7 @@ for pair in registration_pairs(datalist=str(folder / "datalist.json")):
     axis, shift = rng.normal(size=3), rng.normal(size=3)
     start = truth @ rigid_matrix(1.5 * axis / np.linalg.norm(axis), 1.5 * shift / np.linalg.norm(shift), center)
     started = time.perf_counter()
-    found = refine_rigid(refinement_image(pair["fixed"]), refinement_image(pair["moving"]), start, center, **variant)
+    found = finish_affine(native_image(pair["fixed"]), native_image(pair["moving"]), start, center, **variant)
     error = rigid_errors(found, truth, center)
     errors.append((error["rotation_error_deg"], error["translation_error_mm"], time.perf_counter() - started))
     print(Path(pair["moving"]).name, "{:.3f} deg {:.3f} mm {:.2f} s".format(*errors[-1]), flush=True)

@@ -339,21 +339,82 @@ def test_finish_recovers_a_known_motion_from_where_the_network_leaves_it(mni152_
     """From 1.5 degrees and 1.5 mm off the true motion (about the network's error), the finish on the native
     3 mm grids ends within a sixth of a voxel (0.12 degrees, 0.28 mm when written), and its mutual information
     beats the start's and ties the truth's."""
+    from regplugins.alignment import finish_affine, mutual_information
     from regplugins.metrics import rigid_errors
-    from regplugins.rigid.refinement import mutual_information, refine_rigid
-    from regplugins.transforms.rigid import refinement_image
+    from regplugins.transforms import native_image
 
     pair = registration_pairs(datalist=str(mni152_rigid_pairs[path]))[0]
     truth = np.asarray(json.loads(open(pair["true_rigid"]).read())["matrix"])
     center = grid_center_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
     start = truth @ rigid_matrix([1.2, -0.6, 0.67], [0.9, 0.9, -0.8], center)
-    fixed, moving = refinement_image(pair["fixed"]), refinement_image(pair["moving"])
+    fixed, moving = native_image(pair["fixed"]), native_image(pair["moving"])
     assert rigid_errors(start, truth, center)["rotation_error_deg"] > 1.4
-    found = refine_rigid(fixed, moving, start, center)
+    found = finish_affine(fixed, moving, start, center)
     errors = rigid_errors(found, truth, center)
     assert errors["rotation_error_deg"] < 0.25 and errors["translation_error_mm"] < 0.5, errors
     values = [mutual_information(fixed, moving, matrix) for matrix in (start, found, truth)]
     assert values[1] < values[0] - 0.02 and abs(values[1] - values[2]) < 0.005, values
+
+
+def test_affine_finish_takes_a_stretched_start_back_to_the_true_motion(mni152_rigid_pairs):
+    """The pre-alignment's use of the finish: a start stretched by 4 % along one axis and 1 degree and 1 mm off the
+    true motion of a CT/T1 pair ends with the head's points within a sixth of a 3 mm voxel of the truth's,
+    a third of the start's distance or less (the rigid finish cannot undo the stretch: it stays about 1.5 mm off)."""
+    from regplugins.alignment import finish_affine
+    from regplugins.transforms import native_image
+
+    pair = registration_pairs(datalist=str(mni152_rigid_pairs["ct_mr"]))[0]
+    truth = np.asarray(json.loads(open(pair["true_rigid"]).read())["matrix"])
+    native = nib.load(pair["fixed"])
+    center = grid_center_lps(native.affine, native.shape)
+    stretch = np.eye(4)
+    stretch[0, 0], stretch[0, 3] = 1.04, -0.04 * center[0]  # about the centre
+    start = truth @ rigid_matrix([0.8, -0.5, 0.3], [0.6, 0.6, -0.5], center) @ stretch
+    head = np.argwhere(np.asarray(native.dataobj) > np.percentile(native.dataobj, 60))[::50].T
+    points = np.vstack([(native.affine[:3, :3] @ head + native.affine[:3, 3:]) * [[-1], [-1], [1]], np.ones(head.shape[1])])  # LPS
+
+    def distance(matrix):
+        return float(np.linalg.norm((matrix @ points - truth @ points)[:3], axis=0).mean())
+
+    fixed, moving = native_image(pair["fixed"]), native_image(pair["moving"])
+    found = {transform: finish_affine(fixed, moving, start, center, transform=transform) for transform in ("rigid", "affine")}
+    assert distance(start) > 1.5
+    assert distance(found["affine"]) < min(0.5, distance(start) / 3) < distance(found["rigid"]), (
+        distance(start),
+        distance(found["affine"]),
+        distance(found["rigid"]),
+    )
+
+
+def test_prealignment_finished_on_the_native_images_is_closer_than_the_fit_on_a_coarse_grid(mni152_rigid_pairs):
+    """``AffineAlignd(finish=True)``, as FIRE runs it: a rigid fit on a 6 mm working grid, then finished on the
+    native 3 mm images read from their files, ends nearer the true motion than the fit alone (0.13 degrees and
+    0.32 mm against 0.60 and 0.56 when written)."""
+    from monai.transforms import Compose, CopyItemsd, LoadImaged, ResampleToMatchd, Spacingd
+
+    from regplugins.metrics import rigid_errors
+    from regplugins.transforms import AffineAlignd, NormalizeModalityd
+
+    pair = registration_pairs(datalist=str(mni152_rigid_pairs["ct_mr"]))[0]
+    truth = np.asarray(json.loads(open(pair["true_rigid"]).read())["matrix"])
+    center = grid_center_lps(nib.load(pair["fixed"]).affine, nib.load(pair["fixed"]).shape)
+    front = Compose(
+        [
+            LoadImaged(keys=["fixed", "moving"], ensure_channel_first=True, image_only=True),
+            NormalizeModalityd(keys=["fixed", "moving"]),
+            CopyItemsd(keys="moving", names="native_moving"),
+            Spacingd(keys="fixed", pixdim=6.0),
+            ResampleToMatchd(keys="moving", key_dst="fixed", padding_mode="zeros"),
+        ]
+    )
+    data = front({"fixed": pair["fixed"], "moving": pair["moving"]})
+    errors = {}
+    for finish in (False, True):
+        matrix = AffineAlignd("moving", transform="rigid", moving_domain_key="native_moving", finish=finish)(dict(data))["prealign_matrix"]
+        grid = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(data["fixed"].affine, dtype=np.float64)  # working voxels to LPS
+        errors[finish] = rigid_errors(grid @ matrix.numpy() @ np.linalg.inv(grid), truth, center)
+    assert errors[True]["rotation_error_deg"] < 0.3 and errors[True]["translation_error_mm"] < 0.5, errors
+    assert sum(errors[True].values()) < sum(errors[False].values()), errors
 
 
 def test_a_wrong_network_estimate_is_caught_by_mutual_information(rigid_pairs, caplog):

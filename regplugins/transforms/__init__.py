@@ -12,4 +12,5 @@ from .spatial import (
     RefineDisplacementd,
     Warpd,
     label_overlap_postprocessing,
+    native_image,
 )

@@ -15,20 +15,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
-from regplugins.alignment import warp_affine
+from regplugins.alignment import finish_affine, mutual_information, warp_affine
 from regplugins.io import pair_output_name
 from regplugins.outputs import warp_native_images, write_registration_outputs
 from regplugins.rigid.parameters import grid_center_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
-from regplugins.rigid.refinement import RefinementImage, mutual_information, refine_rigid
-from regplugins.transforms.intensity import NormalizeModalityd
-from regplugins.transforms.spatial import keep_best_stage
+from regplugins.transforms.spatial import keep_best_stage, native_image
 from regplugins.utils import as_flag
 
-__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path", "refinement_image"]
-
-# every image, CT included, between these percentiles for the finish, as ANTs winsorises before Mattes MI: the
-# network's CT window (-200 to 300 HU) saturates the skull, and left the finish 0.09 degrees off on CT/T1 heads (0.03 so)
-_FINISH_INTENSITIES = NormalizeModalityd(keys="image", modality="mr", mr_percentiles=(0.5, 99.5))
+__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
 
 
 class RandHeadScaled(Randomizable, MapTransform):
@@ -151,18 +145,10 @@ def network_matrix(parameters: torch.Tensor, working: MetaTensor) -> np.ndarray:
     return rigid_matrix(parameters[:3], parameters[3:], grid_center_lps(working.affine, working.shape[1:]))
 
 
-def refinement_image(path: str | Path) -> RefinementImage:
-    """The image at ``path`` on its own grid as the finish takes it: intensities between its 0.5 and 99.5 percentiles, LPS affine."""
-    native = nib.load(str(path))
-    image = torch.from_numpy(np.ascontiguousarray(native.dataobj, dtype=np.float32).reshape(native.shape[:3]))
-    voxels_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ native.affine
-    return RefinementImage(_FINISH_INTENSITIES.normalize(image, "mr"), torch.from_numpy(voxels_to_lps))
-
-
 class RefineRigidd(MapTransform):
     """Finish the network's estimate by mutual information on the native images, and keep the best transform.
 
-    The network sees both heads on a 5 mm grid; :func:`regplugins.rigid.refinement.refine_rigid`
+    The network sees both heads on a 5 mm grid; :func:`regplugins.alignment.finish_affine`
     (mutual information, fresh random samples at every step, the images' own grids) takes it to a
     few hundredths of a degree. It starts from whichever of the identity and the network's
     estimate the images agree with more, and mutual information, measured on one sample for
@@ -190,14 +176,14 @@ class RefineRigidd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
-        fixed, moving = refinement_image(fixed_path), refinement_image(moving_path)
+        fixed, moving = native_image(fixed_path), native_image(moving_path)
         native = nib.load(fixed_path)
         center = grid_center_lps(native.affine, native.shape[:3])
         candidates = {"none": np.eye(4), "network": network_matrix(d[self.parameters_key], d[self.fixed_key])}
         values = {name: mutual_information(fixed, moving, matrix) for name, matrix in candidates.items()}
         if self.refine:
             start = min(values, key=values.get)
-            candidates["refinement"] = refine_rigid(fixed, moving, candidates[start], center)
+            candidates["refinement"] = finish_affine(fixed, moving, candidates[start], center)
             values["refinement"] = mutual_information(fixed, moving, candidates["refinement"])
         kept = keep_best_stage(pair_output_name(moving_path, fixed_path), values, "negative mutual information")
         d[self.matrix_key] = candidates[kept]
