@@ -246,7 +246,7 @@ def _random_voxels(shape: Sequence[int], count: int, generator: torch.Generator)
 def _inside(voxel_matrix: torch.Tensor, points: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Which fixed voxels ``points`` ``(3, K)`` the moving voxel matrix sends inside the moving grid ``shape``.
 
-    ITK's metrics skip a point that leaves the moving image, so does this refinement: zeros there
+    ITK's metrics skip a point that leaves the moving image, so does the finish: zeros there
     are not air, and a moving image that covers part of the head would otherwise be pulled over it.
     """
     moved = apply_affine(voxel_matrix.float(), points)
@@ -307,13 +307,13 @@ def finish_affine(
         num_bins: of the joint histogram (32: the same rotation, 0.002-0.004 mm further off).
         seed: of the draws, so that a pair always gets the same answer.
     """
-    start = torch.as_tensor(matrix, dtype=torch.float64)
-    center = torch.as_tensor(np.asarray(center_mm, dtype=np.float64))
     if transform not in ("rigid", "affine"):
         raise ValueError(f'transform must be "rigid" or "affine", got {transform!r}.')
+    start = torch.as_tensor(matrix, dtype=torch.float64)
+    center = torch.as_tensor(np.asarray(center_mm, dtype=np.float64))
     rotation = torch.zeros(3, dtype=torch.float64, requires_grad=True)
     translation = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    stretch = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    stretch = torch.zeros(3, 3, dtype=torch.float64, requires_grad=(transform == "affine"))
     parameters = (rotation, translation, stretch)
     similarity = ParzenMutualInformationLoss(num_bins)
     generator = torch.Generator().manual_seed(seed)
