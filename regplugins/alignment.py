@@ -223,6 +223,12 @@ class NativeImage(NamedTuple):
     image: torch.Tensor
     affine: torch.Tensor
 
+    @property
+    def center_mm(self) -> np.ndarray:
+        """The grid's centre (LPS mm): where :func:`finish_affine` turns a head about, as ITK's Euler transform does."""
+        middle = (torch.tensor(self.image.shape, dtype=torch.float64) - 1) / 2
+        return (self.affine[:3, :3] @ middle + self.affine[:3, 3]).numpy()
+
 
 def _native_level(image: NativeImage, spacing_mm: float) -> NativeImage:
     """``image`` averaged over boxes of about ``spacing_mm`` (whole voxels per axis, none where the grid is coarser already)."""

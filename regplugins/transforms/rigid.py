@@ -177,13 +177,11 @@ class RefineRigidd(MapTransform):
         d = dict(data)
         fixed_path, moving_path = (d[key].meta["filename_or_obj"] for key in (self.fixed_key, self.moving_key))
         fixed, moving = native_image(fixed_path), native_image(moving_path)
-        native = nib.load(fixed_path)
-        center = grid_center_lps(native.affine, native.shape[:3])
         candidates = {"none": np.eye(4), "network": network_matrix(d[self.parameters_key], d[self.fixed_key])}
         values = {name: mutual_information(fixed, moving, matrix) for name, matrix in candidates.items()}
         if self.refine:
             start = min(values, key=values.get)
-            candidates["refinement"] = finish_affine(fixed, moving, candidates[start], center)
+            candidates["refinement"] = finish_affine(fixed, moving, candidates[start], fixed.center_mm)
             values["refinement"] = mutual_information(fixed, moving, candidates["refinement"])
         kept = keep_best_stage(pair_output_name(moving_path, fixed_path), values, "negative mutual information")
         d[self.matrix_key] = candidates[kept]

@@ -286,9 +286,7 @@ class AffineAlignd(MapTransform):
         native_fixed, native_moving = (native_image(path) for path in paths)
         grid = _RAS_TO_LPS @ np.asarray(fixed.affine, dtype=np.float64)  # working voxels to LPS
         start = grid @ matrix.numpy() @ np.linalg.inv(grid)
-        middle = (torch.tensor(native_fixed.image.shape, dtype=torch.float64) - 1) / 2  # the fixed grid's centre, in voxels
-        center = (native_fixed.affine[:3, :3] @ middle + native_fixed.affine[:3, 3]).numpy()
-        found = finish_affine(native_fixed, native_moving, start, center, transform=self.transform)
+        found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform)
         return torch.from_numpy(np.linalg.inv(grid) @ found @ grid)
 
     def _fit_args(self, fixed: torch.Tensor) -> dict:
