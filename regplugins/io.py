@@ -259,7 +259,9 @@ def checked_pairs(fixed_image: str = "", moving_image: str = "", moving_label: s
     return pairs
 
 
-def checked_settings(prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None, ddf_spacing=None) -> bool:
+def checked_settings(
+    prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None, ddf_spacing=None, prealign_finish=None
+) -> bool:
     """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
 
     Bundle configs call this in ``initialize``, before the pairs are checked; a setting the
@@ -276,6 +278,8 @@ def checked_settings(prealign: str | None = None, refine_iterations=None, refine
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
     if ddf_spacing is not None and (isinstance(ddf_spacing, bool) or not isinstance(ddf_spacing, (int, float)) or not 0 <= ddf_spacing < 1e3):
         raise SystemExit(f"error: ddf_spacing: {ddf_spacing!r} is not 0 (the fixed grid) or a spacing in mm.")
+    if prealign_finish is not None and not (isinstance(prealign_finish, bool) or str(prealign_finish).strip().lower() in ("true", "false", "auto")):
+        raise SystemExit(f"error: prealign_finish: {prealign_finish!r} is not true, false or auto.")
     return True
 
 

@@ -1,10 +1,15 @@
+from pathlib import Path
+
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from regplugins.alignment import fit_affine, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.layers import ImageDomain, apply_affine, voxel_grid
 from regplugins.transforms import AffineAlignd, ComposeAffined, NormalizeModalityd
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +140,26 @@ def test_prealignment_fits_at_levels_in_millimetres_on_a_grid_finer_than_its_spa
     assert torch.equal(fitted, fit_affine(pair["fixed"][0], pair["moving"][0], transform="rigid", levels=(6, 3, 1.5)))
     assert head_point_error(torch.eye(4, dtype=torch.float64), truth, head) > 4.0
     assert head_point_error(fitted, truth, head) < 0.5  # voxels of 2 mm: the finest level, 3 mm, is a fractional one
+
+
+@pytest.mark.parametrize(
+    "bundle", ["fcn_multires_selfsup_reg", "ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"]
+)
+def test_the_deformable_bundles_finish_the_prealignment_only_when_no_refinement_follows(bundle):
+    """prealign_finish "auto": the network's field is final without the refinement, and the finish then pays."""
+    import regplugins
+
+    def finishes(**settings) -> bool:
+        parser = ConfigParser(globals={"regplugins": regplugins, "torch": torch})
+        parser.read_config([str(ROOT / "bundles/_shared/configs/inference_common.json"), str(ROOT / f"bundles/{bundle}/configs/inference.json")])
+        for key, value in settings.items():
+            parser[key] = value
+        (align,) = [t for t in parser.get_parsed_content("preprocessing").transforms if isinstance(t, AffineAlignd)]
+        return align.finish
+
+    assert not finishes()
+    assert finishes(refine_iterations=0)
+    assert finishes(prealign_finish="true") and not finishes(prealign_finish="false", refine_iterations=0)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's config error, the setting's own as its cause
+        finishes(prealign_finish="maybe")
+    assert "prealign_finish must be true or false" in str(raised.value.__cause__)

@@ -158,10 +158,11 @@ def test_bad_refinement_settings_stop_with_one_clear_error():
         ({"prealign": "syn"}, "error: prealign: 'syn' is not one of none, rigid, affine."),
         ({"ddf_spacing": -2.0}, r"error: ddf_spacing: -2.0 is not 0 \(the fixed grid\) or a spacing in mm."),
         ({"ddf_spacing": "3mm"}, "error: ddf_spacing: '3mm'"),
+        ({"prealign_finish": "maybe"}, "error: prealign_finish: 'maybe' is not true, false or auto."),
     ]:
         with pytest.raises(SystemExit, match=message):
             checked_settings(**settings)
-    assert checked_settings("affine", 30, "mind_ssc", 3.0) and checked_settings(ddf_spacing=0)
+    assert checked_settings("affine", 30, "mind_ssc", 3.0, "auto") and checked_settings(ddf_spacing=0, prealign_finish=False)
 
 
 def test_sampled_similarity_agrees_with_its_whole_image_form(pair, similarity):
