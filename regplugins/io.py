@@ -269,6 +269,7 @@ def checked_settings(
     """
     from regplugins.alignment import PREALIGNMENTS
     from regplugins.refinement import SIMILARITIES
+    from regplugins.utils import prealign_finish as resolved_finish
 
     if prealign is not None and prealign not in PREALIGNMENTS:
         raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(PREALIGNMENTS)}.")
@@ -278,8 +279,11 @@ def checked_settings(
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
     if ddf_spacing is not None and (isinstance(ddf_spacing, bool) or not isinstance(ddf_spacing, (int, float)) or not 0 <= ddf_spacing < 1e3):
         raise SystemExit(f"error: ddf_spacing: {ddf_spacing!r} is not 0 (the fixed grid) or a spacing in mm.")
-    if prealign_finish is not None and not (isinstance(prealign_finish, bool) or str(prealign_finish).strip().lower() in ("true", "false", "auto")):
-        raise SystemExit(f"error: prealign_finish: {prealign_finish!r} is not true, false or auto.")
+    if prealign_finish is not None:
+        try:
+            resolved_finish(prealign_finish, refine_iterations)
+        except ValueError:
+            raise SystemExit(f"error: prealign_finish: {prealign_finish!r} is not true, false or auto.") from None
     return True
 
 

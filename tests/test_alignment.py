@@ -4,6 +4,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+import regplugins
 from regplugins.alignment import fit_affine, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.layers import ImageDomain, apply_affine, voxel_grid
@@ -147,7 +148,6 @@ def test_prealignment_fits_at_levels_in_millimetres_on_a_grid_finer_than_its_spa
 )
 def test_the_deformable_bundles_finish_the_prealignment_only_when_no_refinement_follows(bundle):
     """prealign_finish "auto": the network's field is final without the refinement, and the finish then pays."""
-    import regplugins
 
     def finishes(**settings) -> bool:
         parser = ConfigParser(globals={"regplugins": regplugins, "torch": torch})
