@@ -15,7 +15,7 @@ from monai.engines import SupervisedTrainer
 from regplugins.engines import CyclicOptimizerUpdate, prepare_registration_batch
 from regplugins.io import load_itk_displacement_field
 from regplugins.layers import normalized_affine_flow, normalized_to_voxel, round_trip, sample, voxel_grid, warp_normalized
-from regplugins.losses import FIRELoss
+from regplugins.losses import FIRELoss, MINDLoss
 from regplugins.losses.fire import rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
@@ -134,6 +134,31 @@ def test_fire_loss_terms_are_finite_and_every_term_depends_on_the_network():
         assert FIRELoss(weights={"synthesis_regularisation": 0.5}).weights["synthesis_regularization"] == 0.5
 
 
+def test_a_direct_similarity_term_adds_to_the_papers_loss_and_reaches_the_transformation_networks():
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=2, **SMALL).train()
+    coordinates = torch.linspace(-1, 1, 32)
+    disc = (coordinates[:, None].square() + coordinates[None].square() < 0.4).float()
+    pair = torch.stack([disc.roll(3, dims=0), 1 - disc])[None] * 2 - 1  # a shifted disc against its inverted contrast
+    outputs = network(pair)
+    mind = MINDLoss(spatial_dims=2, reduction="none")
+    paper, with_similarity = FIRELoss(), FIRELoss(similarity=mind, similarity_weight=3.0)
+    term = with_similarity.terms(outputs)["registration_similarity"]
+    expected = mind(outputs["x_a_warped"], outputs["x_b"]) + mind(outputs["x_b_warped"], outputs["x_a"])
+    assert torch.allclose(term, expected) and float(term) > 0
+    assert torch.allclose(with_similarity(outputs), paper(outputs) + 3.0 * term)
+    assert "registration_similarity" not in paper.terms(outputs)
+    for group in ("affine", "nonrigid"):
+        grads = torch.autograd.grad(term.sum(), network.parameter_groups()[group], allow_unused=True, retain_graph=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), group
+    parser = ConfigParser()  # the train config's setting: none by default, MIND-SSC with a weight
+    parser.read_config(str(FIRE / "configs" / "train.json"))
+    assert parser.get_parsed_content("loss").similarity is None
+    parser.update({"spatial_dims": 2, "registration_similarity_weight": 100.0})
+    loss = parser.get_parsed_content("loss", lazy=False)
+    assert isinstance(loss.similarity, MINDLoss) and loss.similarity_weight == 100.0
+
+
 def test_three_optimizers_step_in_turn_and_each_touches_only_its_own_group():
     torch.manual_seed(0)
     network = FIRENet(spatial_dims=2, **SMALL)
@@ -184,8 +209,8 @@ def test_inverse_field_is_written_on_the_moving_grid_and_is_consistent_with_the_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dims_override", [[], ["--spatial_dims", "2"]], ids=["3d", "2d"])
-def test_train_config_runs_one_iteration_in_3d_and_with_one_override_in_2d(tmp_path, dims_override):
+@pytest.mark.parametrize("dims_override", [[], ["--spatial_dims", "2", "--registration_similarity_weight", "10.0"]], ids=["3d", "2d"])
+def test_train_config_runs_one_iteration_in_3d_and_in_2d_with_the_similarity_term(tmp_path, dims_override):
     size = ["--working_size", "32", "--working_spacing", "6.0"] if not dims_override else []
     result = run_bundle(
         "--num_train_pairs",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch.nn.modules.loss import _Loss
@@ -40,12 +41,27 @@ class FIRELoss(_Loss):
     survive in the text we have, so it is ``smoothness_weight``; ``weights`` optionally rescales
     any named term of :data:`FIRE_TERMS` (1 each, the paper's sum, by default).
 
+    ``similarity``, a departure from the paper (none by default), adds ``similarity_weight`` times a
+    direct similarity loss between each warped image and the other image, both directions
+    (``registration_similarity``), e.g. :class:`regplugins.losses.MINDLoss`. The paper's terms
+    reach the transformation networks only through the synthesis: until the synthesis is good,
+    their minimum is not at the alignment, and short trainings moved pre-aligned pairs away from
+    it (docs/experiments/fire_inverse_consistent_reg.md); a modality-independent similarity gives
+    the fields a signal that is right from the first step.
+
     Called as ``loss(outputs, target)`` by MONAI's trainer; ``outputs`` is the dictionary of
     :meth:`regplugins.networks.FIRENet.training_outputs`, which holds the inputs too, so
     ``target`` is ignored. :meth:`terms` gives each term's value for logging.
     """
 
-    def __init__(self, smoothness_weight: float = 10.0, weights: dict[str, float] | None = None, reduction: str = "mean"):
+    def __init__(
+        self,
+        smoothness_weight: float = 10.0,
+        weights: dict[str, float] | None = None,
+        similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        similarity_weight: float = 1.0,
+        reduction: str = "mean",
+    ):
         super().__init__(reduction=reduction)
         weights = dict(weights or {})
         for old, new in RENAMED_TERMS.items():
@@ -56,16 +72,23 @@ class FIRELoss(_Loss):
         if unknown:
             raise ValueError(f"unknown FIRE loss terms {sorted(unknown)}; choose from {sorted(FIRE_TERMS)}.")
         self.smoothness_weight = smoothness_weight
+        self.similarity = similarity
+        self.similarity_weight = similarity_weight
         self.weights = {name: 1.0 for name in FIRE_TERMS} | weights
 
     def terms(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each named term per sample, ``smoothness`` (unweighted) included."""
+        """Each named term per sample, ``smoothness`` and ``registration_similarity`` (unweighted) included."""
         values = {name: sum(rms(outputs[a], outputs[b]) for a, b in pairs) for name, pairs in FIRE_TERMS.items()}
         fields = [outputs["nonrigid_ab"], outputs["nonrigid_ba"]]
         values["smoothness"] = sum(laplacian(normalized_to_voxel(f)).square().sum(dim=1).flatten(1).mean(dim=1) for f in fields)
+        if self.similarity is not None:
+            pairs = (("x_a_warped", "x_b"), ("x_b_warped", "x_a"))
+            values["registration_similarity"] = sum(self.similarity(outputs[a], outputs[b]) for a, b in pairs)
         return values
 
     def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
         values = self.terms(outputs)
         total = sum(self.weights[name] * values[name] for name in FIRE_TERMS) + self.smoothness_weight * values["smoothness"]
+        if self.similarity is not None:
+            total = total + self.similarity_weight * values["registration_similarity"]
         return reduce_per_sample(total, self.reduction)
