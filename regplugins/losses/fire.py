@@ -43,11 +43,12 @@ class FIRELoss(_Loss):
 
     ``similarity``, a departure from the paper (none by default), adds ``similarity_weight`` times a
     direct similarity loss between each warped image and the other image, both directions
-    (``registration_similarity``), e.g. :class:`regplugins.losses.MINDLoss`. The paper's terms
+    (``registration_similarity``); it returns one value per sample, as
+    ``regplugins.losses.MINDLoss(reduction="none")``. The paper's terms
     reach the transformation networks only through the synthesis: until the synthesis is good,
     their minimum is not at the alignment, and short trainings moved pre-aligned pairs away from
-    it (docs/experiments/fire_inverse_consistent_reg.md); a modality-independent similarity gives
-    the fields a signal that is right from the first step.
+    it (docs/experiments/fire_inverse_consistent_reg.md); a modality-independent similarity does
+    not depend on the synthesis.
 
     Called as ``loss(outputs, target)`` by MONAI's trainer; ``outputs`` is the dictionary of
     :meth:`regplugins.networks.FIRENet.training_outputs`, which holds the inputs too, so
