@@ -12,16 +12,15 @@ import json
 import sys
 
 import torch
-from monai.bundle import ConfigParser
+from fire_validation_probe import parsed
 from monai.metrics import DiceMetric
 from monai.networks.blocks import Warp
 from monai.networks.utils import one_hot
 
 from regplugins.layers import normalized_to_voxel, resize_normalized, warp_normalized
 from regplugins.losses import MINDLoss
-from regplugins.losses.regularization import laplacian
+from regplugins.losses.fire import smoothness
 
-BUNDLE = "bundles/fire_inverse_consistent_reg"
 STEPS, LEARNING_RATE, SMOOTHNESS = 150, 2e-3, 0.1  # a step of 0.2 mm in normalised coordinates on the bench's heads
 
 
@@ -32,8 +31,7 @@ def optimised_field(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     optimizer, similarity = torch.optim.Adam([field], lr=LEARNING_RATE), MINDLoss(len(shape))
     for _ in range(STEPS):
         flow = resize_normalized(field, shape)
-        smoothness = laplacian(normalized_to_voxel(field)).square().sum(dim=1).mean()
-        loss = similarity(warp_normalized(moving, flow), fixed) + SMOOTHNESS * smoothness
+        loss = similarity(warp_normalized(moving, flow), fixed) + SMOOTHNESS * smoothness(field).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -41,9 +39,7 @@ def optimised_field(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
 
 
 def main(overrides: dict) -> None:
-    parser = ConfigParser()
-    parser.read_config(f"{BUNDLE}/configs/train.json")
-    parser.update({"bundle_root": BUNDLE, "device": "$torch.device('cpu')", "validate#handlers": [], **overrides})
+    parser = parsed(overrides)
     num_labels, warp = parser["num_labels"], Warp(mode="nearest", padding_mode="border")
     before, after = DiceMetric(include_background=False), DiceMetric(include_background=False)
     for pair in parser.get_parsed_content("validate#dataset"):

@@ -15,17 +15,16 @@ import sys
 import time
 
 import torch
-from monai.bundle import ConfigParser
+from fire_validation_probe import parsed
 from monai.metrics import DiceMetric
 from monai.networks.blocks import Warp
 from monai.networks.utils import one_hot
 
 from regplugins.layers import normalized_affine_flow, normalized_to_voxel, resize_normalized, warp_normalized
+from regplugins.losses.fire import smoothness
 from regplugins.losses.mind import MINDDescriptor
-from regplugins.losses.regularization import laplacian
 from regplugins.networks.fire import compose_affine_nonrigid
 
-BUNDLE = "bundles/fire_inverse_consistent_reg"
 SMOOTHNESS, LOG_EVERY = 0.1, 250
 DIRECTIONS = (("ab", 0, 1), ("ba", 1, 0))  # direction, source image, target image
 
@@ -64,9 +63,7 @@ def validation_dice(network, pairs: list, num_labels: int, device: torch.device)
 
 def main(weights: str, out: str, seconds: float, learning_rate: float, overrides: dict) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    parser = ConfigParser()
-    parser.read_config(f"{BUNDLE}/configs/train.json")
-    parser.update({"bundle_root": BUNDLE, "device": "$torch.device('cpu')", "validate#handlers": [], **overrides})
+    parser = parsed(overrides)
     network = parser.get_parsed_content("network")
     state = torch.load(weights, map_location="cpu")
     network.load_state_dict(state.get("model", state))
@@ -86,8 +83,7 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
         for direction, source, target in DIRECTIONS:
             field, flow = fields(network, item, direction)
             moved = warp_normalized(item["descriptors"][source].float(), flow)
-            smoothness = laplacian(normalized_to_voxel(field)).square().sum(dim=1).mean()
-            loss = loss + (moved - item["descriptors"][target].float()).square().mean() + SMOOTHNESS * smoothness
+            loss = loss + (moved - item["descriptors"][target].float()).square().mean() + SMOOTHNESS * smoothness(field).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

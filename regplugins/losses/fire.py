@@ -33,6 +33,11 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().flatten(1).mean(dim=1).add(1e-12).sqrt()
 
 
+def smoothness(field: torch.Tensor) -> torch.Tensor:
+    """``R_smooth`` of one normalised non-rigid field per sample: its mean squared Laplacian, in voxels of its own grid."""
+    return laplacian(normalized_to_voxel(field)).square().sum(dim=1).flatten(1).mean(dim=1)
+
+
 class FIRELoss(_Loss):
     """``L = L_syn + L_reg + R``, with ``R = R_syn + R_reg + lambda * R_smooth`` (eq. 1-4).
 
@@ -81,7 +86,7 @@ class FIRELoss(_Loss):
         """Each named term per sample, ``smoothness`` and ``registration_similarity`` (unweighted) included."""
         values = {name: sum(rms(outputs[a], outputs[b]) for a, b in pairs) for name, pairs in FIRE_TERMS.items()}
         fields = [outputs["nonrigid_ab"], outputs["nonrigid_ba"]]
-        values["smoothness"] = sum(laplacian(normalized_to_voxel(f)).square().sum(dim=1).flatten(1).mean(dim=1) for f in fields)
+        values["smoothness"] = sum(smoothness(f) for f in fields)
         if self.similarity is not None:
             pairs = (("x_a_warped", "x_b"), ("x_b_warped", "x_a"))
             values["registration_similarity"] = sum(self.similarity(outputs[a], outputs[b]) for a, b in pairs)
