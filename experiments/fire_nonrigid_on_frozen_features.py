@@ -4,10 +4,12 @@ encoder features, affines and MIND-SSC descriptors are computed once, so that a 
 non-rigid networks and two warps of the descriptors instead of the whole FIRE (15 s a step at 96^3 on 2
 CPU cores, 1 s here). Loss: the descriptors' mean squared difference after the warp, both directions,
 plus `SMOOTHNESS` times `FIRELoss`'s Laplacian of the fields. Validation Dice as `fire_validation_probe.py`
-every `LOG_EVERY` steps; the weights (the whole FIRE) are saved at the end.
+every `LOG_EVERY` steps; the weights (the whole FIRE) are saved at the end. With TRAIN_PAIRS, only the
+first that many training pairs, and their own Dice beside the validation's: can the sub-networks fit a
+pair at all (capacity), and does what they fit carry to other pairs?
 
     python experiments/fire_nonrigid_on_frozen_features.py WEIGHTS OUT.pt SECONDS LEARNING_RATE \
-        '{"working_size": 96, "working_spacing": 2.0, "cache_dir": "cache96", ...}'
+        '{"working_size": 96, "working_spacing": 2.0, "cache_dir": "cache96", ...}' [TRAIN_PAIRS]
 """
 
 import json
@@ -61,7 +63,7 @@ def validation_dice(network, pairs: list, num_labels: int, device: torch.device)
     return float(metric.aggregate())
 
 
-def main(weights: str, out: str, seconds: float, learning_rate: float, overrides: dict) -> None:
+def main(weights: str, out: str, seconds: float, learning_rate: float, overrides: dict, train_pairs: int = 0) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parser = parsed(overrides)
     network = parser.get_parsed_content("network")
@@ -70,10 +72,20 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
     network.to(device).eval()
     describe = MINDDescriptor(3).to(device)
     start = time.time()
-    train = [frozen_inputs(network, pair, device, describe) for pair in parser.get_parsed_content("train#dataset")]
+    pairs = parser.get_parsed_content("train#dataset")
+    pairs = [pairs[i] for i in range(train_pairs or len(pairs))]
+    train = [frozen_inputs(network, pair, device, describe) for pair in pairs]
+    fitted = list(zip(train, pairs)) if train_pairs else []
     val = [(frozen_inputs(network, pair, device), pair) for pair in parser.get_parsed_content("validate#dataset")]
     print(f"{len(train)} training and {len(val)} validation pairs encoded in {time.time() - start:.0f} s", flush=True)
-    print(f"step 0: validation Dice {validation_dice(network, val, parser['num_labels'], device):.4f}", flush=True)
+
+    def dice() -> str:
+        scores = [f"validation Dice {validation_dice(network, val, parser['num_labels'], device):.4f}"]
+        if fitted:
+            scores.append(f"training pairs' Dice {validation_dice(network, fitted, parser['num_labels'], device):.4f}")
+        return ", ".join(scores)
+
+    print(f"step 0: {dice()}", flush=True)
     nonrigid = [*network.transform_ab.nonrigid.parameters(), *network.transform_ba.nonrigid.parameters()]
     optimizer, generator = torch.optim.Adam(nonrigid, lr=learning_rate), torch.Generator().manual_seed(0)
     start, step, losses = time.time(), 0, []
@@ -89,12 +101,11 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
         optimizer.step()
         step, losses = step + 1, losses + [loss.item()]
         if step % LOG_EVERY == 0:
-            dice = validation_dice(network, val, parser["num_labels"], device)
-            print(f"step {step}, {time.time() - start:.0f} s: loss {sum(losses) / len(losses):.4f}, validation Dice {dice:.4f}", flush=True)
+            print(f"step {step}, {time.time() - start:.0f} s: loss {sum(losses) / len(losses):.4f}, {dice()}", flush=True)
             losses = []
-    print(f"step {step}: validation Dice {validation_dice(network, val, parser['num_labels'], device):.4f}", flush=True)
+    print(f"step {step}: {dice()}", flush=True)
     torch.save(network.cpu().state_dict(), out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5]))
+    main(*sys.argv[1:3], float(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5]), *map(int, sys.argv[6:]))
