@@ -4,10 +4,11 @@ encoder features, affines and MIND-SSC descriptors are computed once, so that a 
 non-rigid networks and two warps of the descriptors instead of the whole FIRE (15 s a step at 96^3 on 2
 CPU cores, 1 s here). Loss: the descriptors' mean squared difference after the warp, both directions,
 plus `SMOOTHNESS` times `FIRELoss`'s Laplacian of the fields. Validation Dice as `fire_validation_probe.py`
-every `LOG_EVERY` steps; the weights (the whole FIRE) are saved at the end, and at their best validation
-Dice as OUT_best.pt (on a GPU a run makes thousands of steps, and the last need not be the best). With TRAIN_PAIRS, only the
-first that many training pairs, and their own Dice beside the validation's: can the sub-networks fit a
-pair at all (capacity), and does what they fit carry to other pairs?
+every `LOG_EVERY` steps. The weights (the whole FIRE) are saved at the end as OUT, and at their best
+validation Dice as OUT_best.pt: on a GPU a run makes thousands of steps, and the last need not be the best.
+
+With TRAIN_PAIRS, only the first that many training pairs, and their own Dice beside the validation's:
+can the sub-networks fit a pair at all (capacity), and does what they fit carry to other pairs?
 
     python experiments/fire_nonrigid_on_frozen_features.py WEIGHTS OUT.pt SECONDS LEARNING_RATE \
         '{"working_size": 96, "working_spacing": 2.0, "cache_dir": "cache96", ...}' [TRAIN_PAIRS]
@@ -80,12 +81,14 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
     val = [(frozen_inputs(network, pair, device), pair) for pair in parser.get_parsed_content("validate#dataset")]
     print(f"{len(train)} training and {len(val)} validation pairs encoded in {time.time() - start:.0f} s", flush=True)
 
-    best, best_path = [-1.0], out.removesuffix(".pt") + "_best.pt"
+    best_dice, best_path = -1.0, out.removesuffix(".pt") + "_best.pt"
 
     def dice() -> str:
+        """The log's Dice; saves the weights when the validation Dice is the best so far."""
+        nonlocal best_dice
         score = validation_dice(network, val, parser["num_labels"], device)
-        if score > best[0]:
-            best[0] = score
+        if score > best_dice:
+            best_dice = score
             torch.save({key: value.cpu() for key, value in network.state_dict().items()}, best_path)
         scores = [f"validation Dice {score:.4f}"]
         if fitted:
