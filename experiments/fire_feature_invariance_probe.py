@@ -13,16 +13,16 @@ import sys
 from pathlib import Path
 
 import torch
+from fire_validation_probe import parsed
 from monai.transforms import Compose, LoadImaged, Orientationd, ResizeWithPadOrCropd, ScaleIntensityRanged, Spacingd
 
-from regplugins.networks import FIRENet
 from regplugins.transforms import NormalizeModalityd
 
 CONTRASTS = ("t1", "t2")
 
 
 def main(weights: str, working_size: int, working_spacing: float, *folders: str) -> None:
-    network = FIRENet(spatial_dims=3, in_channels=2, channels=[8, 16, 32], transform_channels=16)  # the bundle's network_def
+    network = parsed({"working_size": working_size, "working_spacing": working_spacing}).get_parsed_content("network")
     state = torch.load(weights, map_location="cpu")
     network.load_state_dict(state.get("model", state))
     network.eval()
