@@ -6,8 +6,9 @@ CPU cores, 1 s here). Loss: the descriptors' mean squared difference after the w
 plus `SMOOTHNESS` times `FIRELoss`'s Laplacian of the fields. LOSS `labels` compares the synthetic
 pairs' labels instead (soft Dice of the warped one-hot labels, as SynthMorph trains), a stronger signal
 than MIND-SSC's: on one pair four times MIND-SSC's gain in half the steps. Validation Dice as
-`fire_validation_probe.py` every `LOG_EVERY` steps. The weights (the whole FIRE) are saved at the end as OUT, and at their best
-validation Dice as OUT_best.pt: on a GPU a run makes thousands of steps, and the last need not be the best.
+`fire_validation_probe.py` every `LOG_EVERY` steps. The weights (the whole FIRE) are saved at the end
+as OUT, and at their best validation Dice as OUT_best.pt: on a GPU a run makes thousands of steps, and
+the last need not be the best.
 
 With TRAIN_PAIRS, only the first that many training pairs, and their own Dice beside the validation's:
 can the sub-networks fit a pair at all (capacity), and does what they fit carry to other pairs?
@@ -26,6 +27,7 @@ from monai.losses import DiceLoss
 from monai.metrics import DiceMetric
 from monai.networks.blocks import Warp
 from monai.networks.utils import one_hot
+from monai.utils import look_up_option
 
 from regplugins.layers import normalized_affine_flow, normalized_to_voxel, resize_normalized, warp_normalized
 from regplugins.losses.fire import smoothness
@@ -34,6 +36,7 @@ from regplugins.networks.fire import compose_affine_nonrigid
 
 SMOOTHNESS, LOG_EVERY = 0.1, 250
 DIRECTIONS = (("ab", 0, 1), ("ba", 1, 0))  # direction, source image, target image
+LOSSES = ("mind", "labels")
 
 
 def frozen_inputs(network, pair: dict, device: torch.device, compared=None) -> dict:
@@ -76,7 +79,7 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
     state = torch.load(weights, map_location="cpu")
     network.load_state_dict(state.get("model", state))
     network.to(device).eval()
-    if loss == "labels":
+    if look_up_option(loss, LOSSES) == "labels":
         compare = DiceLoss(include_background=False)
 
         def compared(pair, images):
