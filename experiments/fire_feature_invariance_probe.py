@@ -13,33 +13,24 @@ import sys
 from pathlib import Path
 
 import torch
-from fire_validation_probe import parsed
-from monai.transforms import Compose, LoadImaged, Orientationd, ResizeWithPadOrCropd, ScaleIntensityRanged, Spacingd
+from monai.bundle import ConfigParser
 
-from regplugins.transforms import NormalizeModalityd
-
-CONTRASTS = ("t1", "t2")
+BUNDLE = "bundles/fire_inverse_consistent_reg"
 
 
 def main(weights: str, working_size: int, working_spacing: float, *folders: str) -> None:
-    network = parsed({"working_size": working_size, "working_spacing": working_spacing}).get_parsed_content("network")
+    # the inference config's own preparation, without pre-alignment: the two images already share a grid
+    parser = ConfigParser()
+    parser.read_config([f"{BUNDLE}/../_shared/configs/inference_common.json", f"{BUNDLE}/configs/inference.json"])
+    grid = {"working_size": working_size, "working_spacing": working_spacing}
+    parser.update({"bundle_root": BUNDLE, "device": "$torch.device('cpu')", "prealign": "none", **grid})
+    network, prepare = parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing")
     state = torch.load(weights, map_location="cpu")
     network.load_state_dict(state.get("model", state))
     network.eval()
-    # as the inference config prepares an image for the network
-    prepare = Compose(
-        [
-            LoadImaged(CONTRASTS, ensure_channel_first=True, image_only=True),
-            NormalizeModalityd(CONTRASTS, modality="mr"),
-            Orientationd(CONTRASTS, "RAS"),
-            Spacingd(CONTRASTS, working_spacing),
-            ResizeWithPadOrCropd(CONTRASTS, [working_size] * 3),
-            ScaleIntensityRanged(CONTRASTS, 0.0, 1.0, -1.0, 1.0),
-        ]
-    )
     for path in sorted(p for folder in folders for p in Path(folder).glob("*_fixed_t1.nii.gz")):
-        images = prepare({contrast: str(path).replace("_fixed_t1.", f"_fixed_{contrast}.") for contrast in CONTRASTS})
-        t1, t2 = (torch.as_tensor(images[contrast])[None].float() for contrast in CONTRASTS)
+        pair = prepare({"moving": str(path), "fixed": str(path).replace("_fixed_t1.", "_fixed_t2.")})["image"]
+        t1, t2 = (torch.as_tensor(pair[i : i + 1])[None].float() for i in (0, 1))
         with torch.no_grad():
             features = [network.encoder(image) for image in (t1, t2, torch.roll(t1, 1, dims=2), torch.roll(t1, 2, dims=2))]
         head = torch.nn.functional.interpolate((t1 > -0.9).float(), size=features[0].shape[2:]) > 0.5

@@ -85,10 +85,7 @@ def main(weights: str, out: str, seconds: float, learning_rate: float, overrides
         def compared(pair, images):
             return [one_hot(pair[key][None].long(), parser["num_labels"]) for key in ("moving_label", "fixed_label")]
     else:
-        describe = MINDDescriptor(3).to(device)
-
-        def compare(moved, target):
-            return (moved - target).square().mean()
+        describe, compare = MINDDescriptor(3).to(device), torch.nn.functional.mse_loss
 
         def compared(pair, images):
             return [describe(images[:, i : i + 1]) for i in (0, 1)]
