@@ -31,6 +31,17 @@ def prepare_registration_batch(batchdata: dict, device=None, non_blocking: bool 
     return image, image
 
 
+def prepare_labelled_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+    """``(inputs, targets)`` for registration trained with labels: the pair, and its ``moving_label`` and ``fixed_label``.
+
+    For losses with a label term (:class:`regplugins.losses.FIRELoss` with ``label_weight``); the
+    losses that compare the images alone find them in the outputs.
+    """
+    image, _ = prepare_registration_batch(batchdata, device, non_blocking, **kwargs)
+    labels = {key: batchdata[key].to(device=device, non_blocking=non_blocking, **kwargs) for key in ("moving_label", "fixed_label")}
+    return image, labels
+
+
 def prepare_paired_batch(batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
     """``(inputs, targets)`` for training on paired data (:class:`regplugins.losses.IntraModalitySimilarityLoss`).
 

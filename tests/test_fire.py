@@ -12,11 +12,11 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
-from regplugins.engines import CyclicOptimizerUpdate, prepare_registration_batch
+from regplugins.engines import CyclicOptimizerUpdate, prepare_labelled_batch, prepare_registration_batch
 from regplugins.io import load_itk_displacement_field
 from regplugins.layers import normalized_affine_flow, normalized_to_voxel, round_trip, sample, voxel_grid, warp_normalized
 from regplugins.losses import FIRELoss, MINDLoss
-from regplugins.losses.fire import rms
+from regplugins.losses.fire import label_overlap, rms
 from regplugins.metrics import inverse_consistency_error
 from regplugins.networks import FIRENet
 from regplugins.networks.fire import AffineNetwork, KeypointAffineNetwork, compose_affine_nonrigid
@@ -130,8 +130,6 @@ def test_fire_loss_terms_are_finite_and_every_term_depends_on_the_network():
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     with pytest.raises(ValueError, match="unknown FIRE loss terms"):
         FIRELoss(weights={"typo": 1.0})
-    with pytest.warns(FutureWarning, match="synthesis_regularization since regplugins 0.9.0"):  # the old spelling, one release
-        assert FIRELoss(weights={"synthesis_regularisation": 0.5}).weights["synthesis_regularization"] == 0.5
 
 
 def test_a_direct_similarity_term_adds_to_the_papers_loss_and_reaches_the_transformation_networks():
@@ -157,6 +155,40 @@ def test_a_direct_similarity_term_adds_to_the_papers_loss_and_reaches_the_transf
     parser.update({"spatial_dims": 2, "registration_similarity_weight": 100.0})
     loss = parser.get_parsed_content("loss", lazy=False)
     assert isinstance(loss.similarity, MINDLoss) and loss.similarity_weight == 100.0
+
+
+def test_the_label_term_is_lowest_at_the_true_fields_and_trains_both_transformation_groups():
+    coordinates = torch.linspace(-1, 1, 32)
+    disc = (coordinates[:, None].square() + coordinates[None].square() < 0.4).float()
+    moving, fixed = disc.roll(3, dims=0), disc
+    batch = {"image": torch.stack([moving, 1 - fixed])[None] * 2 - 1, "moving_label": moving[None, None], "fixed_label": fixed[None, None]}
+    pair, labels = prepare_labelled_batch(batch)
+    assert torch.equal(pair, batch["image"]) and set(labels) == {"moving_label", "fixed_label"}
+    shift = torch.zeros(1, 2, 32, 32)
+    shift[:, 0] = 3 / 15.5  # three voxels along the first axis, normalised: warping the moving disc by it gives the fixed one
+    true = {"flow_ab": shift, "flow_ba": -shift}
+    identity = {"flow_ab": torch.zeros_like(shift), "flow_ba": torch.zeros_like(shift)}
+    assert float(label_overlap(true, labels, 2)) < 0.01 < 0.1 < float(label_overlap(identity, labels, 2))
+
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=2, **SMALL).train()
+    outputs = network(pair)
+    with_labels = FIRELoss(label_weight=2.0, num_labels=2)
+    term = with_labels.terms(outputs, labels)["label_overlap"]
+    assert torch.allclose(with_labels(outputs, labels), FIRELoss()(outputs) + 2.0 * term)
+    for group in ("affine", "nonrigid"):
+        grads = torch.autograd.grad(term.sum(), network.parameter_groups()[group], allow_unused=True, retain_graph=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), group
+    with pytest.raises(ValueError, match="moving_label and fixed_label"):
+        with_labels(outputs, pair)  # the images alone, as prepare_registration_batch gives them
+    with pytest.raises(ValueError, match="needs num_labels"):
+        FIRELoss(label_weight=1.0)
+    parser = ConfigParser()  # the train config's setting: none by default, the synthetic labels with a weight
+    parser.read_config(str(FIRE / "configs" / "train.json"))
+    assert parser.get_parsed_content("loss").label_weight == 0.0
+    parser.update({"spatial_dims": 2, "label_weight": 10.0})
+    loss = parser.get_parsed_content("loss", lazy=False)
+    assert loss.label_weight == 10.0 and loss.num_labels == parser.get_parsed_content("num_labels")
 
 
 def test_three_optimizers_step_in_turn_and_each_touches_only_its_own_group():
@@ -209,8 +241,10 @@ def test_inverse_field_is_written_on_the_moving_grid_and_is_consistent_with_the_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dims_override", [[], ["--spatial_dims", "2", "--registration_similarity_weight", "10.0"]], ids=["3d", "2d"])
-def test_train_config_runs_one_iteration_in_3d_and_in_2d_with_the_similarity_term(tmp_path, dims_override):
+@pytest.mark.parametrize(
+    "dims_override", [[], ["--spatial_dims", "2", "--registration_similarity_weight", "10.0", "--label_weight", "1.0"]], ids=["3d", "2d"]
+)
+def test_train_config_runs_one_iteration_in_3d_and_in_2d_with_the_similarity_and_label_terms(tmp_path, dims_override):
     size = ["--working_size", "32", "--working_spacing", "6.0"] if not dims_override else []
     result = run_bundle(
         "--num_train_pairs",

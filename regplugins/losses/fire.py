@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
+from monai.losses import DiceLoss
+from monai.networks.utils import one_hot
 from torch.nn.modules.loss import _Loss
 
-from regplugins.layers import normalized_to_voxel
+from regplugins.layers import normalized_to_voxel, warp_normalized
 
 from .regularization import laplacian
 from .utils import reduce_per_sample
@@ -24,8 +25,6 @@ FIRE_TERMS = {
     "synthesis_regularization": (("syn_b_affine", "x_b"), ("syn_a_affine", "x_a")),
     "registration_regularization": (("reg_b_affine", "x_b"), ("reg_a_affine", "x_a")),
 }
-# term names before MONAI's spelling (regplugins 0.9.0), still read until 0.10.0
-RENAMED_TERMS = {"synthesis_regularisation": "synthesis_regularization", "registration_regularisation": "registration_regularization"}
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -36,6 +35,19 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def smoothness(field: torch.Tensor) -> torch.Tensor:
     """``R_smooth`` of one normalised non-rigid field per sample: its mean squared Laplacian, in voxels of its own grid."""
     return laplacian(normalized_to_voxel(field)).square().sum(dim=1).flatten(1).mean(dim=1)
+
+
+def label_overlap(outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], num_labels: int) -> torch.Tensor:
+    """Soft Dice loss per sample of each image's one-hot labels warped onto the other's, both directions.
+
+    ``labels`` holds ``moving_label`` (of ``x_a``) and ``fixed_label`` (of ``x_b``), integer maps on the
+    working grid; the warp interpolates the one-hot channels linearly, so the term is differentiable
+    in the fields. The background counts as a label: it fixes the head's outline.
+    """
+    dice = DiceLoss(reduction="none")
+    onehot_a, onehot_b = (one_hot(labels[key].long(), num_labels).float() for key in ("moving_label", "fixed_label"))
+    pairs = ((warp_normalized(onehot_a, outputs["flow_ab"]), onehot_b), (warp_normalized(onehot_b, outputs["flow_ba"]), onehot_a))
+    return sum(dice(warped, target).flatten(1).mean(dim=1) for warped, target in pairs)
 
 
 class FIRELoss(_Loss):
@@ -55,9 +67,15 @@ class FIRELoss(_Loss):
     it (docs/experiments/fire_inverse_consistent_reg.md); a modality-independent similarity does
     not depend on the synthesis.
 
+    ``label_weight``, another departure (0 by default), adds that weight times
+    :func:`label_overlap` (``label_overlap``), as SynthMorph trains on synthetic label maps: the
+    labels say where each structure went whatever the two contrasts, a stronger signal for the
+    transformation networks than any similarity of the images. It needs ``target`` to hold the
+    pair's labels (:func:`regplugins.engines.prepare_labelled_batch`).
+
     Called as ``loss(outputs, target)`` by MONAI's trainer; ``outputs`` is the dictionary of
     :meth:`regplugins.networks.FIRENet.training_outputs`, which holds the inputs too, so
-    ``target`` is ignored. :meth:`terms` gives each term's value for logging.
+    ``target`` is needed only for the labels. :meth:`terms` gives each term's value for logging.
     """
 
     def __init__(
@@ -66,35 +84,43 @@ class FIRELoss(_Loss):
         weights: dict[str, float] | None = None,
         similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         similarity_weight: float = 1.0,
+        label_weight: float = 0.0,
+        num_labels: int | None = None,
         reduction: str = "mean",
     ):
         super().__init__(reduction=reduction)
         weights = dict(weights or {})
-        for old, new in RENAMED_TERMS.items():
-            if old in weights:
-                warnings.warn(f"FIRE loss term {old} is {new} since regplugins 0.9.0; the old name goes in 0.10.0.", FutureWarning, stacklevel=2)
-                weights[new] = weights.pop(old)
         unknown = set(weights) - set(FIRE_TERMS)
         if unknown:
             raise ValueError(f"unknown FIRE loss terms {sorted(unknown)}; choose from {sorted(FIRE_TERMS)}.")
+        if label_weight and not num_labels:
+            raise ValueError("FIRELoss needs num_labels for its label term (label_weight > 0).")
         self.smoothness_weight = smoothness_weight
+        self.label_weight = label_weight
+        self.num_labels = num_labels
         self.similarity = similarity
         self.similarity_weight = similarity_weight
         self.weights = {name: 1.0 for name in FIRE_TERMS} | weights
 
-    def terms(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each named term per sample, ``smoothness`` and ``registration_similarity`` (unweighted) included."""
+    def terms(self, outputs: dict[str, torch.Tensor], target: dict | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Each named term per sample, ``smoothness``, ``registration_similarity`` and ``label_overlap`` (unweighted) included."""
         values = {name: sum(rms(outputs[a], outputs[b]) for a, b in pairs) for name, pairs in FIRE_TERMS.items()}
         fields = [outputs["nonrigid_ab"], outputs["nonrigid_ba"]]
         values["smoothness"] = sum(smoothness(f) for f in fields)
         if self.similarity is not None:
             pairs = (("x_a_warped", "x_b"), ("x_b_warped", "x_a"))
             values["registration_similarity"] = sum(self.similarity(outputs[a], outputs[b]) for a, b in pairs)
+        if self.label_weight:
+            if not isinstance(target, dict) or not {"moving_label", "fixed_label"} <= set(target):
+                raise ValueError("FIRELoss's label term needs the pair's moving_label and fixed_label as target (prepare_labelled_batch).")
+            values["label_overlap"] = label_overlap(outputs, target, self.num_labels)
         return values
 
-    def forward(self, outputs: dict[str, torch.Tensor], target: torch.Tensor | None = None) -> torch.Tensor:
-        values = self.terms(outputs)
+    def forward(self, outputs: dict[str, torch.Tensor], target: dict | torch.Tensor | None = None) -> torch.Tensor:
+        values = self.terms(outputs, target)
         total = sum(self.weights[name] * values[name] for name in FIRE_TERMS) + self.smoothness_weight * values["smoothness"]
         if self.similarity is not None:
             total = total + self.similarity_weight * values["registration_similarity"]
+        if self.label_weight:
+            total = total + self.label_weight * values["label_overlap"]
         return reduce_per_sample(total, self.reduction)
