@@ -99,6 +99,7 @@ COLUMNS = (
     ("std_log_jacobian", "std log J"),
     ("field_error_mm", "field error mm"),
     ("inverse_consistency_mm", "inverse consistency mm"),
+    ("inverse_folding_percent", "inverse folding %"),
     ("rotation_error_deg", "rotation error deg"),
     ("translation_error_mm", "translation error mm"),
     ("head_dsc", "DSC"),

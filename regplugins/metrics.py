@@ -185,19 +185,23 @@ def read_rigid_matrix(path: str | Path) -> np.ndarray:
 def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int = 3) -> dict:
     """Score the contract outputs in ``output_folder`` for one datalist entry.
 
-    Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error,
-    inside the fixed labels when there are any)
+    Uses ``fixed_label`` (Dice, HD95, ASD of ``warped_label.nii.gz``), ``true_ddf`` (field error)
     and ``true_rigid`` (rotation and translation errors at the fixed grid's centre, and with
     ``true_ddf`` the rigid head paper's :func:`similarity_to_truth`) when the entry
     has them; ``ddf.nii.gz`` always gives folding and std(log J), and
-    ``inverse_ddf.nii.gz`` the inverse-consistency error when a bundle writes it.
+    ``inverse_ddf.nii.gz``, when a bundle writes it, the inverse-consistency error and the inverse's
+    own folding (FIRE's targets, both directions). The field error and the inverse consistency
+    count the head alone (the fixed labels) when there are labels: beyond it no image shows
+    where a point went, and a field is extrapolated there.
     """
     folder = Path(output_folder)
+    fixed_label = load_nifti(pair["fixed_label"], spatial_dims) if pair.get("fixed_label") else None
+    head = None if fixed_label is None else fixed_label[0] > 0
     field, affine = load_itk_displacement_field(folder / "ddf.nii.gz")
     jacobian = jacobian_determinant(field, affine)
     scores: dict = {"pair": folder.name, "folding_percent": folding_percent(jacobian), "std_log_jacobian": std_log_jacobian(jacobian)}
-    if pair.get("fixed_label") and (folder / "warped_label.nii.gz").exists():
-        truth, truth_affine = load_nifti(pair["fixed_label"], spatial_dims)
+    if fixed_label is not None and (folder / "warped_label.nii.gz").exists():
+        truth, truth_affine = fixed_label
         pred, _ = load_nifti(str(folder / "warped_label.nii.gz"), spatial_dims)
         spacing = np.linalg.norm(truth_affine[:spatial_dims, :spatial_dims], axis=0)
         per_label = label_overlap(pred, truth, spacing)
@@ -205,13 +209,11 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
         for metric in ("dice", "hd95", "asd"):
             scores[metric] = float(np.nanmean([v[metric] for v in per_label.values()]))
     if pair.get("true_ddf"):
-        # inside the head where labels say where it is: outside it no image shows where a point went
         true_field, _ = load_itk_displacement_field(pair["true_ddf"])
-        head = load_nifti(pair["fixed_label"], spatial_dims)[0] > 0 if pair.get("fixed_label") else None
         scores["field_error_mm"] = field_error(field, true_field, head)
     if pair.get("true_rigid"):
         # a rigid bundle's own matrix where it writes one, else the rigid part of its field
-        mask = load_nifti(pair["fixed_label"], spatial_dims)[0] if pair.get("fixed_label") else None
+        mask = None if fixed_label is None else fixed_label[0]
         rigid_file = folder / "rigid.json"
         matrix = read_rigid_matrix(rigid_file) if rigid_file.exists() else fit_rigid(field, affine, mask)
         center = affine[:spatial_dims, :spatial_dims] @ ((np.array(field.shape[1:]) - 1) / 2) + affine[:spatial_dims, spatial_dims]
@@ -224,7 +226,8 @@ def score_registration(pair: dict, output_folder: str | Path, spatial_dims: int 
             scores.update(similarity_to_truth(warped_label, mask, warped, true_warped))
     if (folder / "inverse_ddf.nii.gz").exists():
         inverse, inverse_affine = load_itk_displacement_field(folder / "inverse_ddf.nii.gz")
-        scores["inverse_consistency_mm"] = inverse_consistency_error(field, affine, inverse, inverse_affine)
+        scores["inverse_consistency_mm"] = inverse_consistency_error(field, affine, inverse, inverse_affine, head)
+        scores["inverse_folding_percent"] = folding_percent(jacobian_determinant(inverse, inverse_affine))
     return scores
 
 

@@ -8,6 +8,7 @@ from regplugins.metrics import (
     jacobian_determinant,
     label_overlap,
     rigid_errors,
+    score_registration,
     std_log_jacobian,
 )
 
@@ -36,6 +37,34 @@ def test_folding_is_detected():
     field = np.zeros_like(x)
     field[0] = -2.5 * x[0]  # x -> -1.5 x flips the first axis: every voxel folds
     assert folding_percent(jacobian_determinant(field, AFFINE)) == 100.0
+
+
+def test_registration_scores_check_the_inverse_over_the_head_and_its_own_folding(tmp_path):
+    """``inverse_ddf.nii.gz`` is scored where the fixed labels say the head is, and for folds of its own."""
+    from regplugins.io import save_itk_displacement_field, save_nifti
+
+    shape = (12, 8, 8)
+    forward = np.zeros((3, *shape))
+    forward[1] = 4.0
+    inverse = -forward
+    inverse[1, 6:] = 0.0  # wrong beyond the head, which is the first half of the first axis
+    head = np.zeros(shape)
+    head[:6] = 1
+    save_nifti(tmp_path / "head.nii.gz", head, AFFINE)
+    save_itk_displacement_field(tmp_path / "ddf.nii.gz", forward, AFFINE)
+    save_itk_displacement_field(tmp_path / "inverse_ddf.nii.gz", inverse, AFFINE)
+    scores = score_registration({"fixed_label": str(tmp_path / "head.nii.gz")}, tmp_path)
+    assert scores["inverse_consistency_mm"] < 1e-5
+    assert scores["inverse_folding_percent"] == 0.0
+    assert score_registration({}, tmp_path)["inverse_consistency_mm"] > 1.0  # without labels every point counts
+
+    x = world_points(shape, AFFINE)
+    flipped = np.zeros_like(x)
+    flipped[0] = -2.5 * x[0]  # x -> -1.5 x: every voxel of the moving grid folds, none of the fixed grid
+    save_itk_displacement_field(tmp_path / "inverse_ddf.nii.gz", flipped, AFFINE)
+    scores = score_registration({}, tmp_path)
+    assert scores["folding_percent"] == 0.0
+    assert scores["inverse_folding_percent"] == 100.0
 
 
 def test_inverse_consistency_and_field_error():
