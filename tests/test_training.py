@@ -83,6 +83,18 @@ def test_validation_warps_the_labels_at_the_synthesis_grid(name):
     assert torch.equal(warped[:30], pair["moving_label_full"][0, 2:].long())
 
 
+def test_fire_trains_on_the_anatomies_its_config_names():
+    """``anatomies`` deals FIRE's training seeds over generated heads and MNI152 subjects (labels 0-5), after its pre-alignment."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles/fire_inverse_consistent_reg/configs/train.json"))
+    parser.update(
+        {"working_shape": [24, 24, 24], "working_spacing": 8.0, "num_train_pairs": 2, "num_workers": 0, "anatomies": ["generated", "mni152"]}
+    )
+    train = parser.get_parsed_content("train#dataset")
+    generated, mni152 = (int(torch.as_tensor(train[i]["fixed_label"]).max()) for i in range(2))
+    assert mni152 <= 5 < generated
+
+
 @pytest.mark.parametrize("name", ["ct_mr_gradient_fusion_reg", "ct_mr_dual_similarity_reg", "fire_inverse_consistent_reg"])
 def test_synthesised_pairs_cached_on_disk_equal_the_in_memory_ones(name, tmp_path):
     """``cache_dir`` lets several runs share one synthesis; a cached pair must be the pair itself, its grids too (validation warps through them)."""

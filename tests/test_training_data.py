@@ -25,6 +25,18 @@ def test_synthetic_pairs_deal_the_seeds_over_the_modality_pairs_in_turn():
         assert torch.equal(torch.as_tensor(pair["moving"]), torch.as_tensor(alone["moving"]))
 
 
+def test_synthetic_pairs_deal_each_modality_pair_over_the_anatomies_and_keep_one_anatomys_seeds():
+    grid = {"shape": (24, 24, 24), "spacing": 8.0}
+    mixed = synthetic_pairs(4, [["t2", "t1"]], grid, first_seed=10, anatomies=["generated", "mni152"])
+    generated = synthetic_pairs(4, [["t2", "t1"]], grid, first_seed=10)
+    assert torch.equal(torch.as_tensor(mixed[0]["moving"]), torch.as_tensor(generated[0]["moving"]))  # seed 10
+    mni152 = SynthesizePaird(modalities=["t2", "t1"], anatomy="mni152", subject_deformation_mm=4.0, **grid)({"seed": 11})
+    assert torch.equal(torch.as_tensor(mixed[2]["fixed_label"]), torch.as_tensor(mni152["fixed_label"]))  # seeds 10, 12, then 11
+    assert not torch.equal(torch.as_tensor(mixed[2]["fixed_label"]), torch.as_tensor(generated[1]["fixed_label"]))
+    with pytest.raises(ValueError, match="anatomies must name"):
+        synthetic_pairs(2, [["t2", "t1"]], grid, anatomies=["atlas"])
+
+
 def test_synthetic_pairs_run_the_transforms_after_the_synthesis():
     dataset = synthetic_pairs(2, [["ct", "t1"]], SMALL, transforms=[Lambdad("moving", lambda image: image * 0.0)])
     assert all(float(dataset[i]["moving"].abs().max()) == 0.0 for i in range(2))

@@ -20,7 +20,7 @@ from regplugins.transforms import AntiAliasd, NormalizeModalityd
 
 from .synth import SynthesizePaird
 
-__all__ = ["augmented_pairs", "cached_pairs", "ct_mr_pairs", "synthetic_pairs", "user_pairs"]
+__all__ = ["ANATOMIES", "augmented_pairs", "cached_pairs", "ct_mr_pairs", "synthetic_pairs", "user_pairs"]
 
 
 def cached_pairs(
@@ -45,6 +45,11 @@ def _seeds_by_modalities(num_pairs: int, modality_pairs: Sequence[Sequence[str]]
     return [(list(pair), range(first_seed + k, first_seed + num_pairs, count)) for k, pair in enumerate(modality_pairs)]
 
 
+# the heads that synthetic_pairs can draw, as SyntheticPairGenerator arguments: the MNI152 head as one subject
+# per seed, deformed as the bench's MNI152 kinds deform it (regplugins.bench.SYNTHETIC_SETS)
+ANATOMIES = {"generated": {}, "mni152": {"anatomy": "mni152", "subject_deformation_mm": 4.0}}
+
+
 def _joined(datasets: list[Dataset]) -> Dataset:
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
@@ -58,23 +63,32 @@ def synthetic_pairs(
     cache_dir: str | None = None,
     cache_rate: float = 1.0,
     num_workers: int = 0,
+    anatomies: Sequence[str] = ("generated",),
 ) -> Dataset:
     """``num_pairs`` synthetic pairs, ``SynthesizePaird(modalities, **synthesis_args)`` then ``transforms``, cached.
 
     Seed ``first_seed + i`` gets ``modality_pairs[i % len(modality_pairs)]``; the pairs of one
     modality pair are cached together (:func:`cached_pairs`) and come one modality pair after another.
-    Transforms after the first random one run at every access, as in any MONAI cache.
+    Transforms after the first random one run at every access, as in any MONAI cache. With several
+    ``anatomies`` (:data:`ANATOMIES`) every modality pair is made on each head in turn: seed
+    ``first_seed + i`` gets combination ``i % (len(modality_pairs) * len(anatomies))``, the
+    anatomies' outer, so that one anatomy deals its seeds exactly as before.
     """
+    unknown = [a for a in anatomies if a not in ANATOMIES]
+    if not anatomies or unknown:
+        raise ValueError(f"anatomies must name one or more of {sorted(ANATOMIES)}, got {list(anatomies)}.")
+    dealt = _seeds_by_modalities(num_pairs, list(modality_pairs) * len(anatomies), first_seed)
+    heads = [ANATOMIES[anatomy] for anatomy in anatomies for _ in modality_pairs]
     return _joined(
         [
             cached_pairs(
                 [{"seed": s} for s in seeds],
-                Compose([SynthesizePaird(modalities=pair, **synthesis_args), *transforms]),
+                Compose([SynthesizePaird(modalities=pair, **{**synthesis_args, **head}), *transforms]),
                 cache_dir,
                 cache_rate,
                 num_workers,
             )
-            for pair, seeds in _seeds_by_modalities(num_pairs, modality_pairs, first_seed)
+            for (pair, seeds), head in zip(dealt, heads)
         ]
     )
 
