@@ -27,7 +27,9 @@
 # Run FIRE alone: beside the other bundles' runs it gets a share of the CPU cores and the GPU.
 # The device tool's image has PyTorch but not monai, nibabel, pytorch-ignite, isal or fire (with
 # termcolor): carry their wheels, the versions of the development .venv, and install them first
-# (FIRE's training record, "On one H200 at 64^3 and 3 mm"):
+# (FIRE's training record, "On one H200 at 64^3 and 3 mm"); a FIRE_GRID with MNI152 subjects
+# (`"anatomies": ["generated", "mni152"]`) also needs nilearn's wheel (11.5 MB, the template inside;
+# the image has its scipy, pandas and scikit-learn), which the script checks before any work:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl ...
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
@@ -55,6 +57,9 @@ FIRE_WORKERS=${FIRE_WORKERS:-12}
 FIRE_ALIGNED='"rotation_deg": 0, "translation_mm": 0, "scaling": 0, "deformation_mm": 0'
 CACHE=${CACHE:-/tmp/pair_cache}
 PY=${PY:-python3}
+if (( FIRE_SECONDS > 0 )) && [[ $FIRE_GRID == *mni152* ]]; then
+    $PY -c "import nilearn.datasets, scipy.ndimage" 2>/dev/null || { echo "error: FIRE_GRID: MNI152 subjects need nilearn and scipy"; exit 1; }
+fi
 
 train() {  # bundle, run name, then that run's own overrides; stops at the deadline
     local bundle=$1 name=$2 left=$(( DEADLINE - $(date +%s) )); shift 2
