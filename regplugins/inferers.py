@@ -72,8 +72,8 @@ def bfloat16_is_fast(device: torch.device | str) -> bool:
     """Whether ``device`` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX.
 
     This is the default of the bundles' ``mixed_precision``. Elsewhere oneDNN runs bfloat16
-    convolutions on reference kernels, far slower than float32 (``docs/experiments/bfloat16_step_time.py``
-    and ``docs/benchmarks.md``).
+    convolutions on reference kernels, far slower than float32 (``experiments/bfloat16_step_time.py``
+    and ``docs/experiments/benchmark-history.md``).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -118,7 +118,9 @@ class AutocastInferer(Inferer):
 
     MONAI's trainers autocast on CUDA only (``amp=True``). On CPUs with AMX or AVX-512 BF16
     units, bfloat16 convolutions make a training step of the FCN about 2.3x faster (2.3 s to 1.0 s
-    for two 64^3 pairs on 2 cores); the weights, the loss and the optimiser stay in float32.
+    for two 64^3 pairs on 2 cores), one of FIRE 3.7x (14.5 s to 3.9 s for a 96^3 pair); the
+    weights, the loss and the optimiser stay in float32, and so do FIRE's affines and fields
+    (:func:`regplugins.layers.in_float32`).
     As a trainer's inferer it leaves the network and its checkpoints unchanged. Enable it where
     :func:`bfloat16_is_fast` says so: other CPUs are far slower in bfloat16 than in float32.
     """
@@ -131,6 +133,8 @@ class AutocastInferer(Inferer):
         network = fold_batch_norm(network)
         with torch.autocast(inputs.device.type, dtype=self.dtype, enabled=self.enabled):
             outputs = network(inputs, *args, **kwargs)
+        if isinstance(outputs, dict):  # a training-mode FIRE's images, features and fields
+            return {key: output.float() for key, output in outputs.items()}
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(output.float() for output in outputs)
         return outputs.float()

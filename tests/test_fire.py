@@ -50,6 +50,30 @@ def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims, affine
         network(pair[..., :30])
 
 
+@pytest.mark.parametrize("affine_head", ["regression", "keypoints"])
+def test_under_bfloat16_autocast_the_convolutions_run_in_bfloat16_and_the_affines_and_fields_in_float32(affine_head):
+    # bfloat16 rounds an affine's diagonal near 1 to steps of 2^-7, as large as the residual of a pre-aligned pair
+    from regplugins.inferers import AutocastInferer
+
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=3, affine_head=affine_head, **SMALL).train()
+    if affine_head == "regression":
+        with torch.no_grad():  # a small scaling and shift, what the affine head predicts on a pre-aligned pair
+            network.transform_ab.affine.fully_connected[-1].bias.copy_(torch.tensor([1.01, 0, 0, 0.003, 0, 1.01, 0, 0, 0, 0, 1.01, 0]))
+    pair = torch.rand(1, 2, 32, 32, 32) * 2 - 1
+    encoder_dtypes = []
+    network.encoder[0].register_forward_hook(lambda module, inputs, output: encoder_dtypes.append(output.dtype))
+    outputs = AutocastInferer()(pair, network)
+    assert set(encoder_dtypes) == {torch.bfloat16}
+    assert {output.dtype for output in outputs.values()} == {torch.float32}
+    reference = network(pair)
+    for name in ("affine_ab", "affine_ba", "flow_ab"):  # the fields of float32, to float32's precision
+        assert (outputs[name] - reference[name]).abs().max() < 1e-5, name
+    loss = FIRELoss()(outputs).mean()
+    loss.backward()  # the gradients reach the float32 weights
+    assert network.encoder[0].conv.weight.grad.dtype == torch.float32
+
+
 def test_the_affine_sub_network_still_depends_on_its_input_and_learns_when_every_hidden_unit_is_negative():
     # in a 3D CPU run every hidden unit of a plain ReLU layer fell silent at once, fixing the affine for good
     torch.manual_seed(0)

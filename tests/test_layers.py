@@ -11,6 +11,7 @@ from regplugins.layers import (
     compose_ddf,
     ddf_to_physical,
     fit_affine_to_points,
+    in_float32,
     invert_ddf,
     resample_ddf,
     sample,
@@ -170,6 +171,18 @@ def test_fit_affine_recovers_the_affine_between_points_and_is_the_identity_for_p
     shift = torch.tensor([0.3, 0.0, -0.1])
     fitted = fit_affine_to_points(torch.zeros(1, 12, 3), shift.expand(1, 12, 3))
     assert torch.allclose(fitted, torch.cat([torch.eye(3), shift[:, None]], dim=1)[None])
+
+
+def test_in_float32_computes_in_float32_under_autocast_keeps_float64_and_changes_nothing_without_autocast():
+    product = in_float32(torch.matmul)
+    a = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) + 0.5
+    in_float32_outside_autocast = a @ a
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16  # what autocast would do to a coordinate product
+        assert torch.equal(product(a, a), in_float32_outside_autocast)
+        assert product(a.bfloat16(), a).dtype == torch.float32
+        assert product(a.double(), a.double()).dtype == torch.float64
+    assert product(a.bfloat16(), a.bfloat16()).dtype == torch.bfloat16  # no autocast: the function as it is
 
 
 def test_image_domain_takes_itks_rule_for_inside_and_keeps_a_margin_clear_of_the_edges():

@@ -1,10 +1,12 @@
 """Layers that MONAI lacks for registration: field composition, affines, unit conversions, normalised fields,
-gradient maps, field fusion, keypoints and their affine fit, and a fast Gaussian smoothing."""
+gradient maps, field fusion, keypoints and their affine fit, a fast Gaussian smoothing, and coordinates kept in
+float32 under mixed precision."""
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
 from .keypoints import fit_affine_to_points, soft_argmax_points
 from .normalized import normalized_affine_flow, normalized_grid, normalized_to_voxel, resize_normalized, warp_normalized
+from .precision import in_float32
 from .smoothing import gaussian_smooth
 from .spatial import (
     ImageDomain,

@@ -9,16 +9,19 @@ from __future__ import annotations
 import torch
 
 from .normalized import normalized_grid
+from .precision import in_float32
 
 __all__ = ["soft_argmax_points", "fit_affine_to_points"]
 
 
+@in_float32
 def soft_argmax_points(heatmaps: torch.Tensor) -> torch.Tensor:
     """``(B, K, N)``: each channel's softmax over space, averaged over the normalised voxel coordinates."""
     points = normalized_grid(heatmaps.shape[2:], heatmaps).flatten(1)
     return torch.einsum("bkv,nv->bkn", heatmaps.flatten(2).softmax(dim=2), points)
 
 
+@in_float32
 def fit_affine_to_points(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
     """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
 

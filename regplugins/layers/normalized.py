@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .precision import in_float32
 from .spatial import cached_warp, voxel_grid
 
 __all__ = ["normalized_grid", "normalized_to_voxel", "resize_normalized", "warp_normalized", "normalized_affine_flow"]
@@ -27,6 +28,7 @@ def normalized_to_voxel(flow: torch.Tensor) -> torch.Tensor:
     return flow * _half_extent(flow.shape[2:], flow)
 
 
+@in_float32
 def resize_normalized(flow: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """The field interpolated onto another resolution of its grid; normalised values need no rescaling."""
     if tuple(flow.shape[2:]) == tuple(spatial_shape):
@@ -45,6 +47,7 @@ def normalized_grid(spatial_shape: Sequence[int], like: torch.Tensor) -> torch.T
     return voxel_grid(spatial_shape, device=like.device, dtype=like.dtype) / _half_extent(spatial_shape, like) - 1
 
 
+@in_float32
 def normalized_affine_flow(theta: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Normalised displacement ``theta p - p`` of affines ``(B, N, N + 1)`` acting on normalised points."""
     n = len(spatial_shape)

@@ -21,6 +21,7 @@ from torch import nn
 
 from regplugins.layers import (
     fit_affine_to_points,
+    in_float32,
     normalized_affine_flow,
     normalized_grid,
     normalized_to_voxel,
@@ -51,6 +52,7 @@ def _res_blocks(spatial_dims: int, channels: int, num_blocks: int) -> list[nn.Mo
     return [ResidualUnit(spatial_dims, channels, channels, subunits=2, act="relu", norm="instance") for _ in range(num_blocks)]
 
 
+@in_float32
 def compose_affine_nonrigid(theta: torch.Tensor, nonrigid: torch.Tensor) -> torch.Tensor:
     """Normalised field of ``phi_af o phi_nr``: ``p -> theta (p + u(p))``, the affine applied after the non-rigid field.
 
@@ -118,7 +120,8 @@ class AffineNetwork(nn.Module):
         return self.features(torch.cat([features_a, features_b], dim=1)).flatten(2).mean(dim=2)
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
-        return self.fully_connected(self.pooled_features(features_a, features_b)).view(-1, self.spatial_dims, self.spatial_dims + 1)
+        # in float32 under mixed precision: bfloat16 would round the identity's diagonal to 2^-7 (regplugins.layers.precision)
+        return in_float32(self.fully_connected)(self.pooled_features(features_a, features_b)).view(-1, self.spatial_dims, self.spatial_dims + 1)
 
 
 class KeypointAffineNetwork(nn.Module):
