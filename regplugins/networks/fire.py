@@ -120,7 +120,7 @@ class AffineNetwork(nn.Module):
         return self.features(torch.cat([features_a, features_b], dim=1)).flatten(2).mean(dim=2)
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
-        # in float32 under mixed precision: bfloat16 would round the identity's diagonal to 2^-7 (regplugins.layers.precision)
+        # in float32 under mixed precision: bfloat16 rounds a diagonal near 1 to steps of 2^-7 (regplugins.layers.precision)
         return in_float32(self.fully_connected)(self.pooled_features(features_a, features_b)).view(-1, self.spatial_dims, self.spatial_dims + 1)
 
 
