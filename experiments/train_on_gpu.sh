@@ -28,12 +28,10 @@
 # config runs the steps in bfloat16 on a GPU that has it (mixed_precision; 3.7x faster at 96^3 on a CPU
 # with bfloat16 units, FIRE's training record, "Mixed precision"); runs before 0.16.0 were in float32.
 # The device tool's image has PyTorch but not monai, nibabel, pytorch-ignite, isal or fire (with
-# termcolor): carry their wheels, the versions of the development .venv, and install them first
-# (FIRE's training record, "On one H200 at 64^3 and 3 mm"); a FIRE_GRID with MNI152 subjects
-# (`"anatomies": ["generated", "mni152"]`) also needs nilearn's wheel (11.5 MB, the template inside;
-# the image has its scipy, pandas and scikit-learn), which the script checks before any work:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl ...
-#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+# termcolor), nor nilearn, which a FIRE_GRID with MNI152 subjects (`"anatomies": ["generated", "mni152"]`)
+# needs and the script checks before any work: experiments/device_wheels.sh downloads their wheels
+# into .whl (17 MB), which the call carries and installs first (FIRE's training record, "On one H200
+# at 64^3 and 3 mm").
 # Returned files are limited in size (16 MiB each for the device tool): the script packs the best
 # and the last weights of the gradient-fusion runs apart (2.7 MB each), and each FIRE network in
 # its own archive, without the logs' per-iteration lines.
