@@ -145,7 +145,13 @@ class ForwardInverseInferer(Inferer):
 
     The network's ``forward`` returns the forward field alone (the bundle contract); inference
     also writes the inverse, so it asks for both (:class:`regplugins.networks.FIRENet`).
+    ``mixed_precision`` runs its convolutions in bfloat16 (:class:`AutocastInferer`), where
+    :func:`bfloat16_is_fast` says it pays; FIRE keeps its affines and fields in float32.
     """
+
+    def __init__(self, mixed_precision: bool = False):
+        super().__init__()
+        self.run_network = AutocastInferer(enabled=mixed_precision)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         if isinstance(network, torch.jit.ScriptModule):
@@ -154,7 +160,7 @@ class ForwardInverseInferer(Inferer):
                 "(the forward field alone, as network_def's contract) does not keep: load models/model.pt (ckpt_path), "
                 "not models/model.ts."
             )
-        return network(inputs, *args, with_inverse=True, **kwargs)
+        return self.run_network(inputs, network, *args, with_inverse=True, **kwargs)
 
 
 class ValidPatchInferer(Inferer):

@@ -74,6 +74,28 @@ def test_under_bfloat16_autocast_the_convolutions_run_in_bfloat16_and_the_affine
     assert network.encoder[0].conv.weight.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("affine_head", ["regression", "keypoints"])
+def test_inference_in_bfloat16_gives_both_fields_in_float32_near_float32s(affine_head):
+    from regplugins.inferers import ForwardInverseInferer
+
+    torch.manual_seed(0)
+    network = FIRENet(spatial_dims=3, affine_head=affine_head, **SMALL)
+    with torch.no_grad():  # a non-rigid field of a few voxels, as a trained network's
+        for transform in (network.transform_ab, network.transform_ba):
+            transform.nonrigid.head[1].conv.weight.normal_(std=0.01)
+    network.eval()
+    pair = smooth_volume((32, 32, 32)).expand(1, 2, -1, -1, -1) * torch.tensor([1.0, -0.8]).view(1, 2, 1, 1, 1)
+    encoder_dtypes = []
+    network.encoder[0].register_forward_hook(lambda module, inputs, output: encoder_dtypes.append(output.dtype))
+    with torch.no_grad():
+        fields = ForwardInverseInferer(mixed_precision=True)(pair, network)
+        assert set(encoder_dtypes) == {torch.bfloat16}
+        reference = ForwardInverseInferer()(pair, network)
+    assert fields.dtype == torch.float32 and fields.shape == (1, 6, 32, 32, 32)
+    assert reference.abs().max() > 0.01  # fields worth comparing
+    assert (fields - reference).abs().max() < 0.05 * reference.abs().max()  # 2.5 % here: the features round to 8 bits
+
+
 def test_the_affine_sub_network_still_depends_on_its_input_and_learns_when_every_hidden_unit_is_negative():
     # in a 3D CPU run every hidden unit of a plain ReLU layer fell silent at once, fixing the affine for good
     torch.manual_seed(0)
