@@ -36,7 +36,8 @@ def network_fields(bundle: str, datalist: str, overrides: dict) -> list[dict]:
     items = []
     for data in workflow.parser.get_parsed_content("dataset"):
         with torch.no_grad():
-            data["pred"] = evaluator.inferer(data["image"][None].as_tensor(), evaluator.network)[0]
+            pred = evaluator.inferer(data["image"][None].as_tensor(), evaluator.network)[0]
+        data["pred"] = pred[: pred.dim() - 1]  # the forward field: FIRE's inferer stacks its inverse after it
         items.append(ComposeAffined("pred")(data))
     return items
 

@@ -134,6 +134,23 @@ def test_refinement_of_a_moving_image_on_another_grid_keeps_the_refined_field_an
     assert quality["dissimilarity"]["refinement"] < quality["dissimilarity"]["network"]
 
 
+def test_the_refinements_step_is_in_millimetres_whatever_the_working_grid(pair):
+    """One Adam step a level moves the field as far in mm on a 2 mm and on a 4 mm working grid."""
+    reach_mm = {}
+    for factor in (1, 2):
+        inputs = refinement_inputs(pair, torch.zeros(3, *[s // factor for s in SHAPE]))
+        affine = pair["fixed"].affine.clone()
+        affine[:3, :3] *= factor
+        affine[:3, 3] += (factor - 1) / 2 * SPACING  # the coarse grid's voxel centres, as average pooling makes them
+        inputs["fixed"] = MetaTensor(torch.zeros(1, *[s // factor for s in SHAPE]), affine=affine)
+        out = RefineDisplacementd(spacing=SPACING, iterations=1, step=0.5)(inputs)
+        assert out["quality"]["kept"] == "refinement"
+        reach_mm[factor] = out["pred"].abs().amax().item() * SPACING * factor
+    # one step of 0.5 mm at each of the two levels, smoothed: at most 1 mm; 0.1 working voxels would differ twofold
+    assert 0.6 < reach_mm[1] <= 1.0 and 0.6 < reach_mm[2] <= 1.0
+    assert reach_mm[2] == pytest.approx(reach_mm[1], rel=0.25)
+
+
 def test_a_network_field_worse_than_its_start_is_discarded_and_reported(pair, caplog):
     wrong = torch.zeros(3, *SHAPE)
     wrong[0] = 6.0  # 12 mm off along one axis: a broken checkpoint's field

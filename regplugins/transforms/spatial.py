@@ -348,6 +348,9 @@ class RefineDisplacementd(MapTransform):
         matrix_key: the pre-alignment's voxel matrix on the working grid.
         spacing: of the refinement grid, in mm.
         iterations, regularizer_weight, num_samples: of :func:`~regplugins.refinement.refine_ddf`.
+        step: Adam's step in mm (``refine_ddf``'s ``learning_rate`` is in working voxels), so that the
+            refinement does the same on every working grid; 0.2 mm was the best single step on the
+            tuning pairs of all four deformable bundles (docs/experiments/refinement.md).
         control_spacing: the spacing in mm of the residual's grid at each level, coarse to fine (its
             ``levels``, as whole multiples of the working grid's spacing).
         similarity, mutual_information_weight, mixed_precision: of :class:`~regplugins.refinement.PairSimilarity`.
@@ -373,6 +376,7 @@ class RefineDisplacementd(MapTransform):
         mutual_information_weight: float = 0.05,
         regularizer_weight: float = 0.7,
         num_samples: int = 8192,
+        step: float = 0.2,
         mixed_precision: bool = False,
         beyond_moving_blend: float = 20.0,
         reach: float = 10.0,
@@ -388,6 +392,7 @@ class RefineDisplacementd(MapTransform):
         self.spacing, self.quality_key, self.mixed_precision = float(spacing), quality_key, mixed_precision
         self.mutual_information_weight = mutual_information_weight
         self.control_spacing = [float(s) for s in control_spacing]
+        self.step = float(step)
         self.refine_args = {"iterations": int(iterations), "regularizer_weight": regularizer_weight, "num_samples": num_samples}
 
     def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor]) -> PairSimilarity:
@@ -432,7 +437,8 @@ class RefineDisplacementd(MapTransform):
             working_spacing = float(affine_to_spacing(d[self.working_grid_key].affine).min())
             if self.refine_args["iterations"]:
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
-                fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, **self.refine_args)
+                learning_rate = self.step / working_spacing
+                fields["refinement"] = refine_ddf(pair, fields[start], levels=levels, learning_rate=learning_rate, **self.refine_args)
                 scores["refinement"] = pair.score(fields["refinement"])
             name = pair_output_name(
                 str(d[self.moving_key].meta.get("filename_or_obj", "moving")), str(d[self.fixed_key].meta.get("filename_or_obj", "fixed"))
