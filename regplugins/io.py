@@ -260,7 +260,12 @@ def checked_pairs(fixed_image: str = "", moving_image: str = "", moving_label: s
 
 
 def checked_settings(
-    prealign: str | None = None, refine_iterations=None, refine_similarity: str | None = None, ddf_spacing=None, prealign_finish=None
+    prealign: str | None = None,
+    refine_iterations=None,
+    refine_similarity: str | None = None,
+    ddf_spacing=None,
+    prealign_finish=None,
+    refine_step=None,
 ) -> bool:
     """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
 
@@ -275,6 +280,8 @@ def checked_settings(
         raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(PREALIGNMENTS)}.")
     if refine_iterations is not None and (isinstance(refine_iterations, bool) or not isinstance(refine_iterations, int) or refine_iterations < 0):
         raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
+    if refine_step is not None and (isinstance(refine_step, bool) or not isinstance(refine_step, (int, float)) or not 0 < refine_step <= 10):
+        raise SystemExit(f"error: refine_step: {refine_step!r} is not a step in mm (more than 0, at most 10).")
     if refine_similarity is not None and refine_similarity not in SIMILARITIES:
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
     if ddf_spacing is not None and (isinstance(ddf_spacing, bool) or not isinstance(ddf_spacing, (int, float)) or not 0 <= ddf_spacing < 1e3):

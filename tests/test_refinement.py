@@ -176,10 +176,12 @@ def test_bad_refinement_settings_stop_with_one_clear_error():
         ({"ddf_spacing": -2.0}, r"error: ddf_spacing: -2.0 is not 0 \(the fixed grid\) or a spacing in mm."),
         ({"ddf_spacing": "3mm"}, "error: ddf_spacing: '3mm'"),
         ({"prealign_finish": "maybe"}, "error: prealign_finish: 'maybe' is not true, false or auto."),
+        ({"refine_step": 0}, r"error: refine_step: 0 is not a step in mm \(more than 0, at most 10\)."),
+        ({"refine_step": "0.3mm"}, "error: refine_step: '0.3mm'"),
     ]:
         with pytest.raises(SystemExit, match=message):
             checked_settings(**settings)
-    assert checked_settings("affine", 30, "mind_ssc", 3.0, "auto") and checked_settings(ddf_spacing=0, prealign_finish=False)
+    assert checked_settings("affine", 30, "mind_ssc", 3.0, "auto", 0.3) and checked_settings(ddf_spacing=0, prealign_finish=False)
 
 
 def test_sampled_similarity_agrees_with_its_whole_image_form(pair, similarity):

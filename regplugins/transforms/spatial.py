@@ -349,8 +349,9 @@ class RefineDisplacementd(MapTransform):
         spacing: of the refinement grid, in mm.
         iterations, regularizer_weight, num_samples: of :func:`~regplugins.refinement.refine_ddf`.
         step: Adam's step in mm (``refine_ddf``'s ``learning_rate`` is in working voxels), so that the
-            refinement does the same on every working grid; 0.2 mm was the best single step on the
-            tuning pairs of all four deformable bundles (docs/experiments/refinement.md).
+            refinement does the same on every working grid. Each bundle sets its own (``refine_step``):
+            CT/T1 pairs refine best with longer steps, MR/MR pairs with shorter ones, and no single
+            step suited all four deformable bundles (docs/experiments/refinement.md, last section).
         control_spacing: the spacing in mm of the residual's grid at each level, coarse to fine (its
             ``levels``, as whole multiples of the working grid's spacing).
         similarity, mutual_information_weight, mixed_precision: of :class:`~regplugins.refinement.PairSimilarity`.
