@@ -259,6 +259,11 @@ def checked_pairs(fixed_image: str = "", moving_image: str = "", moving_label: s
     return pairs
 
 
+def _is_number(value, types: type | tuple[type, ...] = (int, float)) -> bool:
+    """Whether a setting is a number of ``types``; not a bool, which Python counts as an int."""
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
 def checked_settings(
     prealign: str | None = None,
     refine_iterations=None,
@@ -278,13 +283,13 @@ def checked_settings(
 
     if prealign is not None and prealign not in PREALIGNMENTS:
         raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(PREALIGNMENTS)}.")
-    if refine_iterations is not None and (isinstance(refine_iterations, bool) or not isinstance(refine_iterations, int) or refine_iterations < 0):
+    if refine_iterations is not None and not (_is_number(refine_iterations, int) and refine_iterations >= 0):
         raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
-    if refine_step is not None and (isinstance(refine_step, bool) or not isinstance(refine_step, (int, float)) or not 0 < refine_step <= 10):
+    if refine_step is not None and not (_is_number(refine_step) and 0 < refine_step <= 10):
         raise SystemExit(f"error: refine_step: {refine_step!r} is not a step in mm (more than 0, at most 10).")
     if refine_similarity is not None and refine_similarity not in SIMILARITIES:
         raise SystemExit(f"error: refine_similarity: {refine_similarity!r} is not one of {', '.join(SIMILARITIES)}.")
-    if ddf_spacing is not None and (isinstance(ddf_spacing, bool) or not isinstance(ddf_spacing, (int, float)) or not 0 <= ddf_spacing < 1e3):
+    if ddf_spacing is not None and not (_is_number(ddf_spacing) and 0 <= ddf_spacing < 1e3):
         raise SystemExit(f"error: ddf_spacing: {ddf_spacing!r} is not 0 (the fixed grid) or a spacing in mm.")
     if prealign_finish is not None:
         try:
