@@ -15,17 +15,7 @@ work=$(realpath "${1:?usage: fire_prealigned_weights.sh WORK}")
 mkdir -p "$work"
 bundle=bundles/fire_inverse_consistent_reg
 
-python - "$bundle/models/model.pt" "$work/reset.pt" <<'EOF'
-import sys
-
-import torch
-
-weights = torch.load(sys.argv[1], map_location="cpu")
-for direction in ("ab", "ba"):
-    weights[f"transform_{direction}.affine.fully_connected.2.weight"].zero_()
-    weights[f"transform_{direction}.affine.fully_connected.2.bias"].copy_(torch.eye(3, 4).flatten())
-torch.save(weights, sys.argv[2])
-EOF
+python experiments/fire_reset_affine_heads.py "$bundle/models/model.pt" "$work/reset.pt"
 
 pairs='"modality_pairs": [["t2", "t1"], ["pd", "t1"], ["ct", "t1"]], "synthesis_args#random_direction": true, "num_val_pairs": 8, "synthesis_device": "cpu"'
 both='"anatomies": ["generated", "mni152"]'

@@ -110,10 +110,13 @@ class AffineNetwork(nn.Module):
         # leaky: the pooled features barely differ between pairs, so one bias step can silence every ReLU unit
         # at once (all 64 did in a 3D CPU run), leaving an affine that no longer depends on its input
         self.fully_connected = nn.Sequential(nn.Linear(2 * channels, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, spatial_dims * (spatial_dims + 1)))
+        self.reset_to_identity()
+
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Predict the identity for every pair again: trained weights then start where a pre-alignment left the pair."""
         nn.init.zeros_(self.fully_connected[-1].weight)
-        identity = torch.eye(spatial_dims, spatial_dims + 1)
-        with torch.no_grad():
-            self.fully_connected[-1].bias.copy_(identity.flatten())
+        self.fully_connected[-1].bias.copy_(torch.eye(self.spatial_dims, self.spatial_dims + 1).flatten())
 
     def pooled_features(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         """``(B, 2 * channels)``: the globally averaged convolution features that the fully connected layers read."""
