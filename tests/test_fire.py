@@ -50,6 +50,22 @@ def test_an_untrained_network_starts_at_the_identity_affine(spatial_dims, affine
         network(pair[..., :30])
 
 
+def test_a_trained_affine_head_reset_to_the_identity_predicts_it_again_and_keeps_its_features():
+    # how the weights for pre-aligned pairs start (experiments/fire_reset_affine_heads.py)
+    torch.manual_seed(0)
+    head = AffineNetwork(spatial_dims=3, feature_channels=4, channels=8, hidden=8)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    features = torch.randn(2, 4, 8, 8, 8), torch.randn(2, 4, 8, 8, 8)
+    identity = torch.eye(3, 4).expand(2, -1, -1)
+    assert not torch.allclose(head(*features), identity, atol=1e-3)
+    first_layer = head.fully_connected[0].weight.clone()
+    head.reset_to_identity()
+    assert torch.allclose(head(*features), identity, rtol=0.0, atol=1e-6)
+    assert torch.equal(head.fully_connected[0].weight, first_layer)
+
+
 @pytest.mark.parametrize("affine_head", ["regression", "keypoints"])
 def test_under_bfloat16_autocast_the_convolutions_run_in_bfloat16_and_the_affines_and_fields_in_float32(affine_head):
     # bfloat16 rounds an affine's diagonal near 1 to steps of 2^-7, as large as the residual of a pre-aligned pair
