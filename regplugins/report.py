@@ -104,11 +104,11 @@ def _seconds(report: dict, kinds, method: str) -> str:
 
 
 def card_table(report: dict, bundle: str) -> str:
-    """A deformable bundle's model-card table: per kind, none, the best ANTs row, the bundle and its paper's network alone."""
+    """A deformable bundle's model-card table: per kind, none, the best ANTs row, the bundle, and its pre-alignment and network unrefined."""
     kinds = [k for k in BUNDLE_ROWS[bundle][2] if k in KIND_NAMES]
     feed_forward = f"{bundle}:refine_iterations=0"
     counts = "/".join(sorted({str(len(report["kinds"][k]["pairs"])) for k in kinds}))
-    rows = [f"| pairs ({counts} per kind) | none | best ANTs | this bundle | the paper's network alone |", "|---|---|---|---|---|"]
+    rows = [f"| pairs ({counts} per kind) | none | best ANTs | this bundle | pre-alignment and network, no refinement |", "|---|---|---|---|---|"]
     for kind in kinds:
         ants = _best_ants_method(report, kind, "dice", lowest=False)
         rows.append(
