@@ -17,6 +17,7 @@ from monai.metrics import RMSEMetric
 from monai.utils.enums import CommonKeys as Keys
 
 from regplugins.data.pairs import PAIR_ERROR, one_line_error
+from regplugins.io import as_given
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +146,9 @@ class PairsFailed(SystemExit):
 
 
 def _source(value) -> str:
-    """The file a batch item came from: a loaded image's ``filename_or_obj``, or the path itself."""
+    """The file a batch item came from, as the user gave it: a loaded image's ``filename_or_obj``, or the path itself."""
     source = value.meta["filename_or_obj"] if hasattr(value, "meta") else value
-    return str(source[0] if isinstance(source, (list, tuple)) else source)
+    return as_given(str(source[0] if isinstance(source, (list, tuple)) else source))
 
 
 class PairEvaluator(SupervisedEvaluator):
@@ -182,6 +183,7 @@ class PairEvaluator(SupervisedEvaluator):
                 record.update(status="failed", error=one_line_error(error, record["moving"]))
         record["seconds"] = round(time.perf_counter() - start, 2)
         if record["status"] == "failed":
+            record["error"] = as_given(record["error"])  # the user's files, not their NIfTI copies
             logger.error(f"error: {record['error']}")
         self.pair_records.append(record)
         return output

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +23,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PATH_KEYS",
+    "as_nifti",
+    "as_given",
+    "nifti_pairs",
     "checked_checkpoint",
     "RegistrationInputError",
     "registration_pairs",
     "check_registration_inputs",
     "checked_pairs",
+    "check_distinct_outputs",
     "checked_output_dir",
     "checked_settings",
     "pair_output_name",
@@ -44,6 +51,11 @@ _COMPRESSION_THREADS = min(4, os.cpu_count() or 1)
 
 # the file entries of a datalist: the contract's three, and what evaluation and benchmarks score against
 PATH_KEYS = ("fixed", "moving", "moving_label", "fixed_label", "true_ddf", "true_rigid")
+IMAGE_KEYS = PATH_KEYS[:3]
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+# the user's path of every input that reached the bundles as a NIfTI copy (:func:`as_nifti`), by the copy's path
+_GIVEN_PATHS: dict[str, str] = {}
 
 
 class RegistrationInputError(ValueError):
@@ -86,6 +98,77 @@ def registration_pairs(fixed_image: str = "", moving_image: str = "", moving_lab
     if moving_label:
         pair["moving_label"] = str(moving_label)
     return [pair]
+
+
+def check_distinct_outputs(pairs: Sequence[dict], datalist: str) -> None:
+    """Raise :class:`RegistrationInputError` when two pairs would write one output folder, ``<moving>_to_<fixed>``.
+
+    A cohort laid out as one folder per subject with the same file names in each would otherwise
+    leave the last pair's outputs in one folder and report every pair done.
+    """
+    first: dict[str, int] = {}
+    for index, pair in enumerate(pairs):
+        name = pair_output_name(pair["moving"], pair["fixed"])
+        if name in first:
+            raise RegistrationInputError(
+                f"{datalist}: entries {first[name]} and {index} would both write the output folder {name}; "
+                "the contract names it <moving>_to_<fixed> after the files, so give each pair's images names of their own."
+            )
+        first[name] = index
+
+
+def as_nifti(path: str, folder: Path) -> str:
+    """``path`` itself when it is NIfTI, else a NIfTI copy in a folder of its own in ``folder``: MGZ/MGH by
+    nibabel, the rest by ITK (NRRD, MHA/MHD, a DICOM series folder, ...).
+
+    The copy keeps the original's stem, so output folders are named after the user's files, and
+    :func:`as_given` names the original wherever the copy's path would appear.
+    """
+    if str(path).endswith(NIFTI_SUFFIXES):
+        return str(path)
+    source = Path(path)
+    if not source.exists():
+        raise RegistrationInputError(f"{path}: file not found.")
+    copy = Path(tempfile.mkdtemp(dir=folder)) / f"{_stem(str(source))}.nii.gz"  # two inputs may share a name
+    if str(path).endswith((".mgz", ".mgh")):  # ITK's Python wheels lack FreeSurfer's format
+        try:
+            image = nib.load(str(source))
+            nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine), str(copy))
+        except Exception as error:  # nibabel raises several types for unreadable files
+            raise RegistrationInputError(f"{path}: not a readable MGZ image ({error}).") from None
+    else:
+        import itk
+
+        try:
+            image = itk.imread(str(source))
+        except Exception as error:  # ITK raises RuntimeError or its own types for unreadable files
+            raise RegistrationInputError(f"{path}: not an image ITK can read ({str(error).strip().splitlines()[-1]}).") from None
+        itk.imwrite(image, str(copy))
+    _GIVEN_PATHS[str(copy)] = str(path)
+    return str(copy)
+
+
+def as_given(text: str) -> str:
+    """``text`` (a path, a message) with the NIfTI copies :func:`as_nifti` made named by the user's paths."""
+    if text in _GIVEN_PATHS:
+        return _GIVEN_PATHS[text]
+    for copy, given in _GIVEN_PATHS.items():
+        text = text.replace(copy, given)
+    return text
+
+
+def nifti_pairs(pairs: Sequence[dict], folder: Path | None = None) -> list[dict]:
+    """``pairs`` with each image that is not NIfTI replaced by its NIfTI copy (:func:`as_nifti`) in ``folder``.
+
+    Without ``folder`` the copies go to a temporary one, removed when the process ends: a bundle
+    run reads them until its last pair.
+    """
+    if folder is None:
+        if all(str(pair[key]).endswith(NIFTI_SUFFIXES) for pair in pairs for key in IMAGE_KEYS if pair.get(key)):
+            return list(pairs)
+        folder = Path(tempfile.mkdtemp(prefix="regplugins-inputs-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return [{key: as_nifti(value, folder) if key in IMAGE_KEYS else value for key, value in pair.items()} for pair in pairs]
 
 
 PAIRED_KEYS = ("ct", "mr", "paired_ct", "paired_mr")
@@ -246,16 +329,20 @@ def checked_output_dir(output_dir: str) -> bool:
 
 
 def checked_pairs(fixed_image: str = "", moving_image: str = "", moving_label: str = "", datalist: str = "", spatial_dims: int = 3) -> list[dict]:
-    """:func:`registration_pairs` checked by :func:`check_registration_inputs`; a bad input stops the process.
+    """:func:`registration_pairs` with output folders of their own, as NIfTI (:func:`nifti_pairs`), checked by
+    :func:`check_registration_inputs`; a bad input stops the process.
 
     Bundle configs build their pairs with this and evaluate them in ``initialize``, so a bad file
-    ends the run with one line naming it and the problem (exit status 1) before anything is written.
+    ends the run with one line naming it and the problem (exit status 1) before anything is written,
+    and an image in any format ITK reads runs as it does through ``regplugins register``.
     """
     try:
         pairs = registration_pairs(fixed_image, moving_image, moving_label, datalist)
+        check_distinct_outputs(pairs, datalist)
+        pairs = nifti_pairs(pairs)
         check_registration_inputs(pairs, spatial_dims)
     except RegistrationInputError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {as_given(str(error))}") from None
     return pairs
 
 

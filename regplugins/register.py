@@ -24,18 +24,21 @@ import numpy as np
 from regplugins.io import (
     RegistrationError,
     RegistrationInputError,
+    as_given,
+    as_nifti,
+    check_distinct_outputs,
     checked_output_dir,
     load_itk_displacement_field,
+    nifti_pairs,
     pair_output_name,
     registration_pairs,
     save_nifti,
 )
 
-__all__ = ["DEFAULT_BUNDLES", "default_bundle", "as_nifti", "register_pairs", "apply_transform"]
+__all__ = ["DEFAULT_BUNDLES", "default_bundle", "register_pairs", "apply_transform"]
 
 # the bundle a pair gets without --bundle: the best of docs/benchmarks.md for its kind
 DEFAULT_BUNDLES = {"ct_mr": "ct_mr_gradient_fusion_reg", "mr_mr": "fcn_multires_selfsup_reg", "rigid": "head_ct_mr_rigid_reg"}
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def default_bundle(fixed: str, moving: str, rigid: bool = False) -> str:
@@ -49,39 +52,6 @@ def default_bundle(fixed: str, moving: str, rigid: bool = False) -> str:
 
     has_ct = any(looks_like_ct(torch.from_numpy(load_nifti(path)[0])) for path in (fixed, moving))
     return DEFAULT_BUNDLES["ct_mr" if has_ct else "mr_mr"]
-
-
-def as_nifti(path: str, folder: Path) -> str:
-    """``path`` itself when it is NIfTI, else a NIfTI copy in ``folder``: MGZ/MGH by nibabel, the rest by ITK
-    (NRRD, MHA/MHD, a DICOM series folder, ...).
-
-    The copy keeps the original's stem, so output folders are named after the user's files.
-    """
-    if str(path).endswith(NIFTI_SUFFIXES):
-        return str(path)
-    source = Path(path)
-    if not source.exists():
-        raise RegistrationInputError(f"{path}: file not found.")
-    copy = folder / f"{source.name.split('.')[0]}.nii.gz"
-    if str(path).endswith((".mgz", ".mgh")):  # ITK's Python wheels lack FreeSurfer's format
-        try:
-            image = nib.load(str(source))
-            nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine), str(copy))
-        except Exception as error:  # nibabel raises several types for unreadable files
-            raise RegistrationInputError(f"{path}: not a readable MGZ image ({error}).") from None
-        return str(copy)
-    import itk
-
-    try:
-        image = itk.imread(str(source))
-    except Exception as error:  # ITK raises RuntimeError or its own types for unreadable files
-        raise RegistrationInputError(f"{path}: not an image ITK can read ({str(error).strip().splitlines()[-1]}).") from None
-    itk.imwrite(image, str(copy))
-    return str(copy)
-
-
-def _nifti_pairs(pairs: list[dict], folder: Path) -> list[dict]:
-    return [{key: as_nifti(value, folder) if key in ("fixed", "moving", "moving_label") else value for key, value in pair.items()} for pair in pairs]
 
 
 @contextmanager
@@ -137,7 +107,8 @@ def register_pairs(
     with tempfile.TemporaryDirectory(prefix="regplugins-inputs-") as scratch, _quiet_library_chatter():
         try:
             given = registration_pairs(fixed, moving, moving_label, datalist)
-            pairs = _nifti_pairs(given, Path(scratch))
+            check_distinct_outputs(given, datalist)
+            pairs = nifti_pairs(given, Path(scratch))
             bundle = bundle or default_bundle(pairs[0]["fixed"], pairs[0]["moving"], rigid)
             runner = BundleRunner(bundle, output_dir=str(out_dir), **({"device": device} if device else {}), **settings)
         except ValueError as error:  # RegistrationInputError among them
@@ -155,9 +126,7 @@ def register_pairs(
                     record["status"] = "done"
             except (ValueError, RuntimeError, OSError) as error:  # RegistrationInputError among them
                 message = str(error) if isinstance(error, (RegistrationInputError, RegistrationError)) else f"{pair['moving']}: {error}"
-                for key, path in pair.items():  # name the user's files, not their NIfTI copies
-                    message = message.replace(path, original[key])
-                record.update(status="failed", error=message)
+                record.update(status="failed", error=as_given(message))  # the user's files, not their NIfTI copies
             record["seconds"] = round(time.perf_counter() - start, 2)
             records.append(record)
             line = f"[{index}/{len(pairs)}] {name}: "

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -177,6 +178,32 @@ def test_itk_resampling_with_the_ddf_reproduces_warped(registered):
     ours, _ = load_nifti(str(folder / "warped.nii.gz"))
     # everywhere on the fixed grid, the moving image's border shell and the outside included
     assert np.abs(by_itk - ours).max() < 1e-3 * np.abs(ours).max()
+
+
+def test_images_in_formats_itk_reads_register_as_their_nifti(pairs, tmp_path):
+    """The contract command on NRRD and MHA files: the NIfTI files' outputs, and summary.json names the user's files."""
+    import itk
+
+    formats = {"fixed": ".nrrd", "moving": ".mha", "moving_label": ".nrrd"}
+    given = {key: str(tmp_path / Path(pairs[0][key]).name.replace(".nii.gz", suffix)) for key, suffix in formats.items()}
+    for key, path in given.items():
+        itk.imwrite(itk.imread(pairs[0][key]), path)
+    outputs = {}
+    for name, pair in (("nifti", pairs[0]), ("itk", given)):
+        outputs[name] = tmp_path / name
+        result = run_bundle(
+            *("--fixed_image", pair["fixed"], "--moving_image", pair["moving"], "--moving_label", pair["moving_label"]),
+            *("--output_dir", str(outputs[name]), "--refine_iterations", "0", "--device", "cpu"),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = json.loads((outputs["itk"] / "summary.json").read_text())["pairs"]
+    assert (record["fixed"], record["moving"], record["status"]) == (given["fixed"], given["moving"], "done")
+    folder = pair_output_name(pairs[0]["moving"], pairs[0]["fixed"])
+    assert Path(record["output"]).name == folder == pair_output_name(given["moving"], given["fixed"])
+    for name in ("warped.nii.gz", "warped_label.nii.gz", "ddf.nii.gz"):
+        ours, reference = (nib.load(str(outputs[run] / folder / name)) for run in ("itk", "nifti"))
+        assert np.allclose(ours.affine, reference.affine, atol=1e-4)
+        np.testing.assert_allclose(ours.get_fdata(), reference.get_fdata(), atol=1e-3, err_msg=name)
 
 
 @pytest.mark.parametrize("problem", ["missing", "nan", "two_d"])

@@ -333,3 +333,46 @@ def test_a_pairs_error_is_one_line_from_its_innermost_cause_even_on_a_circular_c
     named = RuntimeError("applying transform")
     named.__cause__ = RegistrationInputError("label.nii.gz: values are not whole numbers")
     assert one_line_error(named, "moving.nii.gz") == "label.nii.gz: values are not whole numbers"
+
+
+def test_inputs_itk_reads_reach_the_bundles_as_nifti_and_are_named_as_given(tmp_path, good):
+    """Two NRRD files of one name in two folders stay two images; an error names the user's file."""
+    import itk
+
+    from regplugins.io import checked_pairs
+
+    nrrd = {}
+    for subject, key in (("a", "fixed"), ("b", "moving")):
+        (tmp_path / subject).mkdir()
+        nrrd[key] = str(tmp_path / subject / "image.nrrd")
+        itk.imwrite(itk.imread(good[key]), nrrd[key])
+
+    (pair,) = checked_pairs(nrrd["fixed"], nrrd["moving"], good["moving_label"])
+
+    assert pair["fixed"] != pair["moving"] and pair["moving_label"] == good["moving_label"]
+    for key in ("fixed", "moving"):
+        assert pair[key].endswith("image.nii.gz")
+        copy, original = nib.load(pair[key]), nib.load(good[key])
+        np.testing.assert_array_equal(copy.get_fdata(), original.get_fdata())
+        assert np.allclose(copy.affine, original.affine, atol=1e-5)
+    assert pair_output_name(pair["moving"], pair["fixed"]) == pair_output_name(nrrd["moving"], nrrd["fixed"]) == "image_to_image"
+
+    data = np.random.default_rng(1).random((8, 8, 8)).astype(np.float32)
+    data[2, 2, 2] = np.nan
+    itk.imwrite(itk.image_from_array(data), str(tmp_path / "nan.mha"))
+    with pytest.raises(SystemExit) as stopped:
+        checked_pairs(str(tmp_path / "nan.mha"), good["moving"])
+    assert str(stopped.value) == f"error: {tmp_path / 'nan.mha'}: the image holds NaN or infinite values."
+
+
+def test_two_pairs_that_would_write_one_output_folder_stop_before_any_work(tmp_path, good):
+    from regplugins.io import checked_pairs
+
+    datalist = tmp_path / "pairs.json"
+    entries = [{"fixed": good["fixed"], "moving": good["moving"]}, {"fixed": good["moving"], "moving": good["fixed"]}]
+    datalist.write_text(json.dumps(entries + [dict(entries[0])]))  # one folder per subject, the same names in each
+    with pytest.raises(SystemExit, match=r"^error: .*pairs.json: entries 0 and 2 would both write the output folder moving_to_fixed"):
+        checked_pairs(datalist=str(datalist))
+    assert len(registration_pairs(datalist=str(datalist))) == 3  # reading a datalist writes nothing: the bench and augmentation may
+    datalist.write_text(json.dumps(entries))
+    assert len(checked_pairs(datalist=str(datalist))) == 2
