@@ -245,9 +245,11 @@ def _ants_field(pair: dict, settings: dict) -> np.ndarray:
     fixed, moving = ants.image_read(pair["fixed"]), ants.image_read(pair["moving"])
     if settings.pop("n4", False):
         fixed, moving = (_n4_unless_ct(image) for image in (fixed, moving))
-    result = ants.registration(fixed, moving, aff_metric="mattes", syn_metric="mattes", random_seed=0, **settings)
+    # ANTs' transform files go in a folder of our own: left in /tmp, as ANTs leaves them, a SyN pair at 256^3 leaves 350 MB
     with tempfile.TemporaryDirectory() as folder:
-        composed = ants.apply_transforms(fixed, moving, result["fwdtransforms"], compose=os.path.join(folder, "composed_"))
+        prefix = os.path.join(folder, "ants_")
+        result = ants.registration(fixed, moving, aff_metric="mattes", syn_metric="mattes", random_seed=0, outprefix=prefix, **settings)
+        composed = ants.apply_transforms(fixed, moving, result["fwdtransforms"], compose=prefix + "composed_")
         field, _ = load_itk_displacement_field(composed)
     return field
 
