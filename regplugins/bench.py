@@ -71,6 +71,8 @@ SYNTHETIC_SETS = {
     **{f"mni152_{moving}_t1": {**MNI152_DEFORMABLE_PAIRS, "modalities": (moving, "t1")} for moving in ("t2", "pd", "ct")},
     # the radiotherapy direction: an MR moving onto a planning CT
     "mni152_t1_ct": {**MNI152_DEFORMABLE_PAIRS, "modalities": ("t1", "ct")},
+    # a CT and an MR of one head often lie turned further apart than 8 degrees (the head tilted on the CT table)
+    "mni152_ct_t1_turned": {**MNI152_DEFORMABLE_PAIRS, "modalities": ("ct", "t1"), "rotation_deg": 25.0},
 }
 HELD_OUT_SEED = 2_000_000
 # the kinds that the accuracy claims of the deformable bundles rest on (docs/benchmarks.md)

@@ -116,7 +116,8 @@ def bench(
     spacing); several kinds, "ct_t1,mni152_t2_t1", are scored in one run, each in OUT/<kind>/.
     Kinds: ct_t1, t1_t2, rigid, rigid_mni152, t1_t2_affine, t1_t2_affine_mni152, the MNI152
     anatomy against a T1 fixed image, mni152_t2_t1, mni152_pd_t1 and mni152_ct_t1, and a T1 moving
-    image against a CT fixed one, mni152_t1_ct.
+    image against a CT fixed one, mni152_t1_ct; mni152_ct_t1_turned turns the CT-like head up to 25
+    degrees per axis instead of 8.
     Baselines: none, ants_rigid, ants_affine, ants_syn, ants_synra, ants_syn_tuned (N4 first, then a
     smoother SyN; all Mattes MI, need the baselines extra), and the rigid head paper's ground-truth
     generation, groundtruth and groundtruth_nosym (without its symmetry alignment).

@@ -110,10 +110,16 @@ class PairSimilarity:
         mixed_precision: keep the features in bfloat16, which halves the memory a step reads.
         margin: voxels around where either image shows something that count as the head
             (:func:`_head_mask`): its outline and the dark tissue inside it (bone in MR) are compared too.
-        moving_domain: where ``moving`` has data on the refinement grid (the moving image's own
+        moving_domain: where the moving image has data on the refinement grid (the moving image's own
             grid): a head voxel whose moving point falls outside it, or within ``domain_margin``
             voxels of its edge (the features' reach), is left out of the comparison, as ITK leaves
             it out. A field is scored only where at least a sixteenth of the drawn voxels remain.
+        moving_matrix: ``(N + 1, N + 1)`` refinement-grid voxel matrix through which ``moving`` was
+            resampled (the pre-alignment): ``moving(p)`` is the moving image at ``moving_matrix @ p``,
+            and a moving point ``q`` is read from ``moving`` at ``inverse(moving_matrix) @ q``. MIND-SSC
+            compares local structure along the grid's axes, so features of a moving head turned
+            25 degrees against the fixed one differ where the anatomy matches; computed on the
+            pre-aligned moving image they see both heads turned alike (docs/experiments/refinement.md).
 
     The images are kept on the head's box, :data:`HEAD_BOX_MARGIN` voxels around it: a point
     moved beyond that samples the box's edge, which is air as the grid beyond it is.
@@ -130,10 +136,13 @@ class PairSimilarity:
         margin: int = 3,
         moving_domain: ImageDomain | None = None,
         domain_margin: float = 2.0,
+        moving_matrix: torch.Tensor | None = None,
     ):
         spatial_dims = fixed.dim()
+        identity = torch.eye(spatial_dims + 1, dtype=torch.float64)
         if to_working is None:
-            to_working = torch.eye(spatial_dims + 1, dtype=torch.float64)
+            to_working = identity
+        to_moving_image = identity if moving_matrix is None else torch.linalg.inv(torch.as_tensor(moving_matrix, dtype=torch.float64).cpu())
         head = _head_mask(fixed, moving, margin)
         if head.any():
             # the grid cut to the head's box, the features' reach clear of it: no head voxel is compared beyond, and
@@ -144,6 +153,7 @@ class PairSimilarity:
             shift = torch.eye(spatial_dims + 1, dtype=torch.float64)
             shift[:spatial_dims, spatial_dims] = torch.tensor(start, dtype=torch.float64)
             to_working = to_working.double().cpu() @ shift
+            to_moving_image = torch.linalg.inv(shift) @ to_moving_image @ shift
             if moving_domain is not None:
                 moving_domain = ImageDomain(moving_domain.to_source @ shift, moving_domain.shape)
         self.moving_domain, self.domain_margin = moving_domain, float(domain_margin)
@@ -158,6 +168,7 @@ class PairSimilarity:
         self.mutual_information = ParzenMutualInformationLoss(num_bins=32)
         self.to_working = to_working.double().to(fixed.device)
         self.from_working = torch.linalg.inv(self.to_working).float()
+        self.to_moving_image = None if moving_matrix is None else to_moving_image.float().to(fixed.device)
         head = head.flatten()
         self.head = head.nonzero()[:, 0] if head.any() else torch.arange(head.numel(), device=fixed.device)
         # the working-grid voxel coordinates (N, H) of every head voxel of the refinement grid
@@ -185,10 +196,12 @@ class PairSimilarity:
         moved, chosen = self.moved(chosen, displacement)
         if not chosen.numel():  # nothing to compare: no pull either way
             return displacement.sum() * 0.0
+        if self.to_moving_image is not None:
+            moved = apply_affine(self.to_moving_image, moved)
         return _Dissimilarity.apply(moved, self, chosen)
 
     def value_and_gradient(self, moved: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dissimilarity at the head voxels ``chosen`` moved to the refinement-grid voxels ``moved`` ``(N, K)``,
+        """The dissimilarity at the head voxels ``chosen`` moved to the voxels ``moved`` ``(N, K)`` of ``moving``,
         and its gradient with respect to ``moved``, written out: under autograd the features' gather and the
         histogram cost twice as much, most of a refinement step."""
         warped, pull = sample_with_gradient(self.moving_features, moved, padding_mode="border")

@@ -396,14 +396,16 @@ class RefineDisplacementd(MapTransform):
         self.step = float(step)
         self.refine_args = {"iterations": int(iterations), "regularizer_weight": regularizer_weight, "num_samples": num_samples}
 
-    def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor]) -> PairSimilarity:
+    def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor], matrix: torch.Tensor) -> PairSimilarity:
         """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`.
 
         The grid is the fixed image's at ``spacing`` mm, cut to where the working-grid voxel DDFs
         ``fields`` (the finite ones; no registration, the working grid itself, among them) take the
         working grid, ``reach`` mm around: the refinement neither compares nor moves a point beyond
         that, and on a head cut out of a large field of view (:class:`CropHeadd`) its images'
-        features cost about half as much.
+        features cost about half as much. The moving image goes there through the pre-alignment
+        ``matrix`` (working voxels), in one resampling of the native image, so that its features
+        see the head turned as the fixed one (``PairSimilarity``'s ``moving_matrix``).
         """
         images = AntiAliasd([self.fixed_key, self.moving_key], pixdim=self.spacing)({k: d[k] for k in (self.fixed_key, self.moving_key)})
         working = d[self.working_grid_key]
@@ -413,14 +415,30 @@ class RefineDisplacementd(MapTransform):
         )
         low, high = (moved.min(1).values - reach).tolist(), (moved.max(1).values + reach).tolist()
         fixed = crop_to_box(Spacing(pixdim=self.spacing, mode="bilinear")(images[self.fixed_key]), working.affine, low, high)
-        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(images[self.moving_key], img_dst=fixed)
         working_affine = torch.as_tensor(working.affine, dtype=torch.float64)
         to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
+        matrix = matrix.double().cpu()
+        # the moving image's grid moved by the inverse of the pre-alignment (in world coordinates): resampled by
+        # world coordinates, it shows at a fixed point the moving image at the point the pre-alignment takes it to
+        prealigned = images[self.moving_key].clone()
+        prealignment_in_world = working_affine @ matrix @ torch.linalg.inv(working_affine)
+        prealigned.affine = torch.linalg.inv(prealignment_in_world) @ torch.as_tensor(prealigned.affine, dtype=torch.float64)
+        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prealigned, img_dst=fixed)
+        moving_matrix = torch.linalg.inv(to_working) @ matrix @ to_working
         native_moving = d[self.moving_key]
         domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
         device = fields[0].device
         fixed, moving = (convert_to_tensor(image[0], dtype=torch.float32, track_meta=False).to(device) for image in (fixed, moving))
-        return PairSimilarity(fixed, moving, to_working, self.similarity, self.mutual_information_weight, self.mixed_precision, moving_domain=domain)
+        return PairSimilarity(
+            fixed,
+            moving,
+            to_working,
+            self.similarity,
+            self.mutual_information_weight,
+            self.mixed_precision,
+            moving_domain=domain,
+            moving_matrix=moving_matrix,
+        )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -432,7 +450,7 @@ class RefineDisplacementd(MapTransform):
                 "prealignment": affine_to_ddf(matrix[None], network.shape[1:])[0].float(),
                 "network": network,
             }
-            pair = self.pair_similarity(d, list(fields.values()))
+            pair = self.pair_similarity(d, list(fields.values()), matrix)
             scores = {stage: pair.score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
             working_spacing = float(affine_to_spacing(d[self.working_grid_key].affine).min())
