@@ -102,7 +102,7 @@ class PairSimilarity:
 
     Args:
         fixed, moving: ``(*spatial)`` images on the refinement grid, intensities in [0, 1] (the
-            moving image taken there by world coordinates alone, no pre-alignment).
+            moving image taken there through ``moving_matrix``, or by world coordinates alone).
         to_working: ``(N + 1, N + 1)`` matrix from refinement-grid voxels to working-grid voxels
             (the identity when the two grids are one).
         similarity: the features, see :func:`similarity_features`.
