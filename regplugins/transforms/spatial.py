@@ -30,7 +30,7 @@ from regplugins.layers import (
     voxel_grid,
     warp_physical,
 )
-from regplugins.refinement import SIMILARITIES, PairSimilarity, affine_beyond_moving, head_foreground, refine_ddf
+from regplugins.refinement import MOVING_GRID_OFFSET, SIMILARITIES, PairSimilarity, affine_beyond_moving, head_foreground, refine_ddf
 from regplugins.transforms.intensity import NormalizeModalityd
 from regplugins.utils import as_flag
 
@@ -405,7 +405,8 @@ class RefineDisplacementd(MapTransform):
         that, and on a head cut out of a large field of view (:class:`CropHeadd`) its images'
         features cost about half as much. The moving image goes there through the pre-alignment
         ``matrix`` (working voxels), in one resampling of the native image, so that its features
-        see the head turned as the fixed one (``PairSimilarity``'s ``moving_matrix``).
+        see the head turned as the fixed one (``PairSimilarity``'s ``moving_matrix``), on that grid
+        moved by :data:`~regplugins.refinement.MOVING_GRID_OFFSET` of a voxel along each axis.
         """
         images = AntiAliasd([self.fixed_key, self.moving_key], pixdim=self.spacing)({k: d[k] for k in (self.fixed_key, self.moving_key)})
         working = d[self.working_grid_key]
@@ -423,8 +424,12 @@ class RefineDisplacementd(MapTransform):
         prealigned = images[self.moving_key].clone()
         prealignment_in_world = working_affine @ matrix @ torch.linalg.inv(working_affine)
         prealigned.affine = torch.linalg.inv(prealignment_in_world) @ torch.as_tensor(prealigned.affine, dtype=torch.float64)
-        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prealigned, img_dst=fixed)
-        moving_matrix = torch.linalg.inv(to_working) @ matrix @ to_working
+        offset = torch.eye(matrix.shape[0], dtype=torch.float64)
+        offset[:-1, -1] = MOVING_GRID_OFFSET
+        destination = fixed.clone()
+        destination.affine = torch.as_tensor(fixed.affine, dtype=torch.float64) @ offset
+        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prealigned, img_dst=destination)
+        moving_matrix = torch.linalg.inv(to_working) @ matrix @ to_working @ offset
         native_moving = d[self.moving_key]
         domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
         device = fields[0].device
