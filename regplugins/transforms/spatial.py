@@ -330,9 +330,11 @@ class RefineDisplacementd(MapTransform):
     image's orientation at ``spacing`` mm, and :func:`regplugins.refinement.refine_ddf` runs
     ``iterations`` steps per level there. A user is never handed a result worse than its start
     without knowing: the dissimilarity of :class:`regplugins.refinement.PairSimilarity` is
-    measured for every stage, ``none`` (the images as they lie), ``prealignment``, ``network``
-    and ``refinement``; the refinement starts from the best of the first three, and the field
-    kept is the best of all, later stages winning ties. A stage that made the pair less similar
+    measured for every stage, ``none`` (the images as they lie, features of the moving image as
+    it lies), ``prealignment``, ``network`` and ``refinement`` (features of the moving image
+    pre-aligned, :meth:`pair_similarity`); the refinement starts from the best of the first
+    three, on that stage's features, and the field kept is the best of all, later stages
+    winning ties. A stage that made the pair less similar
     is reported in the log, and ``quality_key`` holds the record that the saver writes to
     ``quality.json``. With ``iterations`` 0 the network's field is kept unchanged unless it
     aligns worse than its start. When refining, where the kept field takes fixed voxels beyond the
@@ -455,9 +457,15 @@ class RefineDisplacementd(MapTransform):
                 "prealignment": affine_to_ddf(matrix[None], network.shape[1:])[0].float(),
                 "network": network,
             }
-            pair = self.pair_similarity(d, list(fields.values()), matrix)
-            scores = {stage: pair.score(field) for stage, field in fields.items()}
+            prealigned = self.pair_similarity(d, list(fields.values()), matrix)
+            identity = torch.eye(matrix.shape[0], dtype=torch.float64, device=matrix.device)
+            # the images as they lie are compared as they lie: through the pre-aligned copy, a pre-alignment turned
+            # 8 degrees the wrong way scored better than no registration 6 degrees off (the features turn with it)
+            unturned = prealigned if torch.equal(matrix, identity) else self.pair_similarity(d, list(fields.values()), identity)
+            pairs = {"none": unturned, "prealignment": prealigned, "network": prealigned}
+            scores = {stage: pairs[stage].score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
+            pair = pairs[start]
             working_spacing = float(affine_to_spacing(d[self.working_grid_key].affine).min())
             if self.refine_args["iterations"]:
                 levels = [max(1, round(s / working_spacing)) for s in self.control_spacing]
@@ -472,7 +480,7 @@ class RefineDisplacementd(MapTransform):
             # with no refinement, the network's field as it is; the pre-alignment and no registration are affine already
             if self.beyond_moving_blend and self.refine_args["iterations"] and kept not in ("none", "prealignment"):
                 blend, ridge = max(1, round(self.beyond_moving_blend / working_spacing)), (5.0 / working_spacing) ** 2
-                d[key], covered = affine_beyond_moving(pair, fields[kept], matrix, blend, ridge)
+                d[key], covered = affine_beyond_moving(pair, fields[kept], identity if start == "none" else matrix, blend, ridge)
                 if covered < 1.0:
                     logger.info(f"{name}: the moving image covers {covered:.1%} of the head compared; beyond it the field is affine.")
             d[self.quality_key] = {
