@@ -12,9 +12,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialCrop
 
+from regplugins.alignment import affine_about, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
-from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, sample, sample_points, voxel_grid
+from regplugins.layers import ImageDomain, affine_to_ddf, sample_points, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
 from regplugins.refinement import PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
@@ -316,21 +317,16 @@ def test_a_field_a_quarter_voxel_off_an_aligned_pair_does_not_win_the_quality_ch
 
 
 def turned_about_centre(degrees: float) -> torch.Tensor:
-    """The voxel matrix of a turn about the first axis pair through the centre of a ``SHAPE`` grid."""
-    angle = np.radians(degrees)
-    turn = torch.eye(4, dtype=torch.float64)
-    turn[:2, :2] = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    centre = torch.eye(4, dtype=torch.float64)
-    centre[:3, 3] = (torch.tensor(SHAPE, dtype=torch.float64) - 1) / 2
-    return centre @ turn @ torch.linalg.inv(centre)
+    """The voxel matrix of a turn in the plane of the first two axes about the centre of a ``SHAPE`` grid."""
+    centre = (torch.tensor(SHAPE, dtype=torch.float64) - 1) / 2
+    return affine_about(torch.tensor([0.0, 0.0, np.radians(degrees)], dtype=torch.float64), torch.zeros(3, dtype=torch.float64), centre)
 
 
 def test_a_pre_alignment_turned_the_wrong_way_loses_the_quality_check_to_the_images_as_they_lie():
     # scored through the pre-aligned copy, whose features turn with it, no registration 6 degrees off scored worse
     # than a pre-alignment 8 degrees the other way (0.046 > 0.045) and the check kept the wrong turn
     pair = ct_t1_pair(deformation_mm=0.0)
-    moving = sample(pair["moving"].as_tensor()[None], apply_affine(turned_about_centre(6.0), voxel_grid(SHAPE, dtype=torch.float64))[None].float())
-    pair["moving"] = MetaTensor(moving[0], affine=pair["moving"].affine)
+    pair["moving"] = MetaTensor(warp_affine(pair["moving"].as_tensor()[None], turned_about_centre(6.0))[0], affine=pair["moving"].affine)
     scores = {}
     for degrees in (0.0, 14.0):  # the truth is a turn of -6 degrees
         matrix = turned_about_centre(-degrees)
