@@ -22,6 +22,7 @@ at a finer grid (the refinement grid, 2 mm by default):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -145,40 +146,55 @@ class PairSimilarity:
         moving_matrix: torch.Tensor | None = None,
     ):
         spatial_dims = fixed.dim()
-        identity = torch.eye(spatial_dims + 1, dtype=torch.float64)
         if to_working is None:
-            to_working = identity
-        to_moving_image = identity if moving_matrix is None else torch.linalg.inv(torch.as_tensor(moving_matrix, dtype=torch.float64).cpu())
+            to_working = torch.eye(spatial_dims + 1, dtype=torch.float64)
         head = _head_mask(fixed, moving, margin)
+        # the grid cut to the head's box, the features' reach clear of it: no head voxel is compared beyond, and
+        # there the features of the air cost a third of the pair's set-up on the bench's brain grids
+        self.crop, self.shift = (slice(None),) * spatial_dims, torch.eye(spatial_dims + 1, dtype=torch.float64)
         if head.any():
-            # the grid cut to the head's box, the features' reach clear of it: no head voxel is compared beyond, and
-            # there the features of the air cost a third of the pair's set-up on the bench's brain grids
             start, end = generate_spatial_bounding_box(head[None], margin=HEAD_BOX_MARGIN, allow_smaller=True)
-            crop = tuple(slice(a, b) for a, b in zip(start, end))
-            fixed, moving, head = fixed[crop], moving[crop], head[crop]
-            shift = torch.eye(spatial_dims + 1, dtype=torch.float64)
-            shift[:spatial_dims, spatial_dims] = torch.tensor(start, dtype=torch.float64)
-            to_working = to_working.double().cpu() @ shift
-            to_moving_image = torch.linalg.inv(shift) @ to_moving_image @ shift
+            self.crop = tuple(slice(a, b) for a, b in zip(start, end))
+            self.shift[:spatial_dims, spatial_dims] = torch.tensor(start, dtype=torch.float64)
+            fixed, head = fixed[self.crop], head[self.crop]
+            to_working = to_working.double().cpu() @ self.shift
             if moving_domain is not None:
-                moving_domain = ImageDomain(moving_domain.to_source @ shift, moving_domain.shape)
+                moving_domain = ImageDomain(moving_domain.to_source @ self.shift, moving_domain.shape)
         self.moving_domain, self.domain_margin = moving_domain, float(domain_margin)
         self.shape = fixed.shape
-        dtype = torch.bfloat16 if mixed_precision else torch.float32
-        with torch.no_grad():
-            # the intensities ride along as the last channel, for the mutual information
-            features = [torch.cat([similarity_features(image[None, None].float(), similarity)[0], image[None].float()]) for image in (fixed, moving)]
-        self.moving_features = _channels_last(features[1]).to(dtype)
-        self.fixed_features = _channels_last(features[0]).to(dtype).flatten(0, -2)  # one row per voxel
+        self.similarity, self.dtype = similarity, torch.bfloat16 if mixed_precision else torch.float32
+        self.fixed_features = _channels_last(self._features(fixed)).flatten(0, -2)  # one row per voxel
+        self.moving_features, self.to_moving_image = self._moving(moving, moving_matrix)
         self.mutual_information_weight = float(mutual_information_weight)
         self.mutual_information = ParzenMutualInformationLoss(num_bins=32)
         self.to_working = to_working.double().to(fixed.device)
         self.from_working = torch.linalg.inv(self.to_working).float()
-        self.to_moving_image = None if moving_matrix is None else to_moving_image.float().to(fixed.device)
         head = head.flatten()
         self.head = head.nonzero()[:, 0] if head.any() else torch.arange(head.numel(), device=fixed.device)
         # the working-grid voxel coordinates (N, H) of every head voxel of the refinement grid
         self.working_points = apply_affine(self.to_working, torch.stack(torch.unravel_index(self.head, self.shape)).double()).float()
+
+    def _features(self, image: torch.Tensor) -> torch.Tensor:
+        """The features of an image on the cut grid, its intensities riding along as the last channel (for the
+        mutual information)."""
+        with torch.no_grad():
+            return torch.cat([similarity_features(image[None, None].float(), self.similarity)[0], image[None].float()]).to(self.dtype)
+
+    def _moving(self, moving: torch.Tensor, moving_matrix: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moving image's features on the cut grid, and the matrix from cut-grid voxels to where they are read."""
+        to_moving_image = None
+        if moving_matrix is not None:
+            to_moving_image = torch.linalg.inv(self.shift) @ torch.linalg.inv(torch.as_tensor(moving_matrix, dtype=torch.float64).cpu()) @ self.shift
+            to_moving_image = to_moving_image.float().to(moving.device)
+        return _channels_last(self._features(moving[self.crop])), to_moving_image
+
+    def with_moving(self, moving: torch.Tensor, moving_matrix: torch.Tensor | None = None) -> PairSimilarity:
+        """The same fixed image, grid and head voxels with another copy of the moving image on the refinement grid
+        (taken there through ``moving_matrix``): stages scored on both are compared on the same voxels, and the
+        fixed image's features are not computed twice."""
+        other = copy.copy(self)
+        other.moving_features, other.to_moving_image = self._moving(moving, moving_matrix)
+        return other
 
     def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """Positions of ``count`` head voxels (in :attr:`working_points`), drawn at random with replacement."""

@@ -398,15 +398,16 @@ class RefineDisplacementd(MapTransform):
         self.step = float(step)
         self.refine_args = {"iterations": int(iterations), "regularizer_weight": regularizer_weight, "num_samples": num_samples}
 
-    def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor], matrix: torch.Tensor) -> PairSimilarity:
-        """Both images on the refinement grid (anti-aliased first where it is coarser), as a :class:`PairSimilarity`.
+    def pair_similarity(self, d: Mapping, fields: Sequence[torch.Tensor], matrices: Sequence[torch.Tensor]) -> list[PairSimilarity]:
+        """Both images on the refinement grid (anti-aliased first where it is coarser), as one :class:`PairSimilarity`
+        for each pre-alignment in ``matrices``, all on the first's grid and head voxels.
 
         The grid is the fixed image's at ``spacing`` mm, cut to where the working-grid voxel DDFs
         ``fields`` (the finite ones; no registration, the working grid itself, among them) take the
         working grid, ``reach`` mm around: the refinement neither compares nor moves a point beyond
         that, and on a head cut out of a large field of view (:class:`CropHeadd`) its images'
-        features cost about half as much. The moving image goes there through the pre-alignment
-        ``matrix`` (working voxels), in one resampling of the native image, so that its features
+        features cost about half as much. The moving image goes there through each pre-alignment
+        matrix (working voxels), in one resampling of the native image, so that its features
         see the head turned as the fixed one (``PairSimilarity``'s ``moving_matrix``), on that grid
         moved by :data:`~regplugins.refinement.MOVING_GRID_OFFSET` of a voxel along each axis.
         """
@@ -420,23 +421,28 @@ class RefineDisplacementd(MapTransform):
         fixed = crop_to_box(Spacing(pixdim=self.spacing, mode="bilinear")(images[self.fixed_key]), working.affine, low, high)
         working_affine = torch.as_tensor(working.affine, dtype=torch.float64)
         to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
-        matrix = matrix.double().cpu()
-        # the moving image's grid moved by the inverse of the pre-alignment (in world coordinates): resampled by
-        # world coordinates, it shows at a fixed point the moving image at the point the pre-alignment takes it to
-        prealigned = images[self.moving_key].clone()
-        prealignment_in_world = working_affine @ matrix @ torch.linalg.inv(working_affine)
-        prealigned.affine = torch.linalg.inv(prealignment_in_world) @ torch.as_tensor(prealigned.affine, dtype=torch.float64)
-        offset = torch.eye(matrix.shape[0], dtype=torch.float64)
+        offset = torch.eye(to_working.shape[0], dtype=torch.float64)
         offset[:-1, -1] = MOVING_GRID_OFFSET
         destination = fixed.clone()
         destination.affine = torch.as_tensor(fixed.affine, dtype=torch.float64) @ offset
-        moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prealigned, img_dst=destination)
-        moving_matrix = torch.linalg.inv(to_working) @ matrix @ to_working @ offset
+        device = fields[0].device
+
+        def moving_through(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # the moving image's grid moved by the inverse of the pre-alignment (in world coordinates): resampled by
+            # world coordinates, it shows at a fixed point the moving image at the point the pre-alignment takes it to
+            matrix = matrix.double().cpu()
+            prealigned = images[self.moving_key].clone()
+            prealignment_in_world = working_affine @ matrix @ torch.linalg.inv(working_affine)
+            prealigned.affine = torch.linalg.inv(prealignment_in_world) @ torch.as_tensor(prealigned.affine, dtype=torch.float64)
+            moving = ResampleToMatch(mode="bilinear", padding_mode="zeros")(prealigned, img_dst=destination)
+            moving = convert_to_tensor(moving[0], dtype=torch.float32, track_meta=False).to(device)
+            return moving, torch.linalg.inv(to_working) @ matrix @ to_working @ offset
+
         native_moving = d[self.moving_key]
         domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
-        device = fields[0].device
-        fixed, moving = (convert_to_tensor(image[0], dtype=torch.float32, track_meta=False).to(device) for image in (fixed, moving))
-        return PairSimilarity(
+        fixed = convert_to_tensor(fixed[0], dtype=torch.float32, track_meta=False).to(device)
+        moving, moving_matrix = moving_through(matrices[0])
+        first = PairSimilarity(
             fixed,
             moving,
             to_working,
@@ -446,6 +452,7 @@ class RefineDisplacementd(MapTransform):
             moving_domain=domain,
             moving_matrix=moving_matrix,
         )
+        return [first] + [first.with_moving(*moving_through(matrix)) for matrix in matrices[1:]]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -457,11 +464,13 @@ class RefineDisplacementd(MapTransform):
                 "prealignment": affine_to_ddf(matrix[None], network.shape[1:])[0].float(),
                 "network": network,
             }
-            prealigned = self.pair_similarity(d, list(fields.values()), matrix)
             identity = torch.eye(matrix.shape[0], dtype=torch.float64, device=matrix.device)
-            # the images as they lie are compared as they lie: through the pre-aligned copy, a pre-alignment turned
-            # 8 degrees the wrong way scored better than no registration 6 degrees off (the features turn with it)
-            unturned = prealigned if torch.equal(matrix, identity) else self.pair_similarity(d, list(fields.values()), identity)
+            # the images as they lie are compared as they lie, on the pre-aligned pair's voxels: through the pre-aligned
+            # copy, a pre-alignment turned 8 degrees the wrong way scored better than no registration 6 degrees off
+            # (the features turn with it)
+            matrices = [matrix] if torch.equal(matrix, identity) else [matrix, identity]
+            prealigned, *rest = self.pair_similarity(d, list(fields.values()), matrices)
+            unturned = rest[0] if rest else prealigned
             pairs = {"none": unturned, "prealignment": prealigned, "network": prealigned}
             scores = {stage: pairs[stage].score(field) for stage, field in fields.items()}
             start = min(reversed(list(scores)), key=scores.get)  # the best so far, the later stage on a tie
