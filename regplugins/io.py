@@ -358,18 +358,21 @@ def checked_settings(
     ddf_spacing=None,
     prealign_finish=None,
     refine_step=None,
+    prealignments: Sequence[str] | None = None,
 ) -> bool:
     """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
 
     Bundle configs call this in ``initialize``, before the pairs are checked; a setting the
-    bundle lacks is left as None. Returns True.
+    bundle lacks is left as None. ``prealignments`` narrows ``prealign``'s choices (the rigid
+    bundle's: ``rigid``, ``none``). Returns True.
     """
     from regplugins.alignment import PREALIGNMENTS
     from regplugins.refinement import SIMILARITIES
     from regplugins.utils import prealign_finish as resolved_finish
 
-    if prealign is not None and prealign not in PREALIGNMENTS:
-        raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(PREALIGNMENTS)}.")
+    choices = prealignments or PREALIGNMENTS
+    if prealign is not None and prealign not in choices:
+        raise SystemExit(f"error: prealign: {prealign!r} is not one of {', '.join(choices)}.")
     if refine_iterations is not None and not (_is_number(refine_iterations, int) and refine_iterations >= 0):
         raise SystemExit(f"error: refine_iterations: {refine_iterations!r} is not a whole number of 0 or more.")
     if refine_step is not None and not (_is_number(refine_step) and 0 < refine_step <= 10):

@@ -205,6 +205,12 @@ _NATIVE_INTENSITIES = NormalizeModalityd(keys="image", modality="mr", mr_percent
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def voxel_to_lps(affine) -> np.ndarray:
+    """The 4x4 from voxels of a grid of (RAS) ``affine`` to LPS mm: ``G A G^-1`` takes a voxel matrix ``A`` of
+    that grid to the world matrix that :func:`~regplugins.alignment.finish_affine` and ``rigid.tfm`` use."""
+    return _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+
+
 def native_image(path: str | Path) -> NativeImage:
     """The image at ``path`` on its own grid as :func:`~regplugins.alignment.finish_affine` takes it:
     intensities between its 0.5 and 99.5 percentiles, voxel-to-LPS affine."""
@@ -284,7 +290,7 @@ class AffineAlignd(MapTransform):
         if not all(paths) or matrix.shape[0] != 4:
             return matrix
         native_fixed, native_moving = (native_image(path) for path in paths)
-        grid = _RAS_TO_LPS @ np.asarray(fixed.affine, dtype=np.float64)  # working voxels to LPS
+        grid = voxel_to_lps(fixed.affine)
         start = grid @ matrix.numpy() @ np.linalg.inv(grid)
         found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform)
         return torch.from_numpy(np.linalg.inv(grid) @ found @ grid)
