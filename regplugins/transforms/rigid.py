@@ -154,7 +154,7 @@ class RefineRigidd(MapTransform):
     few hundredths of a degree. It starts from whichever of the identity, the pre-alignment and the
     network's estimate the images agree with more, and mutual information, measured on one sample for
     every candidate, decides which transform is written: a pair is never left less aligned than
-    it came, and the log says when the network's estimate (or the refinement) was set aside. With
+    it came, and the log says when a candidate did worse than the best before it. With
     ``refine`` false the network's estimate is still checked against the others. The
     candidates' values and the one kept go to ``quality_key`` (and from there into
     ``rigid.json``); the transform to ``matrix_key``, in the order of the (possibly swapped) pair.
