@@ -15,7 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
-from regplugins.alignment import finish_affine, fit_affine, mutual_information, warp_affine
+from regplugins.alignment import NativeImage, finish_affine, fit_affine, mutual_information, warp_affine
 from regplugins.io import pair_output_name
 from regplugins.layers import ImageDomain
 from regplugins.outputs import warp_native_images, write_registration_outputs
@@ -23,7 +23,11 @@ from regplugins.rigid.parameters import grid_center_lps, random_rigid_parameters
 from regplugins.transforms.spatial import keep_best_stage, native_image, voxel_to_lps
 from regplugins.utils import as_flag
 
-__all__ = ["RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
+__all__ = ["RIGID_PREALIGNMENTS", "RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
+
+
+# the rigid bundle's ``prealign`` setting: the deformable bundles' choices but an affine
+RIGID_PREALIGNMENTS = ("rigid", "none")
 
 
 class RandHeadScaled(Randomizable, MapTransform):
@@ -178,8 +182,8 @@ class RefineRigidd(MapTransform):
         quality_key: str = "rigid_quality",
     ):
         super().__init__(keys=[parameters_key])
-        if prealign not in ("rigid", "none"):
-            raise ValueError(f'prealign must be "rigid" or "none", got {prealign!r}.')
+        if prealign not in RIGID_PREALIGNMENTS:
+            raise ValueError(f"prealign must be one of {RIGID_PREALIGNMENTS}, got {prealign!r}.")
         self.refine, self.prealign = refine, prealign
         self.parameters_key, self.fixed_key, self.moving_key = parameters_key, fixed_key, moving_key
         self.matrix_key, self.quality_key = matrix_key, quality_key
@@ -192,7 +196,7 @@ class RefineRigidd(MapTransform):
         # warns about a stage that did worse than the best before it, so placed first it would warn on every pair
         candidates = {"none": np.eye(4), "network": network_matrix(d[self.parameters_key], d[self.fixed_key])}
         if self.prealign == "rigid":
-            candidates["prealignment"] = self.prealignment(d[self.fixed_key], d[self.moving_key], moving_path)
+            candidates["prealignment"] = self.prealignment(d[self.fixed_key], d[self.moving_key], moving)
         values = {name: mutual_information(fixed, moving, matrix) for name, matrix in candidates.items()}
         if self.refine:
             start = min(values, key=values.get)
@@ -204,18 +208,17 @@ class RefineRigidd(MapTransform):
         return d
 
     @staticmethod
-    def prealignment(fixed: MetaTensor, moving: MetaTensor, moving_path: str) -> np.ndarray:
+    def prealignment(fixed: MetaTensor, moving: MetaTensor, native_moving: NativeImage) -> np.ndarray:
         """The LPS matrix of the rigid mutual-information fit of the working-grid images ``fixed`` and ``moving``.
 
         Its levels are 10 and 5 mm: at 20 mm the 5 mm grid's head is a few voxels across, and the fit
         lost 2 of 6 heads turned up to 60 degrees per axis that these levels found
         (docs/experiments/head_ct_mr_rigid_reg.md). The voxels whose moving point falls
-        outside the grid of ``moving_path`` are left out, as in :class:`~regplugins.transforms.AffineAlignd`.
+        outside ``native_moving``'s grid are left out, as in :class:`~regplugins.transforms.AffineAlignd`.
         """
-        source = nib.load(moving_path)
-        domain = ImageDomain.between(fixed.affine, source.affine, source.shape[:3])
-        voxel = fit_affine(fixed[0], moving[0], transform="rigid", levels=(2, 1), iterations=(60, 30), moving_domain=domain)
         grid = voxel_to_lps(fixed.affine)
+        domain = ImageDomain.between(grid, native_moving.affine, native_moving.image.shape)
+        voxel = fit_affine(fixed[0], moving[0], transform="rigid", levels=(2, 1), iterations=(60, 30), moving_domain=domain)
         return grid @ voxel.numpy() @ np.linalg.inv(grid)
 
 
