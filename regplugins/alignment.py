@@ -26,6 +26,7 @@ from regplugins.optimizers import Adam
 __all__ = [
     "PREALIGNMENTS",
     "LEVELS",
+    "QUARTER_TURNS",
     "HEAD_RADIUS_MM",
     "NativeImage",
     "fit_affine",
@@ -41,6 +42,11 @@ __all__ = [
 PREALIGNMENTS = ("none", "rigid", "affine")
 # the fit's pyramid, downsampling factors of the grid, coarse to fine
 LEVELS = (4, 2, 1)
+# starts of a fit that looks for a head in any position (axis-angle, 3D): none, and a quarter turn
+# either way about each axis, so that a head turned by up to 60 degrees per axis lies near one of them
+QUARTER_TURNS = (torch.zeros(3, dtype=torch.float64),) + tuple(
+    sign * math.pi / 2 * torch.eye(3, dtype=torch.float64)[axis] for axis in range(3) for sign in (1, -1)
+)
 
 
 def foreground_center(image: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
@@ -143,6 +149,7 @@ def fit_affine(
     num_samples: int = 8192,
     seed: int = 0,
     moving_domain: ImageDomain | None = None,
+    rotation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The voxel matrix ``(N + 1, N + 1)`` that aligns ``moving`` to ``fixed``: ``warped(p) = moving(A p)``.
 
@@ -165,6 +172,9 @@ def fit_affine(
         moving_domain: where ``moving`` has data on the grid (the moving image's own grid); a drawn
             voxel whose moving point falls outside it (by a level's voxel) is left out, as ITK leaves
             it out, unless that would leave fewer than a sixteenth of the draws.
+        rotation: the start's turn about the fixed head's centre, axis-angle in the grid's voxel
+            axes (one angle in 2D; :data:`QUARTER_TURNS`); none by default. The start maps that
+            centre to the moving head's centre either way.
     """
     if transform not in ("rigid", "affine"):
         raise ValueError(f'transform must be "rigid" or "affine", got {transform!r}.')
@@ -172,7 +182,8 @@ def fit_affine(
     # plain tensors: MetaTensor's per-operation bookkeeping would double the time of the loop
     fixed, moving = (convert_to_tensor(image, dtype=torch.float32, track_meta=False).detach() for image in (fixed, moving))
     center = foreground_center(fixed).double()
-    rotation = torch.zeros(1 if n == 2 else 3, dtype=torch.float64, requires_grad=True)
+    rotation = torch.zeros(1 if n == 2 else 3, dtype=torch.float64) if rotation is None else torch.as_tensor(rotation, dtype=torch.float64)
+    rotation = rotation.clone().requires_grad_(True)
     stretch = torch.zeros(n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
     translation = (foreground_center(moving).double() - center).requires_grad_(True)
     similarity = ParzenMutualInformationLoss(num_bins=num_bins)
