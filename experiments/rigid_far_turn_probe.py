@@ -2,9 +2,9 @@
 
 Three sets of starts, each screened by ``fit_affine`` (rigid, 60 steps at 10 mm, or 30 at 20 mm for
 the cube) and scored by mutual information on the native images, then fitted at 10 and 5 mm from the
-best, as ``RefineRigidd.prealignment``: ``quarter`` (``QUARTER_TURNS``, what 0.10.0 ships),
-``quarter+axes`` (also the four proper rotations that map the fixed head's principal axes onto the
-moving head's) and ``cube@20`` (the 24 turns of a cube). Cases: ``far``, pairs 0 and 1 of a rigid
+best, as ``RefineRigidd.prealignment``: ``quarter`` (``QUARTER_TURNS``, what 0.10.0 shipped),
+``quarter+axes`` (also ``principal_axes_turns``, the four proper rotations that map the fixed head's
+principal axes onto the moving head's, what 0.11.0 ships) and ``cube@20`` (the 24 turns of a cube). Cases: ``far``, pairs 0 and 1 of a rigid
 bench folder, their moving header turned about the fixed grid's centre by 180 degrees about each
 axis, by (90, 90, 0) and by (150, 40, -70); or every pair of a bench folder as it is. Prints each
 set's rotation error and time. Record: docs/experiments/head_ct_mr_rigid_reg.md, first section.
@@ -24,10 +24,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
-from scipy.spatial.transform import Rotation
 
-from regplugins.alignment import QUARTER_TURNS, fit_affine, mutual_information
-from regplugins.layers import ImageDomain, voxel_grid
+from regplugins.alignment import QUARTER_TURNS, fit_affine, mutual_information, principal_axes_turns
+from regplugins.layers import ImageDomain
 from regplugins.metrics import rigid_errors
 from regplugins.rigid import grid_center_lps, ras_to_lps, rigid_matrix
 from regplugins.transforms.spatial import native_image, voxel_to_lps
@@ -51,23 +50,6 @@ def cube_turns() -> tuple[torch.Tensor, ...]:
     return tuple(turns)
 
 
-def principal_axes(image: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors (columns) of the intensity-weighted covariance of a ``(*spatial)`` image's voxel coordinates."""
-    grid, weights = voxel_grid(image.shape).flatten(1).double(), image.flatten().double().clamp(min=0)
-    centred = grid - (grid * weights).sum(1, keepdim=True) / weights.sum()
-    return torch.linalg.eigh((centred * weights) @ centred.T / weights.sum())[1]
-
-
-def axes_turns(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The four proper rotations that map the fixed head's principal axes onto the moving head's (signs unknown)."""
-    fixed_axes, moving_axes = principal_axes(fixed), principal_axes(moving)
-    turns = []
-    for signs in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]):
-        signs = torch.tensor(signs, dtype=torch.float64) * torch.det(moving_axes @ fixed_axes.T)
-        turns.append(torch.tensor(Rotation.from_matrix((moving_axes @ torch.diag(signs) @ fixed_axes.T).numpy()).as_rotvec()))
-    return tuple(turns)
-
-
 def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray, center: np.ndarray, label: str) -> None:
     data = preprocessing({"fixed": fixed_path, "moving": moving_path})
     fixed, moving = data["fixed"][0], data["moving"][0]
@@ -81,7 +63,7 @@ def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray,
 
     sets = {
         "quarter": (QUARTER_TURNS, (2,), (60,)),
-        "quarter+axes": (QUARTER_TURNS + axes_turns(fixed, moving), (2,), (60,)),
+        "quarter+axes": (QUARTER_TURNS + principal_axes_turns(fixed.as_tensor(), moving.as_tensor()), (2,), (60,)),
         "cube@20": (cube_turns(), (4,), (30,)),
     }
     results = []

@@ -27,6 +27,8 @@ __all__ = [
     "PREALIGNMENTS",
     "LEVELS",
     "QUARTER_TURNS",
+    "principal_axes_turns",
+    "rotation_vector",
     "HEAD_RADIUS_MM",
     "NativeImage",
     "fit_affine",
@@ -74,6 +76,54 @@ def _rotation(vector: torch.Tensor) -> torch.Tensor:
     angle = vector.norm()
     # sin(a) / a and (1 - cos(a)) / a^2 through sinc, whose value and gradient are defined at 0
     return torch.eye(3, dtype=vector.dtype) + torch.sinc(angle / math.pi) * skew + 0.5 * torch.sinc(angle / (2 * math.pi)) ** 2 * skew @ skew
+
+
+def rotation_vector(matrix: torch.Tensor) -> torch.Tensor:
+    """The axis-angle vector (angle in [0, pi]) of a 3x3 rotation ``matrix``, the inverse of :func:`_rotation`.
+
+    Through the unit quaternion, from its largest component (Shepperd's method), so that a turn
+    near 180 degrees, where the matrix's antisymmetric part vanishes, keeps its axis.
+    """
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    trace = m.trace()
+    largest = int(torch.cat([trace[None], m.diagonal()]).argmax())
+    if largest == 0:
+        w = torch.sqrt(1 + trace) / 2
+        vector = torch.stack([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]) / (4 * w)
+    else:
+        a = largest - 1
+        b, c = (a + 1) % 3, (a + 2) % 3
+        quaternion = torch.empty(4, dtype=torch.float64)
+        quaternion[1 + a] = torch.sqrt(1 + 2 * m[a, a] - trace) / 2
+        quaternion[0] = (m[c, b] - m[b, c]) / (4 * quaternion[1 + a])
+        quaternion[1 + b] = (m[a, b] + m[b, a]) / (4 * quaternion[1 + a])
+        quaternion[1 + c] = (m[a, c] + m[c, a]) / (4 * quaternion[1 + a])
+        w, vector = quaternion[0], quaternion[1:]
+    if w < 0:  # q and -q are one rotation; this sign turns by at most 180 degrees
+        w, vector = -w, -vector
+    sine = vector.norm()
+    return vector if sine == 0 else vector / sine * 2 * torch.atan2(sine, w)
+
+
+def _principal_axes(image: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors (columns, ascending) of the intensity-weighted covariance of a ``(*spatial)`` image's voxel coordinates."""
+    grid, weights = voxel_grid(image.shape, device=image.device).flatten(1).double(), image.flatten().double().clamp(min=0)
+    centred = grid - (grid * weights).sum(1, keepdim=True) / weights.sum()
+    return torch.linalg.eigh((centred * weights) @ centred.T / weights.sum())[1]
+
+
+def principal_axes_turns(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four rotations (axis-angle, voxel axes) that map the fixed head's principal axes onto the moving head's.
+
+    Starts of a fit for a head turned any way (180 degrees about an axis, compound turns), which
+    the :data:`QUARTER_TURNS` do not reach: a head's three axes of inertia differ, so they fix its
+    turn up to each axis's sign, four proper rotations. ``fixed`` and ``moving`` are ``(*spatial)``
+    images on one isotropic grid (3D).
+    """
+    fixed_axes, moving_axes = _principal_axes(fixed), _principal_axes(moving)
+    proper = torch.det(moving_axes @ fixed_axes.T)  # a sign that makes each turn a rotation, not a mirror
+    signs = torch.tensor([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float64) * proper
+    return tuple(rotation_vector(moving_axes @ torch.diag(sign) @ fixed_axes.T).cpu() for sign in signs)
 
 
 def affine_about(rotation, translation, center, stretch=None) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from monai.bundle import ConfigParser
 
 import regplugins
-from regplugins.alignment import fit_affine, warp_affine
+from regplugins.alignment import _rotation, affine_about, fit_affine, principal_axes_turns, rotation_vector, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.layers import ImageDomain, apply_affine, voxel_grid
 from regplugins.transforms import AffineAlignd, ComposeAffined, NormalizeModalityd
@@ -40,6 +41,36 @@ def test_fit_affine_recovers_the_rigid_motion_of_a_ct_mr_pair(rigid_ct_t1_pair, 
     assert head_point_error(fitted, truth, head) < 1.0
     # the fit is deterministic for a pair
     assert torch.equal(fitted, fit_affine(pair["fixed"][0], pair["moving"][0], transform=transform))
+
+
+def turn_angle_deg(first: torch.Tensor, second: torch.Tensor) -> float:
+    """The angle of the rotation between two 3x3 rotation matrices."""
+    return math.degrees(math.acos(min(1.0, max(-1.0, (float((first.T @ second).trace()) - 1) / 2))))
+
+
+def test_rotation_vector_inverts_the_rotation_matrix_up_to_and_at_half_a_turn():
+    generator = torch.Generator().manual_seed(0)
+    axes = torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64, generator=generator), dim=1)
+    near_half_a_turn = math.pi - torch.logspace(-9, -1, 100, dtype=torch.float64)
+    angles = torch.cat([torch.rand(100, dtype=torch.float64, generator=generator) * math.pi, near_half_a_turn])
+    for vector in axes * angles[:, None]:
+        assert torch.allclose(rotation_vector(_rotation(vector)), vector, atol=1e-6)
+    for axis in torch.eye(3, dtype=torch.float64):  # at half a turn, v and -v are one rotation
+        found = rotation_vector(_rotation(math.pi * axis))
+        assert torch.allclose(found.abs(), math.pi * axis, atol=1e-9)
+    assert torch.equal(rotation_vector(torch.eye(3, dtype=torch.float64)), torch.zeros(3, dtype=torch.float64))
+
+
+def test_one_of_the_principal_axes_turns_is_near_a_head_turned_half_a_turn(rigid_ct_t1_pair):
+    """A quarter turn either way about each axis (the other starts) is 90 degrees from a head upside down."""
+    pair, _ = rigid_ct_t1_pair
+    fixed = pair["fixed"][0].as_tensor()
+    center = (torch.tensor(fixed.shape, dtype=torch.float64) - 1) / 2
+    for turn in (torch.tensor([math.pi, 0.0, 0.0]), torch.tensor([2.0, -1.2, 0.5])):
+        truth = affine_about(turn.double(), torch.zeros(3, dtype=torch.float64), center)
+        moving = warp_affine(fixed[None, None], truth)[0, 0]  # moving(p) = fixed(truth p): the fit's answer is its inverse
+        errors = [turn_angle_deg(_rotation(start), truth[:3, :3].T) for start in principal_axes_turns(fixed, moving)]
+        assert min(errors) < 5.0, errors
 
 
 def test_fit_affine_recovers_a_known_affine_with_scaling_and_shear(rigid_ct_t1_pair):

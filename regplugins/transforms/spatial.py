@@ -145,19 +145,22 @@ def label_overlap_postprocessing(
     )
 
 
-def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str) -> str:
-    """The stage of lowest score (the later one on a tie), with a warning for each stage that did worse than the best before it.
+def keep_best_stage(pair_name: str, scores: Mapping[str, float], measure: str, tolerance: float = 0.0) -> str:
+    """The last stage whose score is within ``tolerance`` of the lowest, with a warning for each stage that did worse than the best before it.
 
-    ``scores`` runs in the pipeline's order from ``"none"``; lower is more similar. Never worse
-    without saying so: the log names the pair, the stage and both scores.
+    ``scores`` runs in the pipeline's order from ``"none"``; lower is more similar. A later stage
+    refines an earlier one, so a tie, or a difference the measure cannot resolve (``tolerance``),
+    goes to it. Never worse without saying so: the log names the pair, the stage and both scores.
     """
-    kept = min(reversed(list(scores)), key=scores.get)
+    lowest = min(scores.values())
+    kept = [stage for stage in scores if scores[stage] <= lowest + tolerance][-1]
+    why = "" if scores[kept] == lowest else f", within {tolerance} of the best"
     best = "none"
     for stage in list(scores)[1:]:
         if scores[stage] > scores[best]:
             logger.warning(
                 f"{pair_name}: the {stage} left the images less similar than the {best} "
-                f"({measure} {scores[stage]:.5f} > {scores[best]:.5f}); kept the {kept}."
+                f"({measure} {scores[stage]:.5f} > {scores[best]:.5f}); kept the {kept}{why}."
             )
         else:
             best = stage
