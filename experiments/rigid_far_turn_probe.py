@@ -7,10 +7,15 @@ best, as ``RefineRigidd.prealignment``: ``quarter`` (``QUARTER_TURNS``, what 0.1
 principal axes onto the moving head's, what 0.11.0 ships) and ``cube@20`` (the 24 turns of a cube). Cases: ``far``, pairs 0 and 1 of a rigid
 bench folder, their moving header turned about the fixed grid's centre by 180 degrees about each
 axis, by (90, 90, 0) and by (150, 40, -70); or every pair of a bench folder as it is. Prints each
-set's rotation error and time. Record: docs/experiments/head_ct_mr_rigid_reg.md, first section.
+set's rotation error and time; or, with ``starts``, each start of ``quarter+axes`` after the screening
+fit: its turn from the headers, its error and its mutual information, and by how much the best fit in
+a wrong pose (10 degrees or more off) trails the best in the right one. ``tests`` is the tests' pair 0
+(conftest's generated set, no truth). Record: docs/experiments/head_ct_mr_rigid_reg.md, first sections.
 
     python experiments/rigid_far_turn_probe.py far BENCH/rigid_mni152/data_rigid_mni152_12x128x128x128
     python experiments/rigid_far_turn_probe.py pairs BENCH/rigid_mni152_turned/data_rigid_mni152_turned_12x128x128x128
+    python experiments/rigid_far_turn_probe.py pairs BENCH/rigid_mni152_turned/data_rigid_mni152_turned_12x128x128x128 starts
+    python experiments/rigid_far_turn_probe.py tests - starts
 """
 
 import json
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from regplugins.alignment import QUARTER_TURNS, fit_affine, mutual_information, principal_axes_turns
+from regplugins.alignment import QUARTER_TURNS, fit_affine, mutual_information, principal_axes_turns, rotation_vector
+from regplugins.data import write_synthetic_set
 from regplugins.layers import ImageDomain
 from regplugins.metrics import rigid_errors
 from regplugins.rigid import grid_center_lps, ras_to_lps, rigid_matrix
@@ -50,7 +56,7 @@ def cube_turns() -> tuple[torch.Tensor, ...]:
     return tuple(turns)
 
 
-def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray, center: np.ndarray, label: str) -> None:
+def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray, center: np.ndarray, label: str, report: str = "sets") -> None:
     data = preprocessing({"fixed": fixed_path, "moving": moving_path})
     fixed, moving = data["fixed"][0], data["moving"][0]
     native_fixed, native_moving = native_image(fixed_path), native_image(moving_path)
@@ -61,6 +67,9 @@ def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray,
         voxel = fit_affine(fixed, moving, "rigid", levels, iterations, moving_domain=domain, rotation=rotation)
         return grid @ voxel.numpy() @ np.linalg.inv(grid)
 
+    if report == "starts":
+        screen_starts(fixed, moving, native_fixed, native_moving, fit, truth, center, label)
+        return
     sets = {
         "quarter": (QUARTER_TURNS, (2,), (60,)),
         "quarter+axes": (QUARTER_TURNS + principal_axes_turns(fixed.as_tensor(), moving.as_tensor()), (2,), (60,)),
@@ -75,11 +84,31 @@ def compare(preprocessing, fixed_path: str, moving_path: str, truth: np.ndarray,
     print(label, " | ".join(results), flush=True)
 
 
-def main(mode: str, folder: str) -> None:
+def screen_starts(fixed, moving, native_fixed, native_moving, fit, truth, center, label: str) -> None:
+    """Each start's screening fit: turn from the headers / error (degrees) / mutual information, and the wrong poses' lag."""
+    rows = []
+    for rotation in QUARTER_TURNS + principal_axes_turns(fixed.as_tensor(), moving.as_tensor()):
+        matrix = fit(rotation, (2,), (60,))
+        turn = math.degrees(float(rotation_vector(torch.as_tensor(matrix[:3, :3])).norm()))
+        error = rigid_errors(matrix, truth, center)["rotation_error_deg"] if truth is not None else math.nan
+        rows.append((turn, error, mutual_information(native_fixed, native_moving, matrix)))
+    lag = ""
+    if truth is not None:
+        right, wrong = (min(mi for _, error, mi in rows if (error < 10) == keep) for keep in (True, False))
+        lag = f" | a wrong pose trails by {wrong - right:.3f}"
+    print(label, " ".join(f"{turn:.0f}/{error:.0f}/{mi:.3f}" for turn, error, mi in rows) + lag, flush=True)
+
+
+def main(mode: str, folder: str, report: str = "sets") -> None:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "cpu", "auto_order": False})
     preprocessing = parser.get_parsed_content("preprocessing")
+    if mode == "tests":
+        with tempfile.TemporaryDirectory() as scratch:
+            write_synthetic_set(Path(scratch), n=2, shape=(64, 64, 64), modalities=("ct", "t1"), seed=11)  # as tests/conftest.py
+            compare(preprocessing, f"{scratch}/000_fixed_t1.nii.gz", f"{scratch}/000_moving_ct.nii.gz", None, None, "tests pair 000", report)
+        return
     pairs = sorted(Path(folder).glob("*_true_rigid.json"))
     for truth_path in pairs[:2] if mode == "far" else pairs:
         stem = truth_path.name[:3]
@@ -91,7 +120,7 @@ def main(mode: str, folder: str) -> None:
         center = grid_center_lps(header.affine, header.shape)
         truth = np.asarray(json.loads(truth_path.read_text())["matrix"])
         if mode != "far":
-            compare(preprocessing, fixed_path, moving_path, truth, center, f"pair {stem}")
+            compare(preprocessing, fixed_path, moving_path, truth, center, f"pair {stem}", report)
             continue
         moving = nib.load(moving_path)
         with tempfile.TemporaryDirectory() as scratch:
@@ -99,8 +128,8 @@ def main(mode: str, folder: str) -> None:
                 turn = rigid_matrix(angles, [0.0, 0.0, 0.0], center)  # LPS, about the fixed grid's centre
                 turned_path = f"{scratch}/turned.nii.gz"
                 nib.save(nib.Nifti1Image(np.asarray(moving.dataobj), ras_to_lps(turn) @ moving.affine), turned_path)
-                compare(preprocessing, fixed_path, turned_path, turn @ truth, center, f"pair {stem} turned {angles}")
+                compare(preprocessing, fixed_path, turned_path, turn @ truth, center, f"pair {stem} turned {angles}", report)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -29,6 +29,7 @@ __all__ = [
     "QUARTER_TURNS",
     "principal_axes_turns",
     "rotation_vector",
+    "least_turned_pose",
     "HEAD_RADIUS_MM",
     "NativeImage",
     "fit_affine",
@@ -103,6 +104,25 @@ def rotation_vector(matrix: torch.Tensor) -> torch.Tensor:
         w, vector = -w, -vector
     sine = vector.norm()
     return vector if sine == 0 else vector / sine * 2 * torch.atan2(sine, w)
+
+
+def least_turned_pose(matrices: Sequence[np.ndarray], scores: Sequence[float], margin: float, same_pose_deg: float = 30.0) -> int:
+    """The index of the best-scoring of ``matrices`` (4x4) in the least-turned pose that scores within ``margin`` of the lowest.
+
+    Images that cannot tell two poses apart (a nearly round head with little inside it, a
+    cropped field of view) can score a pose turned half round a little better than the one their
+    headers give, by the measure's noise; then the pose nearer the headers is the better guess.
+    Fits within ``same_pose_deg`` of one another are one pose, of which the best-scoring is kept.
+    """
+
+    def turn(rotation: np.ndarray) -> float:
+        return float(rotation_vector(torch.as_tensor(rotation)).norm())
+
+    rotations = [np.asarray(matrix, dtype=np.float64)[:3, :3] for matrix in matrices]
+    lowest = min(scores)
+    nearest = min((i for i, score in enumerate(scores) if score <= lowest + margin), key=lambda i: turn(rotations[i]))
+    same_pose = [i for i, rotation in enumerate(rotations) if turn(rotation.T @ rotations[nearest]) < math.radians(same_pose_deg)]
+    return min(same_pose, key=lambda i: scores[i])
 
 
 def _principal_axes(image: torch.Tensor) -> torch.Tensor:
