@@ -71,6 +71,15 @@ SYNTHETIC_SETS = {
         "deformation_scale_mm": 48.0,
         "rotation_deg": 60.0,
     },
+    # the CT/T1 heads turned any way, each Euler angle up to half a turn: upside down, about several axes
+    "rigid_mni152_far": {
+        "modalities": ("ct", "t1"),
+        "deformation_mm": 0.0,
+        "anatomy": "mni152",
+        "subject_deformation_mm": 4.0,
+        "deformation_scale_mm": 48.0,
+        "rotation_deg": 180.0,
+    },
     # FIRE's setting: multi-contrast pairs with a random affine (rotation, translation, scaling) plus a deformation
     "t1_t2_affine": FIRE_AFFINE_PAIRS,
     # the same on MNI152 heads, whose outline shows a rotation that the generator's round heads hide

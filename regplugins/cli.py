@@ -115,7 +115,7 @@ def bench(
     held-out synthetic sets of --kind (--n pairs of --shape voxels at 1.5 mm, or at the kind's own
     spacing); several kinds, "ct_t1,mni152_t2_t1", are scored in one run, each in OUT/<kind>/.
     Kinds: ct_t1, t1_t2, rigid, rigid_mni152 (rigid_mni152_t2_t1 T2/T1, rigid_mni152_turned turned up
-    to 60 degrees per axis), t1_t2_affine, t1_t2_affine_mni152, the MNI152
+    to 60 degrees per axis, rigid_mni152_far up to 180), t1_t2_affine, t1_t2_affine_mni152, the MNI152
     anatomy against a T1 fixed image, mni152_t2_t1, mni152_pd_t1 and mni152_ct_t1, and a T1 moving
     image against a CT fixed one, mni152_t1_ct; mni152_ct_t1_turned turns the CT-like head up to 25
     degrees per axis instead of 8.
