@@ -359,6 +359,7 @@ def checked_settings(
     prealign_finish=None,
     refine_step=None,
     prealignments: Sequence[str] | None = None,
+    prealign_search=None,
 ) -> bool:
     """The contract's settings (docs/contract.md) checked before any work: a bad one stops the run with one line.
 
@@ -368,6 +369,7 @@ def checked_settings(
     """
     from regplugins.alignment import PREALIGNMENTS
     from regplugins.refinement import SIMILARITIES
+    from regplugins.utils import as_flag
     from regplugins.utils import prealign_finish as resolved_finish
 
     choices = prealignments or PREALIGNMENTS
@@ -386,6 +388,11 @@ def checked_settings(
             resolved_finish(prealign_finish, refine_iterations)
         except ValueError:
             raise SystemExit(f"error: prealign_finish: {prealign_finish!r} is not true, false or auto.") from None
+    if prealign_search is not None:
+        try:
+            as_flag(prealign_search, "prealign_search")
+        except ValueError:
+            raise SystemExit(f"error: prealign_search: {prealign_search!r} is not true or false.") from None
     return True
 
 

@@ -90,6 +90,22 @@ def test_one_of_the_principal_axes_turns_is_near_a_head_turned_half_a_turn(rigid
         assert min(errors) < 5.0, errors
 
 
+def test_prealignment_that_searches_turns_finds_a_head_turned_about_several_axes(rigid_ct_t1_pair):
+    """The deformable bundles' ``prealign_search``: from the headers' pose alone the fit stays far off such a head."""
+    pair, _ = rigid_ct_t1_pair
+    ct = NormalizeModalityd("fixed_paired", modality="ct")(pair)["fixed_paired"]
+    center = torch.tensor([23.5, 23.5, 23.5], dtype=torch.float64)
+    truth = affine_about(torch.tensor([2.0, -1.2, 0.5], dtype=torch.float64), torch.tensor([2.0, -1.0, 1.5], dtype=torch.float64), center)
+    moving = warp_affine(ct[None].as_tensor(), truth)[0]  # 137 degrees about an oblique axis
+    head, inverse = pair["fixed_label"][0].as_tensor() > 0, torch.linalg.inv(truth)
+    found, missed = (
+        AffineAlignd("moving", transform="rigid", search_turns=search)({"fixed": pair["fixed"], "moving": moving})["prealign_matrix"]
+        for search in (True, False)
+    )
+    assert head_point_error(found, inverse, head) < 1.0  # voxels (4 mm)
+    assert head_point_error(missed, inverse, head) > 5.0
+
+
 def test_fit_affine_recovers_a_known_affine_with_scaling_and_shear(rigid_ct_t1_pair):
     pair, _ = rigid_ct_t1_pair
     # the CT-like image of the fixed anatomy, moved by scaling of up to 8 %, shear of 0.06 and a few voxels of translation

@@ -192,6 +192,7 @@ def test_bad_refinement_settings_stop_with_one_clear_error():
         ({"ddf_spacing": -2.0}, r"error: ddf_spacing: -2.0 is not 0 \(the fixed grid\) or a spacing in mm."),
         ({"ddf_spacing": "3mm"}, "error: ddf_spacing: '3mm'"),
         ({"prealign_finish": "maybe"}, "error: prealign_finish: 'maybe' is not true, false or auto."),
+        ({"prealign_search": "yes"}, "error: prealign_search: 'yes' is not true or false."),
         ({"refine_step": 0}, r"error: refine_step: 0 is not a step in mm \(more than 0, at most 10\)."),
         ({"refine_step": "0.3mm"}, "error: refine_step: '0.3mm'"),
     ]:

@@ -16,17 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Zoom
 from monai.utils import convert_to_tensor
 
-from regplugins.alignment import (
-    QUARTER_TURNS,
-    NativeImage,
-    finish_affine,
-    fit_affine,
-    least_turned_pose,
-    mutual_information,
-    principal_axes_turns,
-    rotation_vector,
-    warp_affine,
-)
+from regplugins.alignment import NativeImage, finish_affine, fit_affine, mutual_information, searched_turn, warp_affine
 from regplugins.io import pair_output_name
 from regplugins.layers import ImageDomain
 from regplugins.outputs import warp_native_images, write_registration_outputs
@@ -41,11 +31,6 @@ __all__ = ["RIGID_PREALIGNMENTS", "RandHeadScaled", "RandRigidMotiond", "OrderBy
 
 # the rigid bundle's ``prealign`` setting: the deformable bundles' choices but an affine
 RIGID_PREALIGNMENTS = ("rigid", "none")
-# nats: the pre-alignment starts from the least-turned pose its screened fits reach within this of the best. On 46 MNI152 heads
-# (the rigid bench kinds, the far turns), every fit in a wrong pose scored 0.25 nats or more below the right one; on
-# nearly round generated heads, a pose turned half round came within 0.021 of it, and on a test pair 0.021 above
-# (docs/experiments/head_ct_mr_rigid_reg.md)
-POSE_MARGIN = 0.05
 
 
 class RandHeadScaled(Randomizable, MapTransform):
@@ -244,9 +229,9 @@ class RefineRigidd(MapTransform):
         (a head upside down or turned about several axes: 10 of 10 such heads within 0.3 degrees,
         against 1 of 10 without them). With them, every pre-alignment of the 36 pairs of the three
         rigid bench kinds is still within 0.66 degrees (docs/experiments/head_ct_mr_rigid_reg.md).
-        Where a pose less turned from the headers scores within :data:`POSE_MARGIN` of the best, the
-        fit starts from that pose's best, and the log says so: images that cannot tell a pose from
-        one turned half round are not turned on the measure's noise (:func:`~regplugins.alignment.least_turned_pose`).
+        Where a pose less turned from the headers scores within :data:`~regplugins.alignment.POSE_MARGIN` of
+        the best, the fit starts from that pose's best, and the log says so: images that cannot tell a pose
+        from one turned half round are not turned on the measure's noise (:func:`~regplugins.alignment.searched_turn`).
         The voxels whose moving point falls outside ``native_moving``'s grid are left out, as in
         :class:`~regplugins.transforms.AffineAlignd`.
         """
@@ -257,20 +242,13 @@ class RefineRigidd(MapTransform):
             voxel = fit_affine(fixed[0], moving[0], "rigid", levels, iterations, moving_domain=domain, rotation=rotation)
             return grid @ voxel.numpy() @ np.linalg.inv(grid)
 
-        starts = QUARTER_TURNS + principal_axes_turns(fixed[0].as_tensor(), moving[0].as_tensor())
-        screened = [fit(rotation, (2,), (60,)) for rotation in starts]
-        scores = [mutual_information(native_fixed, native_moving, matrix) for matrix in screened]
-        best, kept = int(np.argmin(scores)), least_turned_pose(screened, scores, POSE_MARGIN)
-        if kept != best:
-            turns = (np.degrees(float(rotation_vector(torch.as_tensor(screened[i][:3, :3])).norm())) for i in (best, kept))
-            logger.warning(
-                "a turn of %.0f degrees scores at most %.2f nats better than one of %.0f degrees; the pre-alignment "
-                "keeps the turn nearer the headers (a nearly symmetric head or field of view)",
-                next(turns),
-                POSE_MARGIN,
-                next(turns),
-            )
-        return fit(starts[kept], (2, 1), (60, 30))
+        start = searched_turn(
+            fixed[0].as_tensor(),
+            moving[0].as_tensor(),
+            lambda rotation: fit(rotation, (2,), (60,)),
+            lambda matrix: mutual_information(native_fixed, native_moving, matrix),
+        )
+        return fit(start, (2, 1), (60, 30))
 
 
 class SaveRigidRegistrationd(MapTransform):
