@@ -242,7 +242,7 @@ class RefineRigidd(MapTransform):
             voxel = fit_affine(fixed[0], moving[0], "rigid", levels, iterations, moving_domain=domain, rotation=rotation)
             return grid @ voxel.numpy() @ np.linalg.inv(grid)
 
-        start = searched_turn(
+        start, _ = searched_turn(
             fixed[0].as_tensor(),
             moving[0].as_tensor(),
             lambda rotation: fit(rotation, (2,), (60,)),

@@ -17,7 +17,17 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import AsDiscreted, Compose, CopyItemsd, CropForeground, MapTransform, ResampleToMatch, Spacing, SpatialCrop, ToDeviced
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
-from regplugins.alignment import LEVELS, PREALIGNMENTS, NativeImage, finish_affine, fit_affine, mutual_information, searched_turn, warp_affine
+from regplugins.alignment import (
+    LEVELS,
+    PREALIGNMENTS,
+    NativeImage,
+    finish_affine,
+    fit_affine,
+    mutual_information,
+    rotation_vector,
+    searched_turn,
+    warp_affine,
+)
 from regplugins.io import pair_output_name
 from regplugins.layers import (
     ImageDomain,
@@ -297,7 +307,8 @@ class AffineAlignd(MapTransform):
         return d
 
     def _start(self, fixed: MetaTensor, moving: torch.Tensor, source: MetaTensor, domain, fit_args: dict) -> torch.Tensor:
-        """The turn to fit from, :func:`~regplugins.alignment.searched_turn`'s, screened by rigid fits at the coarsest level."""
+        """The turn of the screening fit that :func:`~regplugins.alignment.searched_turn` keeps (voxel axes), screened by
+        rigid fits at the coarsest level."""
         grid = voxel_to_lps(fixed.affine)
         images = [convert_to_tensor(image[0], dtype=torch.float32, track_meta=False) for image in (fixed, moving)]
         coarsest = {**fit_args, "levels": fit_args.get("levels", LEVELS)[:1], "iterations": (60,)}
@@ -311,7 +322,8 @@ class AffineAlignd(MapTransform):
             native_fixed, native_moving = (native_image(path) for path in paths)
         else:  # images in memory: both on the working grid
             native_fixed, native_moving = (NativeImage(image, torch.from_numpy(grid)) for image in images)
-        return searched_turn(*images, screen, lambda matrix: mutual_information(native_fixed, native_moving, matrix))
+        _, screened = searched_turn(*images, screen, lambda matrix: mutual_information(native_fixed, native_moving, matrix))
+        return rotation_vector(torch.from_numpy(np.linalg.inv(grid) @ screened @ grid)[:3, :3])
 
     def _finished(self, matrix: torch.Tensor, fixed: MetaTensor, moving: MetaTensor) -> torch.Tensor:
         """The working-grid voxel ``matrix`` after :func:`~regplugins.alignment.finish_affine` on the native images."""
