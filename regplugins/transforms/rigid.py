@@ -4,7 +4,6 @@ classifier's choice of path and roles, the mutual-information finish and check, 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from regplugins.outputs import warp_native_images, write_registration_outputs
 from regplugins.rigid.parameters import grid_center_lps, random_rigid_parameters, ras_to_lps, rigid_field, rigid_matrix
 from regplugins.transforms.spatial import keep_best_stage, native_image, voxel_to_lps
 from regplugins.utils import as_flag
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["RIGID_PREALIGNMENTS", "RandHeadScaled", "RandRigidMotiond", "OrderByModalityd", "RefineRigidd", "SaveRigidRegistrationd", "modality_path"]
 

@@ -232,6 +232,12 @@ def native_image(path: str | Path) -> NativeImage:
     return NativeImage(_NATIVE_INTENSITIES.normalize(image, "mr"), torch.from_numpy(_RAS_TO_LPS @ native.affine))
 
 
+def _native_images(*images) -> tuple[NativeImage, ...] | None:
+    """``images`` read again from their files (:func:`native_image`), or None when one was not loaded from a file."""
+    paths = [image.meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None for image in images]
+    return tuple(native_image(path) for path in paths) if all(paths) else None
+
+
 class AffineAlignd(MapTransform):
     """Pre-align ``keys`` (the moving image, on the fixed image's grid) to ``fixed_key`` by :func:`fit_affine`.
 
@@ -258,7 +264,8 @@ class AffineAlignd(MapTransform):
     does (:func:`~regplugins.alignment.searched_turn`, each start fitted rigidly at the coarsest level
     and scored on the images' own grids when they come from files): for a head scanned in another
     position or with a wrong orientation in its header, which a fit from the headers' pose does not
-    find. Where no turn scores clearly better, the fit is the one from the headers' pose.
+    find. The fit goes on from the kept screening fit's turn; where no turn scores clearly better, that
+    is a fit from the headers' pose.
     """
 
     def __init__(
@@ -317,20 +324,18 @@ class AffineAlignd(MapTransform):
             voxel = fit_affine(*images, transform="rigid", moving_domain=domain, **{**coarsest, "rotation": rotation})
             return grid @ voxel.numpy() @ np.linalg.inv(grid)
 
-        paths = [image.meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None for image in (fixed, source)]
-        if all(paths):
-            native_fixed, native_moving = (native_image(path) for path in paths)
-        else:  # images in memory: both on the working grid
-            native_fixed, native_moving = (NativeImage(image, torch.from_numpy(grid)) for image in images)
+        natives = _native_images(fixed, source)
+        # images in memory are scored on the working grid
+        native_fixed, native_moving = natives or (NativeImage(image, torch.from_numpy(grid)) for image in images)
         _, screened = searched_turn(*images, screen, lambda matrix: mutual_information(native_fixed, native_moving, matrix))
         return rotation_vector(torch.from_numpy(np.linalg.inv(grid) @ screened @ grid)[:3, :3])
 
     def _finished(self, matrix: torch.Tensor, fixed: MetaTensor, moving: MetaTensor) -> torch.Tensor:
         """The working-grid voxel ``matrix`` after :func:`~regplugins.alignment.finish_affine` on the native images."""
-        paths = [image.meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None for image in (fixed, moving)]
-        if not all(paths) or matrix.shape[0] != 4:
+        natives = _native_images(fixed, moving) if matrix.shape[0] == 4 else None
+        if natives is None:
             return matrix
-        native_fixed, native_moving = (native_image(path) for path in paths)
+        native_fixed, native_moving = natives
         grid = voxel_to_lps(fixed.affine)
         start = grid @ matrix.numpy() @ np.linalg.inv(grid)
         found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform)
