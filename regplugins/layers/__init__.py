@@ -4,7 +4,7 @@ float32 under mixed precision."""
 
 from .fusion import GatedFusion
 from .gradient import GradientMagnitude
-from .keypoints import fit_affine_to_points, soft_argmax_points
+from .keypoints import soft_argmax_points
 from .normalized import normalized_affine_flow, normalized_grid, normalized_to_voxel, resize_normalized, warp_normalized
 from .precision import in_float32
 from .smoothing import gaussian_smooth
@@ -14,7 +14,9 @@ from .spatial import (
     apply_affine,
     cached_warp,
     compose_ddf,
+    ddf_affine,
     ddf_to_physical,
+    fit_affine_to_points,
     invert_ddf,
     jacobian_determinant,
     physical_sample_points,

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Warp
 
+from .precision import in_float32
+
 __all__ = [
     "ImageDomain",
     "cached_warp",
@@ -34,6 +36,8 @@ __all__ = [
     "invert_ddf",
     "round_trip",
     "affine_to_ddf",
+    "ddf_affine",
+    "fit_affine_to_points",
     "ddf_to_physical",
     "resample_ddf",
     "physical_sample_points",
@@ -193,24 +197,35 @@ def compose_ddf(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 
 
 def invert_ddf(ddf: torch.Tensor, iterations: int = 20, initial: torch.Tensor | None = None, tolerance: float = 1e-3) -> torch.Tensor:
-    """The voxel DDF ``v`` of the inverse map of ``p -> p + ddf(p)``, both on one grid, by fixed-point iteration.
+    """The voxel DDF of the inverse map of ``p -> p + ddf(p)``, both on one grid.
 
-    The inverse sends ``q`` to ``q + v(q)`` with ``q + v(q) + ddf(q + v(q)) = q``, so
-    ``v = -ddf(q + v)``: each iteration samples ``ddf`` once. It converges wherever the field
-    stretches nothing by more than a factor of two (its Jacobian's deviation from the identity
-    below 1), faster the smoother the field; ``initial`` (e.g. a network's own inverse) starts it,
-    ``-ddf`` otherwise. It stops early once an iteration moves no voxel's inverse by more than
-    ``tolerance`` voxels (0: every iteration): a near-affine field converges in a few, and each
-    costs a resampling of the whole field (0.04 s at 96^3 on 2 CPU cores).
+    The map is the affine ``A`` that fits it best (:func:`ddf_affine`) after a remainder
+    ``p -> A^-1 (p + ddf(p)) = p + r(p)``, so the inverse takes ``q`` to ``s + v`` with
+    ``s = A^-1 q``, exact for the affine however far it turns, and ``v = -r(s + v)``, found by
+    fixed-point iteration at the points ``s``, one sampling of ``r`` an iteration. Iterating on the
+    whole field instead diverges once it turns the grid by more than about 60 degrees (a head
+    pre-aligned half a turn). The iteration converges wherever the remainder stretches nothing by
+    more than a factor of two, faster the smoother it is; ``initial``, the remainder's inverse on
+    the grid (e.g. FIRE's own inverse of the field it predicted after the pre-alignment), starts
+    it, ``-r`` otherwise. It stops early once an iteration moves no voxel's inverse by more than
+    ``tolerance`` voxels (0: every iteration); each costs a resampling of the whole field (0.04 s
+    at 96^3 on 2 CPU cores).
     """
-    inverse = -ddf if initial is None else initial
+    matrix = ddf_affine(ddf)
+    to_remainder = torch.linalg.inv(matrix)
+    grid = voxel_grid(ddf.shape[2:], device=ddf.device, dtype=torch.float64)
+    remainder = (_apply_affines(to_remainder, grid + ddf.double()) - grid).to(ddf.dtype)
+    start = _apply_affines(to_remainder, grid.expand(ddf.shape[0], *grid.shape)).to(ddf.dtype)
+    # at the points themselves, not on the grid and then interpolated: the field's interpolation is affine in the
+    # remainder's, so the inverse is as exact as the iteration
+    inverse = -sample(remainder, start, padding_mode="border") if initial is None else sample(initial, start, padding_mode="border")
     for _ in range(int(iterations)):
-        updated = -cached_warp()(ddf, inverse)
+        updated = -sample(remainder, start + inverse, padding_mode="border")
         converged = bool((updated - inverse).abs().max() <= tolerance)
         inverse = updated
         if converged:
             break
-    return inverse
+    return start - grid.to(ddf.dtype) + inverse
 
 
 def round_trip(volume: torch.Tensor, there: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
@@ -233,6 +248,45 @@ def affine_to_ddf(matrix: torch.Tensor, spatial_shape: Sequence[int]) -> torch.T
     linear, offset = matrix[:, :n, :n], matrix[:, :n, n]
     moved = torch.einsum("bij,j...->bi...", linear, grid) + offset.view(-1, n, *([1] * n))
     return moved - grid.unsqueeze(0)
+
+
+@in_float32
+def fit_affine_to_points(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Affines ``(B, N, N + 1)`` taking ``source`` points ``(B, K, N)`` onto ``target`` ones by least squares.
+
+    ``ridge`` pulls the linear part towards the identity, so points that barely spread give
+    the identity rather than a singular fit; the translation is not pulled.
+    """
+    n = source.shape[-1]
+    source_mean, target_mean = source.mean(dim=1, keepdim=True), target.mean(dim=1, keepdim=True)
+    centered_source, centered_target = source - source_mean, target - target_mean
+    identity = torch.eye(n, dtype=source.dtype, device=source.device)
+    normal_matrix = centered_source.mT @ centered_source + ridge * identity
+    linear = torch.linalg.solve(normal_matrix, centered_source.mT @ centered_target + ridge * identity).mT
+    translation = target_mean.mT - linear @ source_mean.mT
+    return torch.cat([linear, translation], dim=2)
+
+
+def ddf_affine(ddf: torch.Tensor) -> torch.Tensor:
+    """Voxel matrices ``(B, N + 1, N + 1)``, in double precision, of the affines closest by least squares over the grid to ``p -> p + ddf(p)``.
+
+    The part of a field that holds beyond its grid: a pre-alignment that turns a head half a turn
+    is no displacement to repeat from the grid's edge (:func:`resample_ddf`, :func:`invert_ddf`).
+    """
+    batch, n = ddf.shape[:2]
+    grid = voxel_grid(ddf.shape[2:], device=ddf.device, dtype=torch.float64).flatten(1)
+    moved = grid + ddf.double().flatten(2)
+    fitted = fit_affine_to_points(grid.mT.expand(batch, -1, -1), moved.mT, ridge=0.0)
+    last_row = torch.zeros(batch, 1, n + 1, dtype=torch.float64, device=ddf.device)
+    last_row[..., n] = 1.0
+    return torch.cat([fitted, last_row], dim=1)
+
+
+def _apply_affines(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Each of ``matrices`` ``(B, N + 1, N + 1)`` applied to its points ``(B, N, *P)``."""
+    n = matrices.shape[-1] - 1
+    linear, offset = matrices[:, :n, :n].to(points), matrices[:, :n, n].to(points)
+    return torch.einsum("bij,bj...->bi...", linear, points) + offset.view(*offset.shape, *([1] * (points.dim() - 2)))
 
 
 def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
@@ -321,16 +375,22 @@ def resample_ddf(ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: 
 
     Used to map a field predicted on the working grid back onto the fixed image's native grid:
     each target voxel's world point is located in the source grid and the displacement there is
-    interpolated (border values outside) and converted to millimetres, slab by slab (:func:`slabs`).
+    interpolated and converted to millimetres, slab by slab (:func:`slabs`). Beyond the source
+    grid the field goes on as its best-fitting affine (:func:`ddf_affine`) plus the rest of it at
+    the border: the border's displacement alone, for a head pre-aligned by a large turn, is no turn
+    and folds the field there. Inside the grid this is linear interpolation of the field itself.
     """
+    matrix = ddf_affine(ddf)
+    remainder = ddf - affine_to_ddf(matrix, ddf.shape[2:]).to(ddf.dtype)
     to_source = torch.linalg.inv(source_affine.double())
     target = torch.empty(ddf.shape[0], ddf.shape[1], *target_shape, dtype=ddf.dtype, device=ddf.device)
     for start, stop in slabs(target_shape):
         shape = (stop - start, *target_shape[1:])
         target_points = apply_affine(slab_affine(target_affine.double(), start), voxel_grid(shape, device=ddf.device, dtype=torch.float64))
-        source_points = apply_affine(to_source, target_points).to(ddf.dtype)
-        source_points = source_points.unsqueeze(0).expand(ddf.shape[0], *source_points.shape)
-        target[:, :, start:stop] = ddf_to_physical(sample(ddf, source_points, mode="bilinear", padding_mode="border"), source_affine)
+        source_points = apply_affine(to_source, target_points).unsqueeze(0).expand(ddf.shape[0], *target_points.shape)
+        affine_part = (_apply_affines(matrix, source_points) - source_points).to(ddf.dtype)
+        voxels = sample(remainder, source_points.to(ddf.dtype), mode="bilinear", padding_mode="border") + affine_part
+        target[:, :, start:stop] = ddf_to_physical(voxels, source_affine)
     return target
 
 

@@ -183,7 +183,7 @@ class CropHeadd(MapTransform):
     A head fills two fifths of a 256 mm field of view; the pre-alignment, the network and the
     refinement cost in proportion to their grids, and what lies beyond the head is air. The
     head is :func:`~regplugins.refinement.head_foreground`; the field saved on the fixed image's
-    grid keeps its edge values beyond the crop (:func:`~regplugins.layers.resample_ddf`). A grid
+    grid goes on as its best-fitting affine beyond the crop (:func:`~regplugins.layers.resample_ddf`). A grid
     that the head fills is only padded to ``k_divisible``, as ``DivisiblePadd`` pads it.
     """
 
