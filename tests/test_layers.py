@@ -7,6 +7,7 @@ from regplugins.layers import (
     GradientMagnitude,
     ImageDomain,
     affine_to_ddf,
+    apply_affine,
     cached_warp,
     compose_ddf,
     ddf_affine,
@@ -168,9 +169,8 @@ def test_resample_ddf_goes_on_beyond_the_source_grid_as_the_fields_turn():
     target = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
     target[:3, 3] = -16.0
     field = resample_ddf(ddf, source, target, (12, 12, 12))
-    world = torch.einsum("ij,j...->i...", target[:3, :3], voxel_grid((12,) * 3, dtype=torch.float64)) + target[:3, 3].view(3, 1, 1, 1)
-    in_world = source @ turn @ torch.linalg.inv(source)
-    expected = torch.einsum("ij,j...->i...", in_world[:3, :3], world) + in_world[:3, 3].view(3, 1, 1, 1) - world
+    world = apply_affine(target, voxel_grid((12,) * 3, dtype=torch.float64))
+    expected = apply_affine(source @ turn @ torch.linalg.inv(source), world) - world
     assert (field[0].double() - expected).abs().max() < 1e-4
     # inside the source grid it is the field's own linear interpolation, deformation and all
     bumped = ddf + smooth_field((size,) * 3, amplitude=0.5)

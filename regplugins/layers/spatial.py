@@ -72,6 +72,11 @@ def apply_affine(affine: torch.Tensor, points: torch.Tensor, channel_dim: int = 
     return torch.movedim(moved.reshape(channels_first.shape), 0, channel_dim)
 
 
+def _apply_each(affines: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_affine` of each of a batch of matrices ``(B, N + 1, N + 1)`` to its points ``(B, N, *P)``."""
+    return torch.stack([apply_affine(affine, batch_points) for affine, batch_points in zip(affines, points)])
+
+
 def sample(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Sample ``volume`` ``(B, C, *S)`` at voxel coordinates ``(B, N, *P)`` of its own grid.
 
@@ -214,8 +219,8 @@ def invert_ddf(ddf: torch.Tensor, iterations: int = 20, initial: torch.Tensor | 
     matrix = ddf_affine(ddf)
     to_remainder = torch.linalg.inv(matrix)
     grid = voxel_grid(ddf.shape[2:], device=ddf.device, dtype=torch.float64)
-    remainder = (_apply_affines(to_remainder, grid + ddf.double()) - grid).to(ddf.dtype)
-    start = _apply_affines(to_remainder, grid.expand(ddf.shape[0], *grid.shape)).to(ddf.dtype)
+    remainder = (_apply_each(to_remainder, grid + ddf.double()) - grid).to(ddf.dtype)
+    start = _apply_each(to_remainder, grid.expand(ddf.shape[0], *grid.shape)).to(ddf.dtype)
     # at the points themselves, not on the grid and then interpolated: the field's interpolation is affine in the
     # remainder's, so the inverse is as exact as the iteration
     inverse = -sample(remainder, start, padding_mode="border") if initial is None else sample(initial, start, padding_mode="border")
@@ -280,13 +285,6 @@ def ddf_affine(ddf: torch.Tensor) -> torch.Tensor:
     last_row = torch.zeros(batch, 1, n + 1, dtype=torch.float64, device=ddf.device)
     last_row[..., n] = 1.0
     return torch.cat([fitted, last_row], dim=1)
-
-
-def _apply_affines(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Each of ``matrices`` ``(B, N + 1, N + 1)`` applied to its points ``(B, N, *P)``."""
-    n = matrices.shape[-1] - 1
-    linear, offset = matrices[:, :n, :n].to(points), matrices[:, :n, n].to(points)
-    return torch.einsum("bij,bj...->bi...", linear, points) + offset.view(*offset.shape, *([1] * (points.dim() - 2)))
 
 
 def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
@@ -388,7 +386,7 @@ def resample_ddf(ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: 
         shape = (stop - start, *target_shape[1:])
         target_points = apply_affine(slab_affine(target_affine.double(), start), voxel_grid(shape, device=ddf.device, dtype=torch.float64))
         source_points = apply_affine(to_source, target_points).unsqueeze(0).expand(ddf.shape[0], *target_points.shape)
-        affine_part = (_apply_affines(matrix, source_points) - source_points).to(ddf.dtype)
+        affine_part = (_apply_each(matrix, source_points) - source_points).to(ddf.dtype)
         voxels = sample(remainder, source_points.to(ddf.dtype), mode="bilinear", padding_mode="border") + affine_part
         target[:, :, start:stop] = ddf_to_physical(voxels, source_affine)
     return target
