@@ -15,7 +15,7 @@ from monai.transforms import SpatialCrop
 from regplugins.alignment import affine_about, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
-from regplugins.layers import ImageDomain, affine_to_ddf, sample_points, voxel_grid
+from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, sample_points, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
 from regplugins.refinement import PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
 from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
@@ -352,3 +352,20 @@ def test_a_pre_alignment_turned_the_wrong_way_loses_the_quality_check_to_the_ima
     assert scores[14.0]["kept"] == "none"
     # the images as they lie whatever the pre-alignment, on the head voxels of the pre-aligned pair (within 1 % here)
     assert scores[14.0]["dissimilarity"]["none"] == pytest.approx(scores[0.0]["dissimilarity"]["none"], rel=0.02)
+
+
+def test_a_pair_pre_aligned_by_a_turn_refines_as_the_same_pair_not_turned():
+    # the diffusion penalty on the whole field pulled a turned field's residual at the grid's edges: refined from a
+    # pre-alignment turned 120 degrees, the pair ended 14 % less similar and 19 % further from the truth than unturned
+    pair = ct_t1_pair()
+    fixed, moving = pair["fixed"][0].as_tensor(), pair["moving"][0].as_tensor()
+    grid = voxel_grid(SHAPE).flatten(1).double()
+    results = {}
+    for degrees in (0.0, 120.0):
+        matrix = turned_about_centre(degrees)  # the moving image as pre-aligned by that turn
+        similarity = PairSimilarity(fixed, moving, moving_matrix=matrix)
+        refined = refine_ddf(similarity, affine_to_ddf(matrix[None], SHAPE)[0].float())
+        unturned = apply_affine(torch.linalg.inv(matrix), grid + refined.flatten(1).double()) - grid
+        results[degrees] = similarity.score(refined), head_error_mm(unturned.reshape(3, *SHAPE).float(), pair)
+    assert results[120.0][0] == pytest.approx(results[0.0][0], rel=0.03)
+    assert results[120.0][1] == pytest.approx(results[0.0][1], rel=0.1)
