@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from regplugins.alignment import affine_about
 from regplugins.layers import (
     GradientMagnitude,
     ImageDomain,
@@ -113,12 +114,8 @@ def test_field_composed_with_its_inverse_is_near_zero():
 
 def turn_about_centre(degrees, size):
     """Voxel matrix of a turn about the z axis through the centre of a ``size``^3 grid."""
-    angle, centre = math.radians(degrees), (size - 1) / 2
-    turn = torch.eye(4, dtype=torch.float64)
-    turn[:2, :2] = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
-    to_centre, back = torch.eye(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
-    to_centre[:3, 3], back[:3, 3] = -centre, centre
-    return back @ turn @ to_centre
+    rotation = torch.tensor([0.0, 0.0, math.radians(degrees)], dtype=torch.float64)
+    return affine_about(rotation, torch.zeros(3, dtype=torch.float64), torch.full((3,), (size - 1) / 2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("degrees", [30, 150])

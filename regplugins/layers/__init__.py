@@ -28,6 +28,7 @@ from .spatial import (
     sample_with_gradient,
     slab_affine,
     slabs,
+    split_affine,
     voxel_grid,
     warp_physical,
 )

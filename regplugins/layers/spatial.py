@@ -37,6 +37,7 @@ __all__ = [
     "round_trip",
     "affine_to_ddf",
     "ddf_affine",
+    "split_affine",
     "fit_affine_to_points",
     "ddf_to_physical",
     "resample_ddf",
@@ -287,6 +288,13 @@ def ddf_affine(ddf: torch.Tensor) -> torch.Tensor:
     return torch.cat([fitted, last_row], dim=1)
 
 
+def split_affine(ddf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The field ``(B, N, *S)`` as its best-fitting affine (:func:`ddf_affine`, double precision) and the rest of it,
+    ``ddf`` minus that affine's displacement: what is neither carried on beyond the grid nor regularised as strain."""
+    matrix = ddf_affine(ddf)
+    return matrix, ddf - affine_to_ddf(matrix, ddf.shape[2:]).to(ddf.dtype)
+
+
 def ddf_to_physical(ddf: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     """Millimetre field of a voxel DDF on the grid of ``affine`` (the linear part maps the vectors)."""
     n = ddf.shape[1]
@@ -378,8 +386,7 @@ def resample_ddf(ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: 
     the border: the border's displacement alone, for a head pre-aligned by a large turn, is no turn
     and folds the field there. Inside the grid this is linear interpolation of the field itself.
     """
-    matrix = ddf_affine(ddf)
-    remainder = ddf - affine_to_ddf(matrix, ddf.shape[2:]).to(ddf.dtype)
+    matrix, remainder = split_affine(ddf)
     to_source = torch.linalg.inv(source_affine.double())
     target = torch.empty(ddf.shape[0], ddf.shape[1], *target_shape, dtype=ddf.dtype, device=ddf.device)
     for start, stop in slabs(target_shape):
