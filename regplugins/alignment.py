@@ -71,15 +71,15 @@ def foreground_center(image: torch.Tensor, threshold: float = 0.05) -> torch.Ten
 
 
 def _rotation(vector: torch.Tensor) -> torch.Tensor:
-    """The rotation matrix of an axis-angle ``vector`` (Rodrigues' formula, the exponential of its skew matrix, in a
-    fifth of ``matrix_exp``'s time with its gradient); 2D takes one angle."""
-    if vector.numel() == 1:
-        cos, sin = torch.cos(vector[0]), torch.sin(vector[0])
-        return torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
-    x, y, z = vector
-    zero = vector.new_zeros(())
-    skew = torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]), torch.stack([-y, x, zero])])
-    angle = vector.norm()
+    """The rotation matrices ``(..., N, N)`` of axis-angle vectors ``(..., 3)`` (Rodrigues' formula, the exponential of
+    their skew matrices, in a fifth of ``matrix_exp``'s time with its gradient); 2D takes one angle ``(..., 1)``."""
+    if vector.shape[-1] == 1:
+        cos, sin = torch.cos(vector[..., 0]), torch.sin(vector[..., 0])
+        return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    x, y, z = vector.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2)
+    angle = vector.norm(dim=-1)[..., None, None]
     # sin(a) / a and (1 - cos(a)) / a^2 through sinc, whose value and gradient are defined at 0
     return torch.eye(3, dtype=vector.dtype) + torch.sinc(angle / math.pi) * skew + 0.5 * torch.sinc(angle / (2 * math.pi)) ** 2 * skew @ skew
 
@@ -141,12 +141,13 @@ def searched_turn(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     screen: Callable[[torch.Tensor], np.ndarray],
-    score: Callable[[np.ndarray], float],
+    score: Callable[[np.ndarray], np.ndarray],
     margin: float = POSE_MARGIN,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The start (axis-angle, voxel axes) from which to fit a head that may lie in any position, and its screened fit.
 
-    ``screen`` fits from one start briefly and returns its 4x4 LPS matrix, ``score`` rates a matrix
+    ``screen`` fits from a batch of starts ``(B, 3)`` briefly (:func:`fit_affine` fits them at once) and returns
+    their 4x4 LPS matrices ``(B, 4, 4)``, ``score`` rates a batch of matrices
     (lower is more similar). The starts are the :data:`QUARTER_TURNS` (a head turned up to 60
     degrees per axis) and the :func:`principal_axes_turns` of ``fixed`` and ``moving`` (``(*spatial)``,
     one isotropic grid; a head upside down or turned about several axes); the one kept is
@@ -156,8 +157,8 @@ def searched_turn(
     screening fit from there was 1 degree off (docs/experiments/refinement.md).
     """
     starts = QUARTER_TURNS + principal_axes_turns(fixed, moving)
-    screened = [screen(rotation) for rotation in starts]
-    scores = [score(matrix) for matrix in screened]
+    screened = screen(torch.stack(starts))
+    scores = list(score(screened))
     best, kept = int(np.argmin(scores)), least_turned_pose(screened, scores, margin)
     if kept != best:
         turns = (np.degrees(float(rotation_vector(torch.as_tensor(screened[i][:3, :3])).norm())) for i in (best, kept))
@@ -194,11 +195,17 @@ def principal_axes_turns(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[tor
 
 def affine_about(rotation, translation, center, stretch=None) -> torch.Tensor:
     """Homogeneous matrix of ``p -> c + t + R (I + S) (p - c)``: ``R`` of the axis-angle ``rotation``, ``S`` the
-    symmetric part of ``stretch`` (none by default, a rigid transform); differentiable in all of them."""
-    n = center.numel()
-    linear = _rotation(rotation) if stretch is None else _rotation(rotation) @ (torch.eye(n, dtype=center.dtype) + (stretch + stretch.T) / 2)
-    top = torch.cat([linear, (center + translation - linear @ center)[:, None]], 1)
-    return torch.cat([top, torch.eye(n + 1, dtype=center.dtype)[n:]])
+    symmetric part of ``stretch`` (none by default, a rigid transform); differentiable in all of them.
+
+    ``rotation`` ``(..., 3)``, ``translation`` ``(..., N)`` and ``stretch`` ``(..., N, N)`` may carry a batch of
+    transforms about one ``center`` ``(N,)``, which gives a batch of matrices ``(..., N + 1, N + 1)``.
+    """
+    n = center.shape[-1]
+    linear = _rotation(rotation)
+    if stretch is not None:
+        linear = linear @ (torch.eye(n, dtype=center.dtype) + (stretch + stretch.transpose(-1, -2)) / 2)
+    top = torch.cat([linear, (center + translation - (linear @ center[:, None])[..., 0])[..., None]], -1)
+    return torch.cat([top, torch.eye(n + 1, dtype=center.dtype)[n:].expand(*top.shape[:-2], 1, n + 1)], -2)
 
 
 def warp_affine(image: torch.Tensor, matrix: torch.Tensor, points: torch.Tensor | None = None, mode: str = "bilinear") -> torch.Tensor:
@@ -236,22 +243,42 @@ def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def backward_mutual_information(
-    similarity: ParzenMutualInformationLoss, voxel_matrix: torch.Tensor, points: torch.Tensor, volume: torch.Tensor, fixed_values: torch.Tensor
+    similarity: ParzenMutualInformationLoss,
+    voxel_matrix: torch.Tensor,
+    points: torch.Tensor,
+    volume: torch.Tensor,
+    fixed_values: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Back-propagate the mutual information of an affine fit into ``voxel_matrix``, and return it (negative).
 
-    ``volume`` ``(*S, 1)`` (channels last) is sampled at ``voxel_matrix @ points`` (``(N + 1, N + 1)``,
-    requiring grad; ``points`` ``(N, K)`` in voxels) and compared with ``fixed_values`` ``(K,)``. The
-    chain rule to the matrix is written out: autograd through the sampling costs three times as much.
+    ``volume`` ``(*S, 1)`` (channels last) is sampled at ``voxel_matrix @ points`` (``(..., N + 1, N + 1)``,
+    a batch of matrices one loss each, requiring grad; ``points`` ``(N, K)`` in voxels) and compared with
+    ``fixed_values`` ``(K,)``; ``weights`` ``(..., K)`` leave points out (ParzenMutualInformationLoss.value_and_gradient).
+    The chain rule to the matrix is written out: autograd through the sampling costs three times as much.
     """
-    n = points.shape[0]
-    values, pull = sample_with_gradient(volume, apply_affine(voxel_matrix.detach().float(), points))
-    loss, value_gradient = similarity.value_and_gradient(values[:, 0], fixed_values)
-    point_gradient = pull(value_gradient[:, None])
-    matrix_gradient = torch.zeros_like(voxel_matrix)
-    matrix_gradient[:n, :n], matrix_gradient[:n, n] = point_gradient @ points.T, point_gradient.sum(1)
-    voxel_matrix.backward(matrix_gradient)
-    return loss
+    n, count = points.shape
+    matrices = voxel_matrix.detach().float().reshape(-1, n + 1, n + 1)
+    moved = torch.cat([apply_affine(matrix, points) for matrix in matrices], 1)  # (N, B * K)
+    values, pull = sample_with_gradient(volume, moved)
+    loss, value_gradient = similarity.value_and_gradient(values[:, 0].view(-1, count), fixed_values, weights)
+    point_gradient = pull(value_gradient.reshape(-1, 1)).view(n, -1, count)
+    matrix_gradient = torch.zeros_like(voxel_matrix).reshape(-1, n + 1, n + 1)
+    matrix_gradient[:, :n, :n] = torch.stack([each @ points.T for each in point_gradient.unbind(1)])
+    matrix_gradient[:, :n, n] = point_gradient.sum(2).T
+    voxel_matrix.backward(matrix_gradient.view(voxel_matrix.shape))
+    return loss.view(voxel_matrix.shape[:-2])
+
+
+def _inside_domain(domain: ImageDomain, matrices: torch.Tensor, points: torch.Tensor, margin: float) -> torch.Tensor | None:
+    """Weights ``(..., K)`` that leave out the ``points`` ``(N, K)`` each of ``matrices`` ``(..., N + 1, N + 1)`` sends outside
+    ``domain`` (by ``margin`` voxels), unless that leaves fewer than a sixteenth of them; ``None`` where none leaves it."""
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
+    with torch.no_grad():
+        moved = torch.cat([apply_affine(matrix, points.double()) for matrix in flat], 1)
+        inside = domain.contains(moved, margin=margin).view(len(flat), -1)
+    inside |= inside.sum(1, keepdim=True) * 16 < points.shape[1]
+    return None if inside.all() else inside.view(*matrices.shape[:-2], -1)
 
 
 def fit_affine(
@@ -268,6 +295,11 @@ def fit_affine(
     rotation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The voxel matrix ``(N + 1, N + 1)`` that aligns ``moving`` to ``fixed``: ``warped(p) = moving(A p)``.
+
+    Given a batch of start turns ``rotation`` ``(B, 3)``, the ``B`` fits from them at once ``(B, N + 1, N + 1)``,
+    each as it would be alone (they share the random draws): a search of several starts
+    (:func:`searched_turn`) in a fraction of the time of one fit after another, whose time goes
+    into the many small operations of a step, not into its samples.
 
     Args:
         fixed, moving: ``(*spatial)`` images on one grid with intensities in [0, 1].
@@ -289,8 +321,8 @@ def fit_affine(
             voxel whose moving point falls outside it (by a level's voxel) is left out, as ITK leaves
             it out, unless that would leave fewer than a sixteenth of the draws.
         rotation: the start's turn about the fixed head's centre, axis-angle in the grid's voxel
-            axes (one angle in 2D; :data:`QUARTER_TURNS`); none by default. The start maps that
-            centre to the moving head's centre either way.
+            axes (one angle in 2D; :data:`QUARTER_TURNS`), or a batch of them; none by default. The
+            start maps that centre to the moving head's centre either way.
     """
     if transform not in ("rigid", "affine"):
         raise ValueError(f'transform must be "rigid" or "affine", got {transform!r}.')
@@ -300,8 +332,9 @@ def fit_affine(
     center = foreground_center(fixed).double()
     rotation = torch.zeros(1 if n == 2 else 3, dtype=torch.float64) if rotation is None else torch.as_tensor(rotation, dtype=torch.float64)
     rotation = rotation.clone().requires_grad_(True)
-    stretch = torch.zeros(n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
-    translation = (foreground_center(moving).double() - center).requires_grad_(True)
+    batch = rotation.shape[:-1]
+    stretch = torch.zeros(*batch, n, n, dtype=torch.float64, requires_grad=(transform == "affine"))
+    translation = (foreground_center(moving).double() - center).expand(*batch, n).clone().requires_grad_(True)
     similarity = ParzenMutualInformationLoss(num_bins=num_bins)
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
     with torch.enable_grad():
@@ -319,14 +352,12 @@ def fit_affine(
             for i in range(steps):
                 optimizer.zero_grad()
                 chosen = torch.randint(grid.shape[1], (min(num_samples, grid.shape[1]),), generator=generator, device=fixed.device)
-                matrix = to_level @ affine_about(rotation, translation, center, stretch) @ to_full
-                if moving_domain is not None:
-                    with torch.no_grad():
-                        inside = moving_domain.contains(apply_affine(to_full @ matrix.detach(), grid[:, chosen].double()), margin=factor)
-                    if inside.sum() * 16 >= chosen.numel():
-                        chosen = chosen[inside]
                 points = grid.index_select(1, chosen)
-                backward_mutual_information(similarity, matrix, points, moving_level[0, 0, ..., None], fixed_level.flatten().index_select(0, chosen))
+                matrix = to_level @ affine_about(rotation, translation, center, stretch) @ to_full
+                weights = None if moving_domain is None else _inside_domain(moving_domain, to_full @ matrix.detach(), points, factor)
+                backward_mutual_information(
+                    similarity, matrix, points, moving_level[0, 0, ..., None], fixed_level.flatten().index_select(0, chosen), weights
+                )
                 # a step that shrinks to a tenth over the level settles despite the random sampling
                 optimizer.step(lr_scale=1.0 - 0.9 * i / steps)
     return affine_about(rotation, translation, center, stretch).detach()
@@ -388,21 +419,22 @@ def _inside(voxel_matrix: torch.Tensor, points: torch.Tensor, shape: Sequence[in
 
 def mutual_information(
     fixed: NativeImage, moving: NativeImage, matrix: np.ndarray, num_bins: int = 16, num_samples: int = 2**16, seed: int = 0
-) -> float:
+) -> float | np.ndarray:
     """Negative mutual information (nats; lower is more similar) of ``moving`` through ``matrix`` against ``fixed``.
 
     Over one seeded sample of ``num_samples`` fixed voxels, the same for every transform it
     compares, at random places: a regular lattice of them ranks transforms by their interpolation
     artefacts (ITK's Mattes MI on every second voxel ranked a network estimate 0.5 degrees off
-    above the refinement on two of four heads).
+    above the refinement on two of four heads). A batch of matrices ``(B, 4, 4)`` is scored at once, ``(B,)``.
     """
     generator = torch.Generator().manual_seed(seed)
     points, index = _random_voxels(fixed.image.shape, num_samples, generator)
-    voxel_matrix = torch.linalg.inv(moving.affine) @ torch.as_tensor(matrix, dtype=torch.float64) @ fixed.affine
-    inside = _inside(voxel_matrix, points, moving.image.shape)
-    values, _ = sample_with_gradient(moving.image[..., None], apply_affine(voxel_matrix.float(), points[:, inside]))
-    loss, _ = ParzenMutualInformationLoss(num_bins).value_and_gradient(values[:, 0], fixed.image.flatten()[index[inside]])
-    return float(loss)
+    voxel_matrices = torch.linalg.inv(moving.affine) @ torch.as_tensor(np.asarray(matrix), dtype=torch.float64) @ fixed.affine
+    flat = voxel_matrices.reshape(-1, 4, 4)
+    inside = torch.stack([_inside(voxel_matrix, points, moving.image.shape) for voxel_matrix in flat])
+    values, _ = sample_with_gradient(moving.image[..., None], torch.cat([apply_affine(voxel_matrix.float(), points) for voxel_matrix in flat], 1))
+    loss, _ = ParzenMutualInformationLoss(num_bins).value_and_gradient(values[:, 0].view(len(flat), -1), fixed.image.flatten()[index], inside)
+    return float(loss) if voxel_matrices.dim() == 2 else loss.view(voxel_matrices.shape[:-2]).numpy()
 
 
 def finish_affine(

@@ -48,6 +48,18 @@ def turn_angle_deg(first: torch.Tensor, second: torch.Tensor) -> float:
     return math.degrees(math.acos(min(1.0, max(-1.0, (float((first.T @ second).trace()) - 1) / 2))))
 
 
+def test_fits_from_a_batch_of_starts_are_the_fits_from_each_alone(rigid_ct_t1_pair):
+    """The search screens its eleven starts at once: each fit of the batch is the one its start gives alone."""
+    pair, _ = rigid_ct_t1_pair
+    fixed, moving = pair["fixed"][0], pair["moving"][0]
+    starts = torch.stack([torch.zeros(3, dtype=torch.float64), *(0.5 * torch.eye(3, dtype=torch.float64)[:2])])
+    batch = fit_affine(fixed, moving, transform="rigid", levels=(4, 2), iterations=(20, 10), rotation=starts)
+    alone = [fit_affine(fixed, moving, transform="rigid", levels=(4, 2), iterations=(20, 10), rotation=start) for start in starts]
+    assert batch.shape == (3, 4, 4)
+    assert all(torch.equal(fitted, each) for fitted, each in zip(batch, alone))
+    assert not torch.allclose(batch[0], batch[2], atol=1e-3)  # the starts led somewhere different
+
+
 def test_rotation_vector_inverts_the_rotation_matrix_up_to_and_at_half_a_turn():
     generator = torch.Generator().manual_seed(0)
     axes = torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64, generator=generator), dim=1)

@@ -135,6 +135,21 @@ def test_parzen_mutual_information_value_and_gradient_are_the_loss_and_its_autog
         assert (gradient[(prediction < 0) | (prediction > 1)] == 0).all() and gradient.abs().sum() > 0
 
 
+def test_parzen_mutual_information_of_a_batch_with_samples_left_out_is_each_sample_alone():
+    """A batch of samples scores each as it would alone, and a weight of 0 leaves a sample out as if it was not drawn."""
+    ct, t1 = ct_t1_same_anatomy()
+    loss = ParzenMutualInformationLoss(num_bins=32)
+    target = t1.flatten()
+    batch = torch.stack([ct.flatten(), torch.roll(ct, shifts=3, dims=2).flatten()])
+    kept = torch.rand(batch.shape, generator=torch.Generator().manual_seed(0)) < 0.6
+    values, gradients = loss.value_and_gradient(batch, target, kept)
+    for prediction, keep, value, gradient in zip(batch, kept, values, gradients):
+        alone, alone_gradient = loss.value_and_gradient(prediction[keep], target[keep])
+        assert value.item() == pytest.approx(alone.item(), abs=1e-6)
+        assert torch.allclose(gradient[keep], alone_gradient, atol=1e-7) and (gradient[~keep] == 0).all()
+    assert values[0] < values[1] - 0.05  # the rolled sample shares less
+
+
 def test_global_ncc_values():
     image = torch.rand(2, 1, 10, 10, 10)
     assert torch.allclose(GlobalNCCLoss()(2.0 * image + 1.0, image), torch.tensor(0.0), atol=1e-4)

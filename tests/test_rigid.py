@@ -369,6 +369,8 @@ def test_finish_recovers_a_known_motion_from_where_the_network_leaves_it(mni152_
     assert errors["rotation_error_deg"] < 0.25 and errors["translation_error_mm"] < 0.5, errors
     values = [mutual_information(fixed, moving, matrix) for matrix in (start, found, truth)]
     assert values[1] < values[0] - 0.02 and abs(values[1] - values[2]) < 0.005, values
+    # a batch of matrices is scored as each alone (the search scores its eleven screening fits at once)
+    assert mutual_information(fixed, moving, np.stack([start, found, truth])) == pytest.approx(values, abs=1e-6)
 
 
 def test_affine_finish_takes_a_stretched_start_back_to_the_true_motion(mni152_rigid_pairs):

@@ -49,33 +49,43 @@ class ParzenMutualInformationLoss(_Loss):
         information = (joint * (torch.log(joint + eps) - torch.log(marginals + eps))).sum((1, 2))
         return reduce_per_sample(-information, self.reduction)
 
-    def value_and_gradient(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def value_and_gradient(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of ``forward`` for one sample ``(K,)`` of each image, and its gradient with respect to ``pred`` ``(K,)``.
 
         Written out without autograd, for a fit that needs it thousands of times: each value falls
         in two bins, so the joint histogram is four scatters, and the derivative of the mutual
         information with respect to the histogram, ``log p(t, p) - log p(t) p(p)``, is read back at
-        the four bins of each sample.
+        the four bins of each sample. ``pred`` ``(..., K)`` may carry a batch of samples (of one
+        image moved by several transforms) against one ``target`` ``(K,)``, one loss each; ``weights``
+        (``pred``'s shape, 0 or 1) leave a sample out of its histogram, as if it had not been drawn.
         """
-        bins = self.num_bins
-        count = pred.numel()
+        bins, batch, count = self.num_bins, pred.shape[:-1], pred.shape[-1]
+        pred = pred.reshape(-1, count)
         (pred_low, pred_upper), (target_low, target_upper) = (self._bins(values.float()) for values in (pred, target))
-        joint = pred.new_zeros(bins * bins, dtype=torch.float32)
+        # each sample of the batch scatters into its own histogram
+        offsets = (torch.arange(pred.shape[0], device=pred.device) * bins * bins)[:, None]
+        if weights is not None:
+            weights = weights.reshape(pred.shape).float()
+            count = weights.sum(1, keepdim=True)
+        joint = pred.new_zeros(pred.shape[0] * bins * bins, dtype=torch.float32)
         for target_side, target_weight in ((0, 1 - target_upper), (1, target_upper)):
             for pred_side, pred_weight in ((0, 1 - pred_upper), (1, pred_upper)):
-                joint.index_add_(0, (target_low + target_side) * bins + pred_low + pred_side, target_weight * pred_weight)
-        joint = (joint / count).view(bins, bins)
+                weight = target_weight * pred_weight if weights is None else target_weight * pred_weight * weights
+                joint.index_add_(0, (offsets + (target_low + target_side) * bins + pred_low + pred_side).flatten(), weight.flatten())
+        joint = joint.view(-1, bins, bins) / (count if weights is None else count[..., None])
         eps = torch.finfo(joint.dtype).tiny
-        log_ratio = torch.log(joint + eps) - torch.log(joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True) + eps)
-        information = (joint * log_ratio).sum()
+        log_ratio = torch.log(joint + eps) - torch.log(joint.sum(2, keepdim=True) * joint.sum(1, keepdim=True) + eps)
+        information = (joint * log_ratio).sum((1, 2))
         # d(pred's weight in its upper bin) / d pred is bins - 1, in its lower bin the opposite; 0 where clipped
         table = log_ratio.flatten()
         slope = sum(
-            weight * (table.index_select(0, (target_low + side) * bins + pred_low + 1) - table.index_select(0, (target_low + side) * bins + pred_low))
+            weight * (table[offsets + (target_low + side) * bins + pred_low + 1] - table[offsets + (target_low + side) * bins + pred_low])
             for side, weight in ((0, 1 - target_upper), (1, target_upper))
         )
         inside = ((pred >= 0) & (pred <= 1)).float()
-        return -information, -slope * inside * (bins - 1) / count
+        if weights is not None:
+            inside = inside * weights
+        return -information.view(batch), (-slope * inside * (bins - 1) / count).view(*batch, -1)
 
     def _bins(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The lower of the two bins of each of ``(K,)`` values and the weight of the upper one (``_weights``' two non-zeros)."""

@@ -242,8 +242,8 @@ class RefineRigidd(MapTransform):
         start, _ = searched_turn(
             fixed[0].as_tensor(),
             moving[0].as_tensor(),
-            lambda rotation: fit(rotation, (2,), (60,)),
-            lambda matrix: mutual_information(native_fixed, native_moving, matrix),
+            lambda rotations: fit(rotations, (2,), (60,)),
+            lambda matrices: mutual_information(native_fixed, native_moving, matrices),
         )
         return fit(start, (2, 1), (60, 30))
 
