@@ -268,6 +268,12 @@ class AffineAlignd(MapTransform):
     is a fit from the headers' pose.
     """
 
+    # the search's screening fits: 60 steps of 8,192 voxels before 0.29.0; these kept the same pose on the far,
+    # turned and ordinary bench pairs, every fit within 0.3 degrees of a known turn, in a fifth of the time
+    # (experiments/search_screen_probe.py, docs/experiments/refinement.md)
+    screen_iterations: int = 30
+    screen_samples: int = 2048
+
     def __init__(
         self,
         keys: KeysCollection,
@@ -317,13 +323,16 @@ class AffineAlignd(MapTransform):
         """The turn of the screening fit that :func:`~regplugins.alignment.searched_turn` keeps (voxel axes), screened by
         rigid fits at the coarsest level, all eleven at once.
 
-        30 steps of 2,048 voxels each (60 of 8,192 before 0.29.0): on 12 heads turned any way, 12 turned up to 60
-        degrees and the 36 pairs of the six bench kinds, the same pose kept and every fit within 0.3 degrees of the
-        truth where a turn is known, for 0.3 to 0.6 s a pair instead of 2 to 3 (docs/experiments/refinement.md).
+        :attr:`screen_iterations` steps of :attr:`screen_samples` voxels each.
         """
         grid = voxel_to_lps(fixed.affine)
         images = [convert_to_tensor(image[0], dtype=torch.float32, track_meta=False) for image in (fixed, moving)]
-        coarsest = {**fit_args, "levels": fit_args.get("levels", LEVELS)[:1], "iterations": (30,), "num_samples": 2048}
+        coarsest = {
+            **fit_args,
+            "levels": fit_args.get("levels", LEVELS)[:1],
+            "iterations": (self.screen_iterations,),
+            "num_samples": self.screen_samples,
+        }
 
         def screen(rotations: torch.Tensor) -> np.ndarray:
             voxels = fit_affine(*images, transform="rigid", moving_domain=domain, **{**coarsest, "rotation": rotations})
