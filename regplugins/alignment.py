@@ -242,6 +242,11 @@ def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
     return warp_affine(smoothed, _level_to_grid(factor, n), voxel_grid(shape, device=image.device))
 
 
+def _moved_points(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The ``points`` ``(N, K)`` moved by each of a batch of ``matrices`` ``(..., N + 1, N + 1)``, one after another ``(N, B * K)``."""
+    return torch.cat([apply_affine(matrix, points) for matrix in matrices.reshape(-1, *matrices.shape[-2:])], 1)
+
+
 def backward_mutual_information(
     similarity: ParzenMutualInformationLoss,
     voxel_matrix: torch.Tensor,
@@ -259,8 +264,7 @@ def backward_mutual_information(
     """
     n, count = points.shape
     matrices = voxel_matrix.detach().float().reshape(-1, n + 1, n + 1)
-    moved = torch.cat([apply_affine(matrix, points) for matrix in matrices], 1)  # (N, B * K)
-    values, pull = sample_with_gradient(volume, moved)
+    values, pull = sample_with_gradient(volume, _moved_points(matrices, points))
     loss, value_gradient = similarity.value_and_gradient(values[:, 0].view(-1, count), fixed_values, weights)
     point_gradient = pull(value_gradient.reshape(-1, 1)).view(n, -1, count)
     matrix_gradient = torch.zeros_like(voxel_matrix).reshape(-1, n + 1, n + 1)
@@ -275,8 +279,7 @@ def _inside_domain(domain: ImageDomain, matrices: torch.Tensor, points: torch.Te
     ``domain`` (by ``margin`` voxels), unless that leaves fewer than a sixteenth of them; ``None`` where none leaves it."""
     flat = matrices.reshape(-1, *matrices.shape[-2:])
     with torch.no_grad():
-        moved = torch.cat([apply_affine(matrix, points.double()) for matrix in flat], 1)
-        inside = domain.contains(moved, margin=margin).view(len(flat), -1)
+        inside = domain.contains(_moved_points(flat, points.double()), margin=margin).view(len(flat), -1)
     inside |= inside.sum(1, keepdim=True) * 16 < points.shape[1]
     return None if inside.all() else inside.view(*matrices.shape[:-2], -1)
 
@@ -432,7 +435,7 @@ def mutual_information(
     voxel_matrices = torch.linalg.inv(moving.affine) @ torch.as_tensor(np.asarray(matrix), dtype=torch.float64) @ fixed.affine
     flat = voxel_matrices.reshape(-1, 4, 4)
     inside = torch.stack([_inside(voxel_matrix, points, moving.image.shape) for voxel_matrix in flat])
-    values, _ = sample_with_gradient(moving.image[..., None], torch.cat([apply_affine(voxel_matrix.float(), points) for voxel_matrix in flat], 1))
+    values, _ = sample_with_gradient(moving.image[..., None], _moved_points(flat.float(), points))
     loss, _ = ParzenMutualInformationLoss(num_bins).value_and_gradient(values[:, 0].view(len(flat), -1), fixed.image.flatten()[index], inside)
     return float(loss) if voxel_matrices.dim() == 2 else loss.view(voxel_matrices.shape[:-2]).numpy()
 
