@@ -387,15 +387,21 @@ def resample_ddf(ddf: torch.Tensor, source_affine: torch.Tensor, target_affine: 
     and folds the field there. Inside the grid this is linear interpolation of the field itself.
     """
     matrix, remainder = split_affine(ddf)
-    to_source = torch.linalg.inv(source_affine.double())
-    target = torch.empty(ddf.shape[0], ddf.shape[1], *target_shape, dtype=ddf.dtype, device=ddf.device)
+    n, device = ddf.shape[1], ddf.device
+    source_affine = source_affine.double().to(device)
+    to_source = torch.linalg.inv(source_affine) @ target_affine.double().to(device)
+    # both parts in mm at once, the rest of the field before it is interpolated (linearly: the same values), and the
+    # affine's displacement as one matrix from target voxels
+    remainder = ddf_to_physical(remainder, source_affine)
+    to_mm = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=device)
+    to_mm[:n, :n] = source_affine[:n, :n]
+    displacements = to_mm @ (matrix - torch.eye(n + 1, dtype=torch.float64, device=device)) @ to_source
+    target = torch.empty(ddf.shape[0], n, *target_shape, dtype=ddf.dtype, device=device)
     for start, stop in slabs(target_shape):
-        shape = (stop - start, *target_shape[1:])
-        target_points = apply_affine(slab_affine(target_affine.double(), start), voxel_grid(shape, device=ddf.device, dtype=torch.float64))
-        source_points = apply_affine(to_source, target_points).unsqueeze(0).expand(ddf.shape[0], *target_points.shape)
-        affine_part = (_apply_each(matrix, source_points) - source_points).to(ddf.dtype)
-        voxels = sample(remainder, source_points.to(ddf.dtype), mode="bilinear", padding_mode="border") + affine_part
-        target[:, :, start:stop] = ddf_to_physical(voxels, source_affine)
+        grid = voxel_grid((stop - start, *target_shape[1:]), device=device, dtype=torch.float64)
+        source_points = apply_affine(slab_affine(to_source, start), grid).to(ddf.dtype).expand(ddf.shape[0], *grid.shape)
+        affine_part = torch.stack([apply_affine(slab_affine(each, start), grid) for each in displacements]).to(ddf.dtype)
+        target[:, :, start:stop] = sample(remainder, source_points, mode="bilinear", padding_mode="border") + affine_part
     return target
 
 

@@ -308,20 +308,24 @@ class AffineAlignd(MapTransform):
                     source = d[self.moving_domain_key]
                     domain = ImageDomain.between(fixed.affine, source.affine, source.shape[1:])
                 fit_args = self._fit_args(fixed)
+                # read once for the search's scores and the finish
+                natives = _native_images(fixed, d[self.moving_domain_key or key]) if self.search_turns or self.finish else None
                 if self.search_turns:
-                    fit_args["rotation"] = self._start(fixed, d[key], d[self.moving_domain_key or key], domain, fit_args)
+                    fit_args["rotation"] = self._start(fixed, d[key], natives, domain, fit_args)
                 matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, moving_domain=domain, **fit_args)
-                if self.finish:
-                    matrix = self._finished(matrix, fixed, d[self.moving_domain_key or key])
+                if self.finish and natives is not None and matrix.shape[0] == 4:
+                    matrix = self._finished(matrix, fixed, *natives)
                 for moved, mode in [(key, "bilinear")] + [(label, "nearest") for label in self.label_keys if label in d]:
                     aligned = warp_affine(convert_to_tensor(d[moved], dtype=torch.float32, track_meta=False)[None], matrix, mode=mode)[0]
                     d[moved] = MetaTensor(aligned, meta=d[moved].meta) if isinstance(d[moved], MetaTensor) else aligned
             d[self.matrix_key] = matrix
         return d
 
-    def _start(self, fixed: MetaTensor, moving: torch.Tensor, source: MetaTensor, domain, fit_args: dict) -> torch.Tensor:
+    def _start(
+        self, fixed: MetaTensor, moving: torch.Tensor, natives: tuple[NativeImage, NativeImage] | None, domain, fit_args: dict
+    ) -> torch.Tensor:
         """The turn of the screening fit that :func:`~regplugins.alignment.searched_turn` keeps (voxel axes), screened by
-        rigid fits at the coarsest level, all eleven at once.
+        rigid fits at the coarsest level, all eleven at once, and scored on the ``natives`` (:func:`_native_images`).
 
         :attr:`screen_iterations` steps of :attr:`screen_samples` voxels each.
         """
@@ -338,18 +342,13 @@ class AffineAlignd(MapTransform):
             voxels = fit_affine(*images, transform="rigid", moving_domain=domain, **{**coarsest, "rotation": rotations})
             return grid @ voxels.numpy() @ np.linalg.inv(grid)
 
-        natives = _native_images(fixed, source)
         # images in memory are scored on the working grid
         native_fixed, native_moving = natives or (NativeImage(image, torch.from_numpy(grid)) for image in images)
         _, screened = searched_turn(*images, screen, lambda matrices: mutual_information(native_fixed, native_moving, matrices))
         return rotation_vector(torch.from_numpy(np.linalg.inv(grid) @ screened @ grid)[:3, :3])
 
-    def _finished(self, matrix: torch.Tensor, fixed: MetaTensor, moving: MetaTensor) -> torch.Tensor:
-        """The working-grid voxel ``matrix`` after :func:`~regplugins.alignment.finish_affine` on the native images."""
-        natives = _native_images(fixed, moving) if matrix.shape[0] == 4 else None
-        if natives is None:
-            return matrix
-        native_fixed, native_moving = natives
+    def _finished(self, matrix: torch.Tensor, fixed: MetaTensor, native_fixed: NativeImage, native_moving: NativeImage) -> torch.Tensor:
+        """The working-grid voxel ``matrix`` (3D) after :func:`~regplugins.alignment.finish_affine` on the native images."""
         grid = voxel_to_lps(fixed.affine)
         start = grid @ matrix.numpy() @ np.linalg.inv(grid)
         found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform)
