@@ -19,10 +19,9 @@ import json
 
 import numpy as np
 import torch
-from refinement_probe import network_fields
+from refinement_probe import network_fields, score_outputs
 
 from regplugins.io import load_itk_displacement_field, load_nifti, registration_pairs
-from regplugins.metrics import field_error, label_overlap
 from regplugins.transforms import ComposeAffined
 from regplugins.transforms.io import register_on_native_grids
 
@@ -49,19 +48,12 @@ def main() -> None:
             zero = {"pred": torch.zeros_like(data["pred"]), "prealign_matrix": data["prealign_matrix"]}
             field = ComposeAffined("pred")(zero)["pred"]
             out = register_on_native_grids(field, data["fixed"].affine, pair["fixed"], pair["moving"], pair["moving_label"])
-            truth, affine = load_nifti(pair["fixed_label"])
-            true_field, _ = load_itk_displacement_field(pair["true_ddf"])
-            mask = truth > 0
+            dice, error, _ = score_outputs(out, pair)
+            mask = load_nifti(pair["fixed_label"])[0] > 0
             points = out["fixed_affine"][:3, :3] @ np.stack(np.nonzero(mask)) + out["fixed_affine"][:3, 3:4]
-            found, true = head_affine(out["ddf"], points, mask), head_affine(true_field, points, mask)
-            per_label = label_overlap(out["warped_label"], truth, np.linalg.norm(affine[:3, :3], axis=0))
-            rows.append(
-                (
-                    float(np.nanmean([v["dice"] for v in per_label.values()])),
-                    field_error(out["ddf"], true_field, mask),
-                    float(np.linalg.det(found[:, :3] @ np.linalg.inv(true[:, :3])) ** (1 / 3)),
-                )
-            )
+            true = head_affine(load_itk_displacement_field(pair["true_ddf"])[0], points, mask)
+            found = head_affine(out["ddf"], points, mask)
+            rows.append((dice, error, float(np.linalg.det(found[:, :3] @ np.linalg.inv(true[:, :3])) ** (1 / 3))))
         a = np.array(rows)
         print(f"| `{overrides}` | {a[:, 0].mean():.4f} | {a[:, 1].mean():.3f} | {np.round(a[:, 2], 4).tolist()} | {np.round(a[:, 0], 3).tolist()} |")
 

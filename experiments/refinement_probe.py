@@ -44,7 +44,11 @@ def network_fields(bundle: str, datalist: str, overrides: dict) -> list[dict]:
 
 def score(data: dict, pair: dict, ddf: torch.Tensor) -> tuple[float, float, float]:
     """Mean Dice, field error inside the head (mm) and folding (%) of a working-grid field, as the benchmark scores them."""
-    out = register_on_native_grids(ddf, data["fixed"].affine, pair["fixed"], pair["moving"], pair["moving_label"])
+    return score_outputs(register_on_native_grids(ddf, data["fixed"].affine, pair["fixed"], pair["moving"], pair["moving_label"]), pair)
+
+
+def score_outputs(out: dict, pair: dict) -> tuple[float, float, float]:
+    """:func:`score` of a field already taken to the native grids (:func:`register_on_native_grids`' outputs)."""
     truth, affine = load_nifti(pair["fixed_label"])
     per_label = label_overlap(out["warped_label"], truth, np.linalg.norm(affine[:3, :3], axis=0))
     true_field, _ = load_itk_displacement_field(pair["true_ddf"])

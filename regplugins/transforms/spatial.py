@@ -308,12 +308,13 @@ class AffineAlignd(MapTransform):
                     source = d[self.moving_domain_key]
                     domain = ImageDomain.between(fixed.affine, source.affine, source.shape[1:])
                 fit_args = self._fit_args(fixed)
+                finish = self.finish and spatial_dims == 3
                 # read once for the search's scores and the finish
-                natives = _native_images(fixed, d[self.moving_domain_key or key]) if self.search_turns or self.finish else None
+                natives = _native_images(fixed, d[self.moving_domain_key or key]) if self.search_turns or finish else None
                 if self.search_turns:
                     fit_args["rotation"] = self._start(fixed, d[key], natives, domain, fit_args)
                 matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, moving_domain=domain, **fit_args)
-                if self.finish and natives is not None and matrix.shape[0] == 4:
+                if finish and natives is not None:
                     matrix = self._finished(matrix, fixed, *natives)
                 for moved, mode in [(key, "bilinear")] + [(label, "nearest") for label in self.label_keys if label in d]:
                     aligned = warp_affine(convert_to_tensor(d[moved], dtype=torch.float32, track_meta=False)[None], matrix, mode=mode)[0]
