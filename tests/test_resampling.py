@@ -5,7 +5,7 @@ from monai.transforms import GaussianSmooth, Spacing, Spacingd
 
 from regplugins.layers import apply_affine, voxel_grid
 from regplugins.transforms import AntiAliasd, CropHeadd, Warpd
-from regplugins.transforms.spatial import crop_to_box
+from regplugins.transforms.spatial import resample_to_box
 
 
 def image_at(spacing, shape=(32, 32, 32), seed=0):
@@ -114,12 +114,18 @@ def test_a_grid_the_head_fills_is_only_padded_to_k():
 
 def test_the_refinement_grid_is_cut_to_the_working_grid_it_refines():
     image = head_in_a_large_field_of_view()
+    image.affine = image.affine.double() @ torch.diag(torch.tensor([1.0, 1.1, 0.9, 1.0], dtype=torch.float64))  # not 1.5 mm along two axes
     working = CropHeadd("fixed", k_divisible=16)({"fixed": Spacing(pixdim=3.0)(image)})["fixed"]
-    refinement_grid = Spacing(pixdim=1.5)(image)
-    cut = crop_to_box(refinement_grid, working.affine, [0, 0, 0], [size - 1 for size in working.shape[1:]])
+    refinement_grid = Spacing(pixdim=1.5, mode="bilinear")(image)
+    cut = resample_to_box(image, 1.5, working.affine, [0, 0, 0], [size - 1 for size in working.shape[1:]])
     assert cut.numel() < refinement_grid.numel() / 4
-    # every working voxel lies inside the cut grid, and the cut grid's voxels are the original's
+    # every working voxel lies inside the cut grid, and the cut grid's voxels are the whole refinement grid's
     points = apply_affine(torch.linalg.inv(cut.affine.double()) @ working.affine.double(), voxel_grid(working.shape[1:], dtype=torch.float64))
     assert (points.flatten(1).min(1).values >= 0).all()
     assert (points.flatten(1).max(1).values <= torch.tensor(cut.shape[1:]) - 1).all()
+    start = torch.linalg.solve(refinement_grid.affine.double(), cut.affine.double())[:3, 3]
+    assert torch.allclose(start, start.round(), atol=1e-6) and (start >= 0).all()
+    a, b, c = start.round().long().tolist()
+    same_voxels = refinement_grid[:, a : a + cut.shape[1], b : b + cut.shape[2], c : c + cut.shape[3]]
+    assert torch.allclose(cut.as_tensor(), same_voxels.as_tensor(), atol=1e-4)
     assert torch.equal(world_points_of(cut[0] > 0.5, cut.affine), world_points_of(refinement_grid[0] > 0.5, refinement_grid.affine))
