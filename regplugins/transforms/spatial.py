@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing, compute_shape_offset, zoom_affine
-from monai.transforms import AsDiscreted, Compose, CopyItemsd, CropForeground, MapTransform, ResampleToMatch, SpatialResample, ToDeviced
+from monai.data.utils import affine_to_spacing
+from monai.transforms import AsDiscreted, Compose, CopyItemsd, CropForeground, MapTransform, ResampleToMatch, Spacing, SpatialCrop, ToDeviced
+from monai.transforms.lazy.functional import apply_pending
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
 from regplugins.alignment import (
@@ -200,21 +201,17 @@ class CropHeadd(MapTransform):
         return d
 
 
-def resample_to_box(image: MetaTensor, spacing: float, affine: torch.Tensor, low: Sequence[float], high: Sequence[float]) -> MetaTensor:
-    """``Spacing(pixdim=spacing, mode="bilinear")(image)`` cut to the voxels that cover the box from ``low`` to ``high``
-    (voxel coordinates of the grid ``affine``), one voxel clear, and resampled only there: on a head's box the
-    whole grid's resampling cost the refinement half again as much as its box's (1.5 mm from 2 mm images)."""
-    spatial_dims = image.dim() - 1
-    source = np.asarray(image.affine, dtype=np.float64)
-    grid = zoom_affine(source, [float(spacing)] * spatial_dims, diagonal=False)
-    shape, offset = compute_shape_offset(image.shape[1:], source, grid)
-    grid[:spatial_dims, -1] = offset[:spatial_dims]
+def crop_to_box(image: MetaTensor, affine: torch.Tensor, low: Sequence[float], high: Sequence[float], lazy: bool = False) -> MetaTensor:
+    """``image`` ``(C, *spatial)`` cropped to the voxels that cover the box from ``low`` to ``high`` (voxel
+    coordinates of the grid ``affine``), one voxel clear. On an image with a pending resampling (MONAI's lazy
+    ``Spacing``) and ``lazy``, the crop joins it, and applying both resamples only the box: on a head's box the whole
+    grid's resampling cost the refinement half again as much (1.5 mm from 2 mm images)."""
     corners = torch.cartesian_prod(*[torch.tensor([a - 1.0, b + 1.0], dtype=torch.float64) for a, b in zip(low, high)]).T
-    points = apply_affine(torch.linalg.inv(torch.as_tensor(grid)) @ torch.as_tensor(affine, dtype=torch.float64), corners)
+    grid = torch.as_tensor(image.peek_pending_affine(), dtype=torch.float64)
+    points = apply_affine(torch.linalg.inv(grid) @ torch.as_tensor(affine, dtype=torch.float64), corners)
     start = [max(0, math.floor(value)) for value in points.min(1).values.tolist()]
-    end = [min(int(size), math.ceil(value) + 1) for size, value in zip(shape, points.max(1).values.tolist())]
-    grid[:spatial_dims, -1] = grid[:spatial_dims, :spatial_dims] @ np.asarray(start, dtype=np.float64) + grid[:spatial_dims, -1]
-    return SpatialResample(mode="bilinear")(image, dst_affine=torch.as_tensor(grid), spatial_size=[b - a for a, b in zip(start, end)])
+    end = [min(int(size), math.ceil(value) + 1) for size, value in zip(image.peek_pending_shape(), points.max(1).values.tolist())]
+    return SpatialCrop(roi_start=start, roi_end=end, lazy=lazy)(image)
 
 
 # every image, CT included, between these percentiles for the finish on the native grids, as ANTs winsorises before
@@ -490,7 +487,8 @@ class RefineDisplacementd(MapTransform):
             [(voxel_grid(field.shape[1:], device=field.device) + field).flatten(1) for field in fields if torch.isfinite(field).all()], 1
         )
         low, high = (moved.min(1).values - reach).tolist(), (moved.max(1).values + reach).tolist()
-        fixed = resample_to_box(images[self.fixed_key], self.spacing, working.affine, low, high)
+        pending = Spacing(pixdim=self.spacing, mode="bilinear", lazy=True)(images[self.fixed_key])
+        fixed = apply_pending(crop_to_box(pending, working.affine, low, high, lazy=True))[0]
         working_affine = torch.as_tensor(working.affine, dtype=torch.float64)
         to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
         offset = torch.eye(to_working.shape[0], dtype=torch.float64)
