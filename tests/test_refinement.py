@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import SpatialCrop
+from monai.transforms import ResampleToMatch, SpatialCrop
 
 from regplugins.alignment import affine_about, warp_affine
 from regplugins.data import SyntheticPairGenerator
 from regplugins.io import checked_settings
 from regplugins.layers import ImageDomain, affine_to_ddf, apply_affine, sample_points, voxel_grid
 from regplugins.metrics import folding_percent, jacobian_determinant
-from regplugins.refinement import PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
-from regplugins.transforms import NormalizeModalityd, RefineDisplacementd
+from regplugins.refinement import MOVING_GRID_OFFSET, PairSimilarity, _dilate, affine_beyond_moving, refine_ddf
+from regplugins.transforms import AntiAliasd, NormalizeModalityd, RefineDisplacementd
 
 SPACING = 2.0
 SHAPE = (64, 64, 64)
@@ -148,6 +148,31 @@ def test_refinement_of_a_moving_image_on_another_grid_keeps_the_refined_field_an
     quality = out["quality"]
     assert quality["kept"] == "refinement" and quality["refined_from"] == "network"  # a zero network field ties with none
     assert quality["dissimilarity"]["refinement"] < quality["dissimilarity"]["network"]
+
+
+def test_the_moving_copies_are_the_native_moving_image_resampled_through_each_prealignment_as_monai_resamples():
+    """Each copy on the refinement grid (moved by MOVING_GRID_OFFSET) is MONAI's ResampleToMatch of the moving image
+    whose header the pre-alignment moved: one grid_sample from a composed voxel matrix gives the same values."""
+    pair = ct_t1_pair(moving_grid="random", seed=7)
+    inputs = refinement_inputs(pair, torch.zeros(3, *SHAPE))
+    turn = affine_about(
+        torch.tensor([0.05, -0.08, 0.1], dtype=torch.float64),
+        torch.tensor([1.5, -2.0, 0.5], dtype=torch.float64),
+        torch.full((3,), 31.5, dtype=torch.float64),
+    )
+    matrices = [turn, torch.eye(4, dtype=torch.float64)]
+    refine = RefineDisplacementd(spacing=SPACING)
+    copies = refine.pair_similarity(inputs, [inputs["pred"]], matrices)
+    offset = torch.eye(4, dtype=torch.float64)
+    offset[:3, 3] = MOVING_GRID_OFFSET
+    destination = inputs["native_fixed"].clone()
+    destination.affine = inputs["native_fixed"].affine.double() @ offset
+    grid = inputs["native_fixed"].affine.double()
+    for copy, matrix in zip(copies, matrices):
+        moved = AntiAliasd("moving", pixdim=SPACING)({"moving": inputs["native_moving"]})["moving"]
+        moved.affine = grid @ torch.linalg.inv(matrix) @ torch.linalg.inv(grid) @ moved.affine.double()
+        expected = ResampleToMatch(mode="bilinear", padding_mode="zeros")(moved, img_dst=destination)[0].as_tensor().float()
+        assert (copy.moving_features[..., -1] - expected[copy.crop]).abs().max() < 1e-4
 
 
 def test_the_refinements_step_is_in_millimetres_whatever_the_working_grid(pair):
