@@ -500,12 +500,11 @@ class RefineDisplacementd(MapTransform):
 
         def moving_through(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # the moving image where the pre-alignment takes each voxel of the offset grid: one matrix from those voxels
-            # to the moving image's, composed in double precision, and one grid_sample (MONAI's ResampleToMatch, by an
-            # affine_grid in double precision, took about three times as long)
-            matrix = matrix.double().cpu()
-            voxels = working_to_moving_voxels @ matrix @ to_working @ offset
-            moving = warp_affine(moving_image, voxels.float(), points)[0, 0].to(device)
-            return moving, torch.linalg.inv(to_working) @ matrix @ to_working @ offset
+            # to the moving image's, composed in double precision, and one grid_sample (MONAI's ResampleToMatch of a
+            # moved header, the same values within 1e-5, took 0.23 s against 0.18 on a 170 x 162 x 170 box)
+            to_prealigned = matrix.double().cpu() @ to_working @ offset  # offset-grid voxels to working voxels, pre-aligned
+            moving = warp_affine(moving_image, (working_to_moving_voxels @ to_prealigned).float(), points)[0, 0].to(device)
+            return moving, torch.linalg.inv(to_working) @ to_prealigned
 
         native_moving = d[self.moving_key]
         domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
