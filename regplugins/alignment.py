@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PREALIGNMENTS",
     "LEVELS",
+    "FINISH_LEVELS_MM",
+    "FINISH_ITERATIONS",
     "QUARTER_TURNS",
     "principal_axes_turns",
     "rotation_vector",
@@ -50,6 +52,8 @@ __all__ = [
 PREALIGNMENTS = ("none", "rigid", "affine")
 # the fit's pyramid, downsampling factors of the grid, coarse to fine
 LEVELS = (4, 2, 1)
+# the finish's pyramid on the native images (:func:`finish_affine`): boxes of about 3 mm, then the voxels, and Adam steps on each
+FINISH_LEVELS_MM, FINISH_ITERATIONS = (3.0, 0.0), (40, 80)
 # starts of a fit that looks for a head in any position (axis-angle, 3D): none, and a quarter turn
 # either way about each axis, so that a head turned by up to 60 degrees per axis lies near one of them
 QUARTER_TURNS = (torch.zeros(3, dtype=torch.float64),) + tuple(
@@ -446,8 +450,8 @@ def finish_affine(
     matrix: np.ndarray,
     center_mm: Sequence[float],
     transform: str = "rigid",
-    level_spacings_mm: Sequence[float] = (3.0, 0.0),
-    iterations: Sequence[int] = (40, 80),
+    level_spacings_mm: Sequence[float] = FINISH_LEVELS_MM,
+    iterations: Sequence[int] = FINISH_ITERATIONS,
     num_samples: int = 16384,
     num_bins: int = 16,
     seed: int = 0,

@@ -225,7 +225,7 @@ def test_prealignment_fits_at_levels_in_millimetres_on_a_grid_finer_than_its_spa
 def test_the_deformable_bundles_finish_the_prealignment_on_the_native_images_as_they_need(bundle):
     """prealign_finish "auto" in every deformable bundle: the finish pays where the network's field is final,
     without the refinement. FIRE finished always before 0.22.0, when its 4 mm fit could miss a round head's turn;
-    the search of eleven starts now settles that turn."""
+    the search of eleven starts now settles that turn, and its fit goes on at 3 mm on the native images."""
 
     def finishes(**settings) -> bool:
         parser = ConfigParser(globals={"regplugins": regplugins, "torch": torch})

@@ -19,6 +19,7 @@ from monai.transforms.lazy.functional import apply_pending
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
 from regplugins.alignment import (
+    FINISH_ITERATIONS,
     LEVELS,
     PREALIGNMENTS,
     NativeImage,
@@ -256,7 +257,10 @@ class AffineAlignd(MapTransform):
     those of a grid of that spacing, 12, 6 and 3 mm by default, whatever the bundle's working
     grid. On a 2 mm grid (levels of 8, 4 and 2 mm) a moving MR of thick slices over part of the
     head was pre-aligned 8.4 mm off on average, against 5.2 mm with levels of 3 mm and up
-    (docs/experiments/refinement.md); on whole heads the two were within 0.1 mm.
+    (docs/experiments/refinement.md); on whole heads the two were within 0.1 mm. Where the grid is
+    coarser (FIRE's 4 mm), the fit goes on at ``spacing`` on the native images when they come from
+    files, the first level of ``finish`` below: ended at 4 mm, FIRE's fit left two of four fixed
+    MR of 5 mm slices over part of the head 3.5 and 16 mm off (docs/benchmarks.md).
     ``finish`` then takes the fit to the images' own grids (:func:`~regplugins.alignment.finish_affine`
     with its defaults: 40 steps on boxes of about 3 mm and 80 on the native voxels; with half as many the
     stretch of FIRE's affine pairs stopped short, 0.004 Dice below the full count), read again from
@@ -312,13 +316,14 @@ class AffineAlignd(MapTransform):
                     domain = ImageDomain.between(fixed.affine, source.affine, source.shape[1:])
                 fit_args = self._fit_args(fixed)
                 finish = self.finish and spatial_dims == 3
+                to_spacing = spatial_dims == 3 and self._grid_spacing(fixed) > self.spacing * 1.001
                 # read once for the search's scores and the finish
-                natives = _native_images(fixed, d[self.moving_domain_key or key]) if self.search_turns or finish else None
+                natives = _native_images(fixed, d[self.moving_domain_key or key]) if self.search_turns or finish or to_spacing else None
                 if self.search_turns:
                     fit_args["rotation"] = self._start(fixed, d[key], natives, domain, fit_args)
                 matrix = fit_affine(fixed[0], d[key][0], transform=self.transform, moving_domain=domain, **fit_args)
-                if finish and natives is not None:
-                    matrix = self._finished(matrix, fixed, *natives)
+                if (finish or to_spacing) and natives is not None:
+                    matrix = self._finished(matrix, fixed, *natives, to_native_voxels=finish)
                 for moved, mode in [(key, "bilinear")] + [(label, "nearest") for label in self.label_keys if label in d]:
                     aligned = warp_affine(convert_to_tensor(d[moved], dtype=torch.float32, track_meta=False)[None], matrix, mode=mode)[0]
                     d[moved] = MetaTensor(aligned, meta=d[moved].meta) if isinstance(d[moved], MetaTensor) else aligned
@@ -351,18 +356,27 @@ class AffineAlignd(MapTransform):
         _, screened = searched_turn(*images, screen, lambda matrices: mutual_information(native_fixed, native_moving, matrices))
         return rotation_vector(torch.from_numpy(np.linalg.inv(grid) @ screened @ grid)[:3, :3])
 
-    def _finished(self, matrix: torch.Tensor, fixed: MetaTensor, native_fixed: NativeImage, native_moving: NativeImage) -> torch.Tensor:
-        """The working-grid voxel ``matrix`` (3D) after :func:`~regplugins.alignment.finish_affine` on the native images."""
+    def _finished(
+        self, matrix: torch.Tensor, fixed: MetaTensor, native_fixed: NativeImage, native_moving: NativeImage, to_native_voxels: bool = True
+    ) -> torch.Tensor:
+        """The working-grid voxel ``matrix`` (3D) after :func:`~regplugins.alignment.finish_affine` on the native images:
+        its whole pyramid, or with ``to_native_voxels`` false its first level alone, at :attr:`spacing`."""
         grid = voxel_to_lps(fixed.affine)
         start = grid @ matrix.numpy() @ np.linalg.inv(grid)
-        found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform)
+        levels = {} if to_native_voxels else {"level_spacings_mm": (self.spacing,), "iterations": FINISH_ITERATIONS[:1]}
+        found = finish_affine(native_fixed, native_moving, start, native_fixed.center_mm, transform=self.transform, **levels)
         return torch.from_numpy(np.linalg.inv(grid) @ found @ grid)
+
+    @staticmethod
+    def _grid_spacing(fixed: torch.Tensor) -> float:
+        """The finest spacing of the working grid, in mm (1 for an image without an affine, as MONAI takes it)."""
+        return float(affine_to_spacing(fixed.affine).min()) if isinstance(fixed, MetaTensor) else 1.0
 
     def _fit_args(self, fixed: torch.Tensor) -> dict:
         """The fit's settings, its levels scaled to ``spacing`` where ``fixed``'s grid is finer."""
         args = dict(self.fit_args)
         if isinstance(fixed, MetaTensor):
-            scale = self.spacing / float(affine_to_spacing(fixed.affine).min())
+            scale = self.spacing / self._grid_spacing(fixed)
             if scale > 1.001:  # a grid finer by a rounding error keeps whole factors (boxes of voxels averaged)
                 args["levels"] = [round(level * scale, 3) for level in args.get("levels", LEVELS)]
         return args
