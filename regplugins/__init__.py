@@ -2,4 +2,4 @@
 
 from . import alignment, data, engines, inferers, io, layers, losses, metrics, networks, optimizers, transforms
 
-__version__ = "0.30.2"
+__version__ = "0.30.3"

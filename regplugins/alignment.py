@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from monai.utils import convert_to_tensor
 
-from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, sample_with_gradient, voxel_grid
+from regplugins.layers import ImageDomain, apply_affine, gaussian_smooth, sample, sample_affine, sample_with_gradient, voxel_grid
 from regplugins.losses import ParzenMutualInformationLoss
 from regplugins.optimizers import Adam
 
@@ -219,7 +219,7 @@ def warp_affine(image: torch.Tensor, matrix: torch.Tensor, points: torch.Tensor 
     coordinates, e.g. a random subset of the grid shaped ``(N, K, 1, 1)``) when given.
     """
     if points is None:
-        points = voxel_grid(image.shape[2:], device=image.device)
+        return sample_affine(image, matrix.to(image), image.shape[2:], mode=mode)
     moved = apply_affine(matrix.to(image), points)
     return sample(image, moved.unsqueeze(0).expand(image.shape[0], *moved.shape), mode=mode)
 
@@ -243,7 +243,7 @@ def _downsampled(image: torch.Tensor, factor: float) -> torch.Tensor:
         return (F.avg_pool2d if n == 2 else F.avg_pool3d)(image, int(factor), ceil_mode=True)
     smoothed = gaussian_smooth(image, [math.sqrt(factor**2 - 1) / 2.0] * n)
     shape = [math.ceil(size / factor) for size in image.shape[2:]]
-    return warp_affine(smoothed, _level_to_grid(factor, n), voxel_grid(shape, device=image.device))
+    return sample_affine(smoothed, _level_to_grid(factor, n).to(smoothed), shape)
 
 
 def _moved_points(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

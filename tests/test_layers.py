@@ -8,6 +8,7 @@ from regplugins.layers import (
     GradientMagnitude,
     ImageDomain,
     affine_to_ddf,
+    affine_values,
     apply_affine,
     cached_warp,
     compose_ddf,
@@ -18,12 +19,14 @@ from regplugins.layers import (
     invert_ddf,
     resample_ddf,
     sample,
+    sample_affine,
     sample_points,
     sample_with_gradient,
     soft_argmax_points,
     voxel_grid,
     warp_physical,
 )
+from regplugins.layers.spatial import axis_sources
 
 
 def smooth_field(shape, amplitude, seed=0):
@@ -58,6 +61,34 @@ def test_sample_like_itk_keeps_the_edge_half_voxel_and_decides_it_in_double_prec
     # inside [-0.5, 4.5): the edge voxel repeated; outside: 0, as ITK's resampler gives
     assert values.tolist() == [1.0, 1.0, 0.0, 5.0, 0.0, 0.0]
     assert sample_like_itk(volume, points, mode="nearest")[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 0.0, 5.0, 0.0, 0.0]
+
+
+def test_affine_values_are_the_matrix_applied_to_every_voxel():
+    matrix = affine_about(torch.tensor([0.3, -0.2, 0.1]), torch.tensor([2.0, -1.0, 0.5]), torch.tensor([4.0, 5.0, 3.0])).double()
+    expected = apply_affine(matrix, voxel_grid((9, 11, 7), dtype=torch.float64))
+    assert torch.allclose(affine_values(matrix, (9, 11, 7)), expected, atol=1e-12)
+    square = torch.tensor([[0.0, -1.0, 5.0], [1.0, 0.0, -2.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert torch.equal(affine_values(square, (3, 4)), apply_affine(square, voxel_grid((3, 4), dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_sample_affine_between_grids_of_one_orientation_is_sample_one_axis_at_a_time(padding_mode):
+    volume = torch.rand(2, 3, 9, 11, 7)
+    # target axes 0, 1, 2 along source axes 1 (flipped), 2 and 0, finer, shifted so that the grid reaches past the source
+    permuted = torch.tensor([[0, 0, 0.7, -1.5], [-0.6, 0, 0, 12.0], [0, 0.8, 0, -0.9], [0, 0, 0, 1]], dtype=torch.float64)
+    turned = permuted.clone()
+    turned[:3, :3] = permuted[:3, :3] @ affine_about(torch.tensor([0.0, 0.0, 0.2]), torch.zeros(3), torch.zeros(3))[:3, :3].double()
+    shape = (10, 14, 13)
+    assert axis_sources(permuted) == [1, 2, 0] and axis_sources(turned) is None  # separable, and through grid_sample
+    for matrix in (permuted, turned, permuted.float()):
+        points = apply_affine(matrix, voxel_grid(shape, dtype=matrix.dtype)).to(volume.dtype)
+        expected = sample(volume, points.expand(2, *points.shape), padding_mode=padding_mode)
+        assert torch.allclose(sample_affine(volume, matrix, shape, padding_mode=padding_mode), expected, atol=1e-5)
+    # nearest neighbours, and the reach beyond the source along each axis, as grid_sample takes them
+    nearest = sample_affine(volume, permuted, shape, mode="nearest")
+    points = apply_affine(permuted, voxel_grid(shape, dtype=torch.float64)).float()
+    assert torch.equal(nearest, sample(volume, points.expand(2, *points.shape), mode="nearest"))
+    assert (sample_affine(volume, permuted, shape, padding_mode=padding_mode)[:, :, 0] == 0).all() == (padding_mode == "zeros")
 
 
 def test_sample_points_is_sample_with_border_padding_and_differentiable_in_both_arguments():

@@ -2,11 +2,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import GaussianSmooth, Spacing, Spacingd
-from monai.transforms.lazy.functional import apply_pending
 
 from regplugins.layers import apply_affine, voxel_grid
 from regplugins.transforms import AntiAliasd, CropHeadd, Warpd
-from regplugins.transforms.spatial import crop_to_box
+from regplugins.transforms.spatial import resampled_box
 
 
 def image_at(spacing, shape=(32, 32, 32), seed=0):
@@ -118,9 +117,8 @@ def test_the_refinement_grid_is_cut_to_the_working_grid_it_refines():
     image.affine = image.affine.double() @ torch.diag(torch.tensor([1.0, 1.1, 0.9, 1.0], dtype=torch.float64))  # not 1.5 mm along two axes
     working = CropHeadd("fixed", k_divisible=16)({"fixed": Spacing(pixdim=3.0)(image)})["fixed"]
     refinement_grid = Spacing(pixdim=1.5, mode="bilinear")(image)
-    # cut while the resampling is pending: only the cut grid is resampled
-    pending = Spacing(pixdim=1.5, mode="bilinear", lazy=True)(image)
-    cut = apply_pending(crop_to_box(pending, working.affine, [0, 0, 0], [size - 1 for size in working.shape[1:]], lazy=True))[0]
+    # only the cut grid is resampled
+    cut = resampled_box(image, 1.5, working.affine, [0, 0, 0], [size - 1 for size in working.shape[1:]])
     assert cut.numel() < refinement_grid.numel() / 4
     # every working voxel lies inside the cut grid, and the cut grid's voxels are the whole refinement grid's
     points = apply_affine(torch.linalg.inv(cut.affine.double()) @ working.affine.double(), voxel_grid(working.shape[1:], dtype=torch.float64))

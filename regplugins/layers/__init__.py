@@ -11,6 +11,7 @@ from .smoothing import gaussian_smooth
 from .spatial import (
     ImageDomain,
     affine_to_ddf,
+    affine_values,
     apply_affine,
     cached_warp,
     compose_ddf,
@@ -23,6 +24,7 @@ from .spatial import (
     resample_ddf,
     round_trip,
     sample,
+    sample_affine,
     sample_like_itk,
     sample_points,
     sample_with_gradient,

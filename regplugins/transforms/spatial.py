@@ -15,7 +15,6 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.transforms import AsDiscreted, Compose, CopyItemsd, CropForeground, MapTransform, Spacing, SpatialCrop, ToDeviced
-from monai.transforms.lazy.functional import apply_pending
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple_rep, look_up_option
 
 from regplugins.alignment import (
@@ -39,6 +38,7 @@ from regplugins.layers import (
     gaussian_smooth,
     invert_ddf,
     resample_ddf,
+    sample_affine,
     voxel_grid,
     warp_physical,
 )
@@ -202,17 +202,25 @@ class CropHeadd(MapTransform):
         return d
 
 
-def crop_to_box(image: MetaTensor, affine: torch.Tensor, low: Sequence[float], high: Sequence[float], lazy: bool = False) -> MetaTensor:
-    """``image`` ``(C, *spatial)`` cropped to the voxels that cover the box from ``low`` to ``high`` (voxel
-    coordinates of the grid ``affine``), one voxel clear. On an image with a pending resampling (MONAI's lazy
-    ``Spacing``) and ``lazy``, the crop joins it, and applying both resamples only the box: on a head's box the whole
-    grid's resampling cost the refinement half again as much (1.5 mm from 2 mm images)."""
+def resampled_box(image: MetaTensor, spacing: float, affine: torch.Tensor, low: Sequence[float], high: Sequence[float]) -> MetaTensor:
+    """``image`` ``(1, *spatial)`` at ``spacing`` mm in its own orientation (MONAI's ``Spacing``), only on the voxels
+    that cover the box from ``low`` to ``high`` (voxel coordinates of the grid ``affine``), one voxel clear.
+
+    MONAI's lazy ``Spacing`` and crop give the box's grid, and the image is resampled there alone (on a head's
+    box the whole grid's resampling cost the refinement half again as much, 1.5 mm from 2 mm images), through
+    :func:`~regplugins.layers.sample_affine`: separable, a fifth of the time of MONAI's resampling, the same values
+    within 1e-5."""
+    pending = Spacing(pixdim=spacing, mode="bilinear", lazy=True)(image)
     corners = torch.cartesian_prod(*[torch.tensor([a - 1.0, b + 1.0], dtype=torch.float64) for a, b in zip(low, high)]).T
-    grid = torch.as_tensor(image.peek_pending_affine(), dtype=torch.float64)
+    grid = torch.as_tensor(pending.peek_pending_affine(), dtype=torch.float64)
     points = apply_affine(torch.linalg.inv(grid) @ torch.as_tensor(affine, dtype=torch.float64), corners)
     start = [max(0, math.floor(value)) for value in points.min(1).values.tolist()]
-    end = [min(int(size), math.ceil(value) + 1) for size, value in zip(image.peek_pending_shape(), points.max(1).values.tolist())]
-    return SpatialCrop(roi_start=start, roi_end=end, lazy=lazy)(image)
+    end = [min(int(size), math.ceil(value) + 1) for size, value in zip(pending.peek_pending_shape(), points.max(1).values.tolist())]
+    box = SpatialCrop(roi_start=start, roi_end=end, lazy=True)(pending)
+    box_affine = torch.as_tensor(box.peek_pending_affine(), dtype=torch.float64)
+    to_image = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64)) @ box_affine
+    volume = convert_to_tensor(image, dtype=torch.float32, track_meta=False)[None]
+    return MetaTensor(sample_affine(volume, to_image.float(), box.peek_pending_shape(), padding_mode="border")[0], affine=box_affine)
 
 
 # every image, CT included, between these percentiles for the finish on the native grids, as ANTs winsorises before
@@ -501,28 +509,28 @@ class RefineDisplacementd(MapTransform):
             [(voxel_grid(field.shape[1:], device=field.device) + field).flatten(1) for field in fields if torch.isfinite(field).all()], 1
         )
         low, high = (moved.min(1).values - reach).tolist(), (moved.max(1).values + reach).tolist()
-        pending = Spacing(pixdim=self.spacing, mode="bilinear", lazy=True)(images[self.fixed_key])
-        fixed = apply_pending(crop_to_box(pending, working.affine, low, high, lazy=True))[0]
+        box = resampled_box(images[self.fixed_key], self.spacing, working.affine, low, high)
+        fixed, fixed_affine = box.as_tensor()[0], box.affine.double()
         working_affine = torch.as_tensor(working.affine, dtype=torch.float64)
-        to_working = torch.linalg.inv(working_affine) @ torch.as_tensor(fixed.affine, dtype=torch.float64)
+        to_working = torch.linalg.inv(working_affine) @ fixed_affine
         offset = torch.eye(to_working.shape[0], dtype=torch.float64)
         offset[:-1, -1] = MOVING_GRID_OFFSET
         device = fields[0].device
         moving_image = convert_to_tensor(images[self.moving_key], dtype=torch.float32, track_meta=False)[None]
         working_to_moving_voxels = torch.linalg.inv(torch.as_tensor(images[self.moving_key].affine, dtype=torch.float64)) @ working_affine
-        points = voxel_grid(fixed.shape[1:])
 
         def moving_through(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # the moving image where the pre-alignment takes each voxel of the offset grid: one matrix from those voxels
-            # to the moving image's, composed in double precision, and one grid_sample (MONAI's ResampleToMatch of a
-            # moved header, the same values within 1e-5, took 0.23 s against 0.18 on a 170 x 162 x 170 box)
+            # to the moving image's, composed in double precision, and one resampling (MONAI's ResampleToMatch of a
+            # moved header, the same values within 1e-5, took 0.23 s against 0.18 on a 170 x 162 x 170 box through
+            # grid_sample; through no turn, separable, 0.03 s)
             to_prealigned = matrix.double().cpu() @ to_working @ offset  # offset-grid voxels to working voxels, pre-aligned
-            moving = warp_affine(moving_image, (working_to_moving_voxels @ to_prealigned).float(), points)[0, 0].to(device)
+            moving = sample_affine(moving_image, (working_to_moving_voxels @ to_prealigned).float(), fixed.shape)[0, 0].to(device)
             return moving, torch.linalg.inv(to_working) @ to_prealigned
 
         native_moving = d[self.moving_key]
-        domain = ImageDomain.between(fixed.affine, native_moving.affine, native_moving.shape[1:])
-        fixed = convert_to_tensor(fixed[0], dtype=torch.float32, track_meta=False).to(device)
+        domain = ImageDomain.between(fixed_affine, native_moving.affine, native_moving.shape[1:])
+        fixed = fixed.to(device)
         moving, moving_matrix = moving_through(matrices[0])
         first = PairSimilarity(
             fixed,
