@@ -78,9 +78,11 @@ def test_sample_affine_between_grids_of_one_orientation_is_sample_one_axis_at_a_
     permuted = torch.tensor([[0, 0, 0.7, -1.5], [-0.6, 0, 0, 12.0], [0, 0.8, 0, -0.9], [0, 0, 0, 1]], dtype=torch.float64)
     turned = permuted.clone()
     turned[:3, :3] = permuted[:3, :3] @ affine_about(torch.tensor([0.0, 0.0, 0.2]), torch.zeros(3), torch.zeros(3))[:3, :3].double()
+    rounded = permuted + 1e-9 * (permuted[:4, :4] == 0)  # the rounding of two headers' directions
     shape = (10, 14, 13)
-    assert axis_sources(permuted) == [1, 2, 0] and axis_sources(turned) is None  # separable, and through grid_sample
-    for matrix in (permuted, turned, permuted.float()):
+    # separable, and through grid_sample
+    assert axis_sources(permuted, shape) == axis_sources(rounded, shape) == [1, 2, 0] and axis_sources(turned, shape) is None
+    for matrix in (permuted, turned, permuted.float(), rounded):
         points = apply_affine(matrix, voxel_grid(shape, dtype=matrix.dtype)).to(volume.dtype)
         expected = sample(volume, points.expand(2, *points.shape), padding_mode=padding_mode)
         assert torch.allclose(sample_affine(volume, matrix, shape, padding_mode=padding_mode), expected, atol=1e-5)

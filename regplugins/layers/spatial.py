@@ -109,19 +109,20 @@ def sample(volume: torch.Tensor, voxel_points: torch.Tensor, mode: str = "biline
     return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
-def axis_sources(matrix: torch.Tensor) -> list[int] | None:
-    """For a homogeneous matrix from target voxels to source voxels that only scales, flips, shifts and reorders the
-    axes (two grids of one orientation, each axis of one along an axis of the other), the source axis that each
-    target axis runs along; None for a matrix that turns or shears."""
-    n = matrix.shape[0] - 1
+def axis_sources(matrix: torch.Tensor, shape: Sequence[int]) -> list[int] | None:
+    """For a homogeneous matrix from the voxels of a grid of ``shape`` to source voxels that only scales, flips, shifts
+    and reorders the axes (two grids of one orientation, each axis of one along an axis of the other), the source
+    axis that each target axis runs along; None for a matrix that turns or shears. Its other entries may move no
+    point of the grid by 1e-4 voxels or more: the rounding of two headers' directions, not a turn."""
+    n = len(shape)
     linear = matrix[:n, :n].double().abs()
     sources = linear.argmax(0).tolist()
     if sorted(sources) != list(range(n)):
         return None
-    largest = linear.amax(0)
-    if (linear > 1e-7 * largest).sum() != n:  # anything off those axes moves a far voxel by 1e-7 of its index or more
-        return None
-    return sources
+    off_axis = linear.clone()
+    off_axis[sources, list(range(n))] = 0
+    extent = torch.tensor([max(size - 1, 0) for size in shape], dtype=torch.float64, device=linear.device)
+    return sources if float((off_axis @ extent).max()) < 1e-4 else None
 
 
 def sample_affine(
@@ -136,7 +137,7 @@ def sample_affine(
     ``grid_sample`` on 2 CPU cores, the same values within 1e-5. Otherwise the points are computed in the
     matrix's precision and sampled by ``grid_sample``.
     """
-    sources = axis_sources(matrix) if mode == "bilinear" and padding_mode in ("zeros", "border") else None
+    sources = axis_sources(matrix, shape) if mode == "bilinear" and padding_mode in ("zeros", "border") else None
     if sources is None:
         points = apply_affine(matrix, voxel_grid(shape, device=volume.device, dtype=matrix.dtype)).to(volume.dtype)
         return sample(volume, points.unsqueeze(0).expand(volume.shape[0], *points.shape), mode=mode, padding_mode=padding_mode)
