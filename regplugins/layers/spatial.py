@@ -155,9 +155,10 @@ def sample_affine(
         if padding_mode == "zeros":  # a neighbour beyond the grid counts as 0, as grid_sample's corners do
             weights = [weight * ((index >= 0) & (index < size)) for weight, index in zip(weights, neighbours)]
         along = [-1 if d == dim else 1 for d in range(values.dim())]
-        values = sum(
+        below, above = (
             values.index_select(dim, index.clamp(0, size - 1)) * weight.to(volume.dtype).view(along) for index, weight in zip(neighbours, weights)
         )
+        values = below + above
     return values
 
 
